@@ -1,0 +1,1 @@
+//! coffer-agent, the in-guest agent, and the host-guest protocol.

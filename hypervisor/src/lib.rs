@@ -1,0 +1,1 @@
+//! The VM: TEE kinds, host probe, launch plan, KVM UAPI structs and the VM process.

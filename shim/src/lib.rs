@@ -1,0 +1,1 @@
+//! containerd-shim-coffer-v2 and the coffer CLI.

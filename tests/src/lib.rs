@@ -1,0 +1,1 @@
+//! End-to-end tests: a private containerd driven through the CRI, and QEMU.
