@@ -136,7 +136,7 @@ mod tests {
             })
         );
 
-        let img = write(&vec![b'y'; 100]);
+        let img = write(&[b'y'; 100]);
         let tight = Limits {
             max_encoded: 8,
             max_inflated: 1000,
