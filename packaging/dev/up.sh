@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Starts a private containerd for trying and testing Coffer, with everything under DIR:
+#   DIR/containerd.sock                 its gRPC socket (printed on the last line of stdout)
+#   DIR/config.toml                     config version 2: CRI plugin, CNI, runtime handlers
+#   DIR/root, DIR/state                 containerd's root and state
+#   DIR/cni/                            CNI config (bridge + host-local IPAM, loopback)
+#   DIR/coffer/<handler>.toml           the Coffer config of each handler (from packaging/config)
+#   DIR/coffer/state/                   the shim's per-sandbox state
+#   DIR/images/                         the local busybox and pause images (packaging/dev/images.sh)
+#   DIR/containerd.log, DIR/containerd.pid
+# Runtime handlers: runc (the default), coffer-qemu, coffer-qemu-tdx, coffer-qemu-snp.
+# It never touches a containerd the machine already runs: no /run/containerd/containerd.sock,
+# no /etc/containerd, no /var/lib/containerd. Stop it with down.sh DIR. Running it again on a
+# DIR whose containerd is up only prints the socket.
+#
+# usage: up.sh DIR
+# env:   COFFER_BIN_DIR    directory holding containerd-shim-coffer-v2 and coffer
+#                          (default: target/release, else target/debug, of this checkout)
+#        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
+#        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)
+#        CONTAINERD        containerd binary (default: containerd on PATH)
+set -euo pipefail
+
+die() { echo "up.sh: $*" >&2; exit 1; }
+[ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || die "run as root (containerd and runc need it)"
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+mkdir -p "$1"
+dir=$(cd "$1" && pwd)
+case "$dir" in
+  / | /run | /run/containerd* | /var/run/containerd* | /var/lib/containerd* | /etc | /etc/containerd*)
+    die "refusing $dir: it belongs to the machine's own containerd; give a private directory" ;;
+esac
+
+sock="$dir/containerd.sock"
+# A unix socket path must fit in sun_path (108 bytes), including the ".ttrpc" containerd adds.
+[ ${#sock} -le 100 ] || die "DIR path too long for a unix socket ($sock); use a shorter DIR"
+
+containerd_bin=${CONTAINERD:-$(command -v containerd || true)}
+[ -n "$containerd_bin" ] || die "containerd not found (apt-get install containerd, or run packaging/dev/deps.sh)"
+command -v ctr >/dev/null || die "ctr not found (it comes with Debian's containerd package)"
+command -v runc >/dev/null || die "runc not found (apt-get install runc)"
+[ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge not found (apt-get install containernetworking-plugins)"
+
+answers() { ctr --address "$sock" version >/dev/null 2>&1; }
+
+pidfile="$dir/containerd.pid"
+if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && answers; then
+  echo "$sock"
+  exit 0
+fi
+
+bin_dir=${COFFER_BIN_DIR:-}
+if [ -z "$bin_dir" ]; then
+  for cand in "$repo/target/release" "$repo/target/debug"; do
+    if [ -x "$cand/containerd-shim-coffer-v2" ]; then bin_dir=$cand; break; fi
+  done
+  bin_dir=${bin_dir:-$repo/target/debug}
+fi
+bin_dir=$(cd "$bin_dir" 2>/dev/null && pwd || echo "$bin_dir")
+if [ ! -x "$bin_dir/containerd-shim-coffer-v2" ]; then
+  echo "up.sh: warning: no containerd-shim-coffer-v2 in $bin_dir; the coffer-* handlers will fail" \
+       "until it is built (cargo build -p coffer-shim) or COFFER_BIN_DIR names it" >&2
+fi
+guest_dir=${COFFER_GUEST_DIR:-$repo/target/guest}
+guest_dir=$(cd "$guest_dir" 2>/dev/null && pwd || echo "$guest_dir")
+if [ ! -f "$guest_dir/vmlinuz" ]; then
+  echo "up.sh: warning: no guest image in $guest_dir (packaging/guest/build.sh $guest_dir builds" \
+       "one, or COFFER_GUEST_DIR names it); the coffer-* handlers cannot boot pods without it" >&2
+fi
+
+# Per-directory names, so several private containerds can run side by side.
+tag=$(printf '%s' "$dir" | sha256sum | cut -c1-8)
+bridge="cf$tag"
+subnet="10.213.$(( 0x${tag:0:4} % 250 )).0/24"
+
+mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/cni/net.d" "$dir/cni/ipam" \
+         "$dir/coffer/state" "$dir/images"
+chmod 0711 "$dir"
+chmod 0700 "$dir/coffer/state"
+
+# Remember what down.sh must undo beyond DIR itself.
+cat > "$dir/up.env" <<ENV
+SOCK=$sock
+BRIDGE=$bridge
+ENV
+
+# The Coffer configs: the installed defaults, with the guest image and the state dir moved here.
+for src in "$repo"/packaging/config/*.toml; do
+  name=$(basename "$src")
+  sed -e "s#/usr/local/share/coffer/guest#$guest_dir#g" \
+      -e "s#^state_dir = .*#state_dir = \"$dir/coffer/state\"#" \
+      "$src" > "$dir/coffer/$name"
+  if [ -n "${COFFER_ACCEL:-}" ] && [ "$name" = coffer-qemu.toml ]; then
+    sed -i "s#^accel = .*#accel = \"$COFFER_ACCEL\"#" "$dir/coffer/$name"
+  fi
+done
+
+cat > "$dir/cni/net.d/10-coffer.conflist" <<CNI
+{
+  "cniVersion": "0.4.0",
+  "name": "coffer-$tag",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$bridge",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "$subnet" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "dataDir": "$dir/cni/ipam"
+      }
+    },
+    { "type": "loopback" }
+  ]
+}
+CNI
+
+cri='plugins."io.containerd.grpc.v1.cri"'
+runtimes="$cri.containerd.runtimes"
+{
+  cat <<CONF
+# Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+
+[$cri]
+  sandbox_image = "localhost/coffer/pause:latest"
+  # Without CAP_SYS_RESOURCE runc cannot lower oom_score_adj below containerd's own.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  # Pod network namespaces under DIR too, so down.sh finds and removes them.
+  netns_mounts_under_state_dir = true
+
+[$cri.cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "$dir/cni/net.d"
+
+[$cri.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[$runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+CONF
+  for handler in coffer-qemu coffer-qemu-tdx coffer-qemu-snp; do
+    cat <<CONF
+
+[$runtimes.$handler]
+  runtime_type = "io.containerd.coffer.v2"
+  # Lets the Init-Data annotations through into the sandbox's OCI spec.
+  pod_annotations = ["io.katacontainers.*"]
+[$runtimes.$handler.options]
+  ConfigPath = "$dir/coffer/$handler.toml"
+CONF
+  done
+} > "$dir/config.toml"
+
+"$here/images.sh" "$dir/images" >/dev/null
+
+# setsid: containerd outlives this script and whatever process group ran it; down.sh stops it.
+PATH="$bin_dir:$PATH:/usr/local/sbin:/usr/sbin:/sbin" setsid "$containerd_bin" --config "$dir/config.toml" \
+  </dev/null >>"$dir/containerd.log" 2>&1 &
+echo $! > "$pidfile"
+
+pid=$(cat "$pidfile")
+for _ in $(seq 1 300); do
+  answers && break
+  if ! kill -0 "$pid" 2>/dev/null; then
+    tail -n 20 "$dir/containerd.log" >&2
+    die "containerd exited at start; its log: $dir/containerd.log"
+  fi
+  sleep 0.1
+done
+answers || die "containerd did not answer on $sock within 30 s; its log: $dir/containerd.log"
+
+for img in pause busybox; do
+  ctr --address "$sock" -n k8s.io images import "$dir/images/$img.oci.tar" >/dev/null ||
+    die "importing $img image failed"
+done
+# Pinned, so the CRI never garbage-collects the sandbox image.
+ctr --address "$sock" -n k8s.io images label localhost/coffer/pause:latest io.cri-containerd.pinned=pinned >/dev/null
+
+echo "$sock"
