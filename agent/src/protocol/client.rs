@@ -1,0 +1,449 @@
+//! The host side of the protocol: an async client over QEMU's chardev socket.
+//!
+//! One task reads frames and routes each response to the request that waits for it, so any
+//! number of requests can be in flight at once; events go to the receiver
+//! [`AgentClient::take_events`] hands out.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), coffer_agent::protocol::client::ClientError> {
+//! use std::time::Duration;
+//! use coffer_agent::protocol::client::AgentClient;
+//!
+//! let (client, hello) = AgentClient::connect("/run/coffer/sb1/agent.sock", Duration::from_secs(30)).await?;
+//! println!("guest read Init-Data {:?}: {:?}", hello.initdata.digest, hello.initdata.verification);
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{
+    decode, encode, frame_len, CreateContainer, Event, ExitStatus, FrameError, GuestFrame, Hello,
+    Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
+};
+
+/// How often hello is resent while the guest has not answered.
+const HELLO_RETRY: Duration = Duration::from_secs(1);
+
+/// How long to wait between attempts to connect to a socket QEMU has not created yet.
+const CONNECT_RETRY: Duration = Duration::from_millis(50);
+
+/// Errors of the host side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The guest did not answer hello in time.
+    #[error("the guest agent did not answer on {socket} within {waited:?}{}; check the guest console log",
+        last.as_ref().map(|l| format!(" (last problem: {l})")).unwrap_or_default())]
+    Timeout {
+        /// The agent socket.
+        socket: PathBuf,
+        /// How long we tried.
+        waited: Duration,
+        /// The last error seen while trying, if any.
+        last: Option<String>,
+    },
+    /// The guest speaks another protocol version.
+    #[error("the guest agent speaks protocol version {guest}, this host speaks {PROTOCOL_VERSION}; use a guest image built from the same Coffer release")]
+    VersionMismatch {
+        /// The guest's version.
+        guest: u32,
+    },
+    /// The connection broke or a frame was bad.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The connection to the guest is gone (the VM stopped or the agent died).
+    #[error("the connection to the guest agent is closed")]
+    Disconnected,
+    /// The guest refused or failed the request.
+    #[error("the guest agent refused {op}: {message}")]
+    Remote {
+        /// The operation.
+        op: &'static str,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest answered with a response of the wrong kind.
+    #[error("the guest agent answered {op} with an unexpected {got}")]
+    Unexpected {
+        /// The operation.
+        op: &'static str,
+        /// What came back.
+        got: String,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+/// A connection to the guest agent. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct AgentClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl AgentClient {
+    /// Connects to the agent socket and says hello, retrying both until `deadline` has passed
+    /// (the socket may not exist yet, and the guest may still be booting).
+    ///
+    /// Fails with [`ClientError::VersionMismatch`] at once if the guest speaks another version.
+    pub async fn connect(
+        socket: impl AsRef<Path>,
+        deadline: Duration,
+    ) -> Result<(AgentClient, Hello), ClientError> {
+        let socket = socket.as_ref();
+        let start = Instant::now();
+        let end = start + deadline;
+        let mut last: Option<String> = None;
+        while Instant::now() < end {
+            let stream = match UnixStream::connect(socket).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(format!("connect: {e}"));
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                    continue;
+                }
+            };
+            let client = AgentClient::from_stream(stream);
+            match client.hello_until(end).await {
+                Ok(hello) => return Ok((client, hello)),
+                Err(e @ ClientError::VersionMismatch { .. }) => return Err(e),
+                Err(ClientError::Timeout { last: l, .. }) => {
+                    last = l.or(last);
+                    break;
+                }
+                Err(e) => {
+                    // The connection broke (QEMU restarted, a stale frame): try a fresh one.
+                    last = Some(e.to_string());
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+            }
+        }
+        Err(ClientError::Timeout {
+            socket: socket.to_owned(),
+            waited: start.elapsed(),
+            last,
+        })
+    }
+
+    /// Wraps an already connected stream without saying hello.
+    pub fn from_stream(stream: UnixStream) -> AgentClient {
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(read, pending.clone(), events_tx));
+        AgentClient {
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_id: AtomicU64::new(1),
+            events: Mutex::new(Some(events_rx)),
+            reader,
+        }
+    }
+
+    /// Takes the receiver of the guest's events (process output and exits). Only the first call
+    /// returns it. Events are buffered until they are received.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.events.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Sends one request and waits for its outcome. The typed methods below are thin wrappers.
+    pub async fn call(&self, request: Request) -> Result<Outcome, ClientError> {
+        let rx = self.send(request).await?;
+        rx.await.map_err(|_| ClientError::Disconnected)
+    }
+
+    async fn send(&self, request: Request) -> Result<oneshot::Receiver<Outcome>, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&RequestFrame { id, request })?;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| ClientError::Disconnected)?
+            .insert(id, tx);
+        let mut writer = self.writer.lock().await;
+        if let Err(e) = writer.write_all(&frame).await {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(FrameError::Io(e).into());
+        }
+        Ok(rx)
+    }
+
+    async fn expect(&self, op: &'static str, request: Request) -> Result<Response, ClientError> {
+        match self.call(request).await? {
+            Outcome::Ok(r) => Ok(r),
+            Outcome::Err(message) => Err(ClientError::Remote { op, message }),
+        }
+    }
+
+    /// Says hello once and waits for the answer until `end`, resending every second.
+    async fn hello_until(&self, end: Instant) -> Result<Hello, ClientError> {
+        let mut answers = Vec::new();
+        let started = Instant::now();
+        loop {
+            answers.push(
+                self.send(Request::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                })
+                .await?,
+            );
+            let wait_until = (Instant::now() + HELLO_RETRY).min(end);
+            // Any of the hellos sent so far may be the one answered.
+            let any = futures_select(&mut answers);
+            match tokio::time::timeout_at(wait_until, any).await {
+                Ok(Some(outcome)) => return hello_from(outcome),
+                Ok(None) => return Err(ClientError::Disconnected),
+                Err(_) if Instant::now() >= end => {
+                    return Err(ClientError::Timeout {
+                        socket: PathBuf::new(),
+                        waited: started.elapsed(),
+                        last: Some("connected, but no hello answer yet".into()),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Asks for the guest's hello again (versions, Init-Data report).
+    pub async fn hello(&self) -> Result<Hello, ClientError> {
+        let outcome = self
+            .call(Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            })
+            .await?;
+        hello_from(outcome)
+    }
+
+    /// Creates a container (not started yet).
+    pub async fn create_container(&self, container: CreateContainer) -> Result<(), ClientError> {
+        ok(
+            "create_container",
+            self.expect("create_container", Request::CreateContainer(container))
+                .await?,
+        )
+    }
+
+    /// Starts a created container's process; returns its pid in the guest.
+    pub async fn start(&self, id: &str) -> Result<u32, ClientError> {
+        started(
+            "start",
+            self.expect("start", Request::Start { id: id.into() })
+                .await?,
+        )
+    }
+
+    /// Runs another process in a running container; returns its pid in the guest.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Process,
+    ) -> Result<u32, ClientError> {
+        let r = self
+            .expect(
+                "exec",
+                Request::Exec {
+                    id: id.into(),
+                    exec_id: exec_id.into(),
+                    process,
+                },
+            )
+            .await?;
+        started("exec", r)
+    }
+
+    /// Waits for a process (the container's own when `exec_id` is `None`) to exit.
+    pub async fn wait(&self, id: &str, exec_id: Option<&str>) -> Result<ExitStatus, ClientError> {
+        let r = self
+            .expect(
+                "wait",
+                Request::Wait {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                },
+            )
+            .await?;
+        match r {
+            Response::Exited { status } => Ok(status),
+            other => Err(unexpected("wait", &other)),
+        }
+    }
+
+    /// Sends `signal` to a process (the container's own when `exec_id` is `None`).
+    pub async fn signal(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .expect(
+                "signal",
+                Request::Signal {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                    signal,
+                },
+            )
+            .await?;
+        ok("signal", r)
+    }
+
+    /// Forgets a container whose processes have exited.
+    pub async fn remove(&self, id: &str) -> Result<(), ClientError> {
+        ok(
+            "remove",
+            self.expect("remove", Request::Remove { id: id.into() })
+                .await?,
+        )
+    }
+
+    /// Reads a file under `/run/confidential-containers/initdata/`.
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        match self
+            .expect("read_file", Request::ReadFile { path: path.into() })
+            .await?
+        {
+            Response::File { data } => Ok(data),
+            other => Err(unexpected("read_file", &other)),
+        }
+    }
+
+    /// Asks the guest to sync and power off. Returns once the guest acknowledged.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        ok(
+            "shutdown",
+            self.expect("shutdown", Request::Shutdown).await?,
+        )
+    }
+}
+
+/// Waits for the first of several pending answers; `None` when all senders are gone.
+async fn futures_select(answers: &mut Vec<oneshot::Receiver<Outcome>>) -> Option<Outcome> {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < answers.len() {
+            match std::pin::Pin::new(&mut answers[i]).poll(cx) {
+                std::task::Poll::Ready(Ok(o)) => return std::task::Poll::Ready(Some(o)),
+                std::task::Poll::Ready(Err(_)) => {
+                    answers.swap_remove(i);
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if answers.is_empty() {
+            std::task::Poll::Ready(None)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+use std::future::Future as _;
+
+fn hello_from(outcome: Outcome) -> Result<Hello, ClientError> {
+    match outcome {
+        Outcome::Ok(Response::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
+        Outcome::Ok(Response::Hello(h)) => Err(ClientError::VersionMismatch {
+            guest: h.protocol_version,
+        }),
+        Outcome::Ok(other) => Err(unexpected("hello", &other)),
+        Outcome::Err(message) => Err(ClientError::Remote {
+            op: "hello",
+            message,
+        }),
+    }
+}
+
+fn ok(op: &'static str, r: Response) -> Result<(), ClientError> {
+    match r {
+        Response::Ok => Ok(()),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+fn started(op: &'static str, r: Response) -> Result<u32, ClientError> {
+    match r {
+        Response::Started { pid } => Ok(pid),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+fn unexpected(op: &'static str, r: &Response) -> ClientError {
+    let got = match r {
+        Response::Hello(_) => "hello",
+        Response::Ok => "ok",
+        Response::Started { .. } => "started",
+        Response::Exited { .. } => "exited",
+        Response::File { .. } => "file",
+    };
+    ClientError::Unexpected {
+        op,
+        got: got.into(),
+    }
+}
+
+/// Reads frames until the connection ends; then fails every pending request (by dropping its
+/// sender) so no caller waits forever.
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    pending: Pending,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        let frame = match read_one(&mut read).await {
+            Ok(f) => f,
+            Err(_) => break,
+        };
+        match frame {
+            GuestFrame::Response { id, outcome } => {
+                let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
+                // A response nobody waits for (a duplicate hello) is dropped.
+                if let Some(tx) = tx {
+                    let _ = tx.send(outcome);
+                }
+            }
+            GuestFrame::Event { event } => {
+                // A dropped receiver means nobody wants events any more.
+                let _ = events.send(event);
+            }
+        }
+    }
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}
+
+async fn read_one(read: &mut OwnedReadHalf) -> Result<GuestFrame, FrameError> {
+    let mut prefix = [0u8; 4];
+    match read.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    read.read_exact(&mut body).await?;
+    decode(&body)
+}

@@ -1,0 +1,589 @@
+//! The host<->guest protocol spoken over the agent's virtio-serial port.
+//!
+//! # Framing
+//! Every message is one frame: a `u32` big-endian length followed by that many bytes of JSON.
+//! A frame larger than [`MAX_FRAME`] is refused by both sides (the reader never allocates past
+//! it). Binary payloads (process output, files) are base64 strings inside the JSON.
+//!
+//! # Messages
+//! The host sends [`RequestFrame`]s, each with an `id` it chose; the guest answers every request
+//! with exactly one [`GuestFrame::Response`] carrying the same `id`, and sends
+//! [`GuestFrame::Event`]s on its own (process output, process exits). The guest handles each
+//! request on its own thread, so a `wait` that blocks for minutes does not hold up a `signal`:
+//! responses come back in completion order, not request order.
+//!
+//! # Versions
+//! [`PROTOCOL_VERSION`] is bumped on any incompatible change. The host's first request is
+//! [`Request::Hello`] with its version; the guest answers with its own and refuses a version it
+//! does not speak, and the host refuses a guest that answers with another version.
+//!
+//! # The virtio-serial port, connections and reconnections
+//! The host side is a QEMU `chardev socket` in server mode (`wait=off`); the guest side is
+//! `/dev/vportNpM`, the port named [`PORT_NAME`].
+//! - Before QEMU runs, the socket does not exist: the client retries `connect` until its deadline.
+//! - Once the host is connected, bytes it writes before the agent opens the port stay queued in
+//!   QEMU and the socket (QEMU stops reading the socket while the guest cannot take data), so a
+//!   hello sent early is answered once the agent is up. The client resends hello every second
+//!   anyway and ignores the duplicate answers.
+//! - While no host is connected, a guest `read` returns 0 at once and a guest `write` blocks
+//!   until a host connects: the agent polls for a host, and its events wait (bounded) instead of
+//!   being lost.
+//! - A host that disconnects and connects again starts a new byte stream. The agent drops any
+//!   partly read request when the host goes away. A frame the guest was writing at that moment
+//!   may arrive truncated at the next host: the client then sees a malformed frame, and the cure
+//!   is to reconnect (which drains it). Requests in flight when the host went away get no answer.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "client")]
+pub mod client;
+
+/// Version of this protocol; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts, in bytes (JSON length, without the 4-byte prefix).
+/// Large enough for a 4 MiB Init-Data document read back in base64.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// Name of the virtio-serial port the agent serves (`virtserialport,name=...`).
+pub const PORT_NAME: &str = "coffer.agent";
+
+/// Where the guest mounts the 9p share; container root filesystems are paths relative to it.
+pub const SHARE_MOUNT: &str = "/run/coffer/share";
+
+/// The 9p mount tag of the share.
+pub const SHARE_TAG: &str = "coffer";
+
+/// Where the guest delivers the Init-Data document and its entries.
+pub const INITDATA_DIR: &str = "/run/confidential-containers/initdata";
+
+/// A request from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the host; the response carries it back.
+    pub id: u64,
+    /// What is asked.
+    pub request: Request,
+}
+
+/// What the host can ask the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First request of a session: versions, and what the guest found of the Init-Data.
+    /// Answered with [`Response::Hello`].
+    Hello {
+        /// The host's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+    },
+    /// Prepare a container (namespaces, root filesystem) without running its process yet.
+    /// Refused when the Init-Data could not be verified. Answered with [`Response::Ok`].
+    CreateContainer(CreateContainer),
+    /// Run a created container's process. Answered with [`Response::Started`].
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Run another process inside a running container. Answered with [`Response::Started`].
+    Exec {
+        /// Container id.
+        id: String,
+        /// Id of the new process, unique within the container.
+        exec_id: String,
+        /// The process.
+        process: Process,
+    },
+    /// Wait for a process to exit. Answered with [`Response::Exited`].
+    Wait {
+        /// Container id.
+        id: String,
+        /// The exec'd process, or the container's own process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+    },
+    /// Send a signal to a process. Answered with [`Response::Ok`].
+    Signal {
+        /// Container id.
+        id: String,
+        /// The exec'd process, or the container's own process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        /// Signal number (e.g. 15 for SIGTERM).
+        signal: i32,
+    },
+    /// Forget a container whose processes have all exited. Answered with [`Response::Ok`].
+    Remove {
+        /// Container id.
+        id: String,
+    },
+    /// Read a file under [`INITDATA_DIR`] (nothing else). Answered with [`Response::File`].
+    ReadFile {
+        /// Absolute path, or a name relative to [`INITDATA_DIR`].
+        path: String,
+    },
+    /// Sync the disks and power the guest off. Answered with [`Response::Ok`] just before.
+    Shutdown,
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainer {
+    /// Container id, unique in the guest.
+    pub id: String,
+    /// Root filesystem: a directory relative to the 9p share (e.g. `"ctr1/rootfs"`).
+    pub rootfs: String,
+    /// Hostname inside the container's UTS namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The container's process.
+    pub process: Process,
+}
+
+/// A process to run: the subset of the OCI `process` object the guest needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Process {
+    /// Program and arguments; `args[0]` is looked up in `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value`.
+    pub env: Vec<String>,
+    /// Working directory inside the container (default `/`).
+    pub cwd: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
+
+/// A message from the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuestFrame {
+    /// The answer to the request with this `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// Its outcome.
+        outcome: Outcome,
+    },
+    /// Something that happened on its own.
+    Event {
+        /// What happened.
+        event: Event,
+    },
+}
+
+/// Success or failure of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked.
+    Ok(Response),
+    /// It did not; the message says why and travels to the user as is.
+    Err(String),
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello(Hello),
+    /// Done, nothing to return.
+    Ok,
+    /// A process runs.
+    Started {
+        /// Its pid as the guest's agent sees it.
+        pid: u32,
+    },
+    /// A process exited.
+    Exited {
+        /// How.
+        status: ExitStatus,
+    },
+    /// A file's content.
+    File {
+        /// The bytes.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+/// The guest's answer to hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `coffer-agent` version.
+    pub agent_version: String,
+    /// The guest's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// What the guest found of the Init-Data and what it did with it.
+    pub initdata: InitDataReport,
+}
+
+/// The Init-Data as the guest saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InitDataReport {
+    /// The TEE the guest runs in.
+    pub tee: Tee,
+    /// Hex of the digest of the document the guest read from the disk, if it read one.
+    pub digest: Option<String>,
+    /// The document's algorithm (`sha256`, ...), if it read one.
+    pub algorithm: Option<String>,
+    /// Whether the document is the one the launch was bound to.
+    pub verification: Verification,
+    /// Files written under [`INITDATA_DIR`] (names, sorted).
+    pub files: Vec<String>,
+    /// The attestation agent and data hub: started, or why not.
+    pub services: Vec<Service>,
+    /// Warnings about the document (unknown `[data]` keys, ...).
+    pub warnings: Vec<String>,
+}
+
+/// The TEE a guest runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tee {
+    /// No TEE: the launch is not measured.
+    #[default]
+    None,
+    /// Intel TDX.
+    Tdx,
+    /// AMD SEV-SNP.
+    Snp,
+}
+
+impl Tee {
+    /// `none`, `tdx` or `snp`, as on the kernel command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tee::None => "none",
+            Tee::Tdx => "tdx",
+            Tee::Snp => "snp",
+        }
+    }
+}
+
+impl std::fmt::Display for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Result of checking the document's digest against what the launch was bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Verification {
+    /// The TEE register holds the document's digest.
+    Verified {
+        /// The TEE.
+        tee: Tee,
+        /// Hex of the register (MRCONFIGID: 48 bytes; HOST_DATA: 32 bytes).
+        register: String,
+    },
+    /// No TEE: nothing measured the launch. `matches_cmdline` says whether the digest the host
+    /// put on the kernel command line (`coffer.initdata_digest`) equals the document's.
+    Unmeasured {
+        /// The command line's digest equals the document's.
+        matches_cmdline: bool,
+    },
+    /// The document is not the one the launch was bound to: containers are refused.
+    Mismatch {
+        /// What was compared: `MRCONFIGID`, `HOST_DATA` or `kernel command line`.
+        source: String,
+        /// Hex of the value the launch carries.
+        expected: String,
+        /// Hex of the value the document gives.
+        found: String,
+    },
+    /// No Init-Data disk, and the launch expects none.
+    #[default]
+    NoInitData,
+    /// The Init-Data could not be read or checked (corrupt or missing disk, no TEE device, ...):
+    /// containers are refused.
+    Error {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Verification {
+    /// Whether containers may run: the document is verified, unmeasured but as declared, or
+    /// absent as declared.
+    pub fn allows_containers(&self) -> bool {
+        matches!(
+            self,
+            Verification::Verified { .. }
+                | Verification::Unmeasured { .. }
+                | Verification::NoInitData
+        )
+    }
+
+    /// Why containers are refused, if they are.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Verification::Mismatch {
+                source,
+                expected,
+                found,
+            } => Some(format!(
+                "the Init-Data in this guest does not match the launch: {source} is {expected} but the document's digest gives {found}"
+            )),
+            Verification::Error { reason } => Some(format!("the Init-Data could not be verified: {reason}")),
+            _ => None,
+        }
+    }
+}
+
+/// An attestation service the guest looked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// `attestation-agent` or `confidential-data-hub`.
+    pub name: String,
+    /// Its pid if it was started.
+    pub pid: Option<u32>,
+    /// Why it was not started (absent from the image, failed to start, ...).
+    pub note: Option<String>,
+}
+
+/// Something the guest reports unasked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A chunk of a process's output. An empty `data` means the stream is closed.
+    Output {
+        /// Container id.
+        id: String,
+        /// Exec id, absent for the container's own process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// A process exited. Sent after its output streams closed (or after a short grace time if a
+    /// child of it keeps them open).
+    Exit {
+        /// Container id.
+        id: String,
+        /// Exec id, absent for the container's own process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        /// How it exited.
+        status: ExitStatus,
+    },
+}
+
+/// An output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code as containerd reports it: the code, or 128 + the signal number.
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// Errors while reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the stream between frames.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// A frame announced a length over the limit.
+    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes; the peer speaks another protocol or the stream lost sync")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+    },
+    /// A frame is not the JSON this protocol expects.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Reading or writing failed.
+    #[error("I/O error on the agent channel: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serialises a message into one frame (length prefix included).
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let json = serde_json::to_vec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if json.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { len: json.len() });
+    }
+    let mut out = Vec::with_capacity(4 + json.len());
+    // Cannot truncate: json.len() <= MAX_FRAME < u32::MAX.
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// Parses a frame's JSON body (without its length prefix).
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Checks a length prefix against [`MAX_FRAME`].
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge { len });
+    }
+    Ok(len)
+}
+
+/// Writes one message as a frame (blocking I/O).
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, message: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(message)?)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame (blocking I/O). A clean end of stream before the first byte is
+/// [`FrameError::Closed`].
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode(&body)
+}
+
+/// Base64 (standard, padded) for byte fields, so JSON stays compact.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let frame = RequestFrame {
+            id: 7,
+            request: Request::Wait {
+                id: "c1".into(),
+                exec_id: None,
+            },
+        };
+        let bytes = encode(&frame).unwrap();
+        let json = br#"{"id":7,"request":{"op":"wait","id":"c1"}}"#;
+        assert_eq!(&bytes[..4], &(json.len() as u32).to_be_bytes());
+        assert_eq!(&bytes[4..], json);
+        let back: RequestFrame = read_frame(&mut &bytes[..]).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn events_carry_bytes_as_base64() {
+        let frame = GuestFrame::Event {
+            event: Event::Output {
+                id: "c1".into(),
+                exec_id: None,
+                stream: Stream::Stdout,
+                data: b"hi\n\xff".to_vec(),
+            },
+        };
+        let bytes = encode(&frame).unwrap();
+        assert_eq!(
+            &bytes[4..],
+            br#"{"kind":"event","event":{"type":"output","id":"c1","stream":"stdout","data":"aGkK/w=="}}"#
+        );
+        let back: GuestFrame = read_frame(&mut &bytes[..]).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn verification_wire_format() {
+        let v = Verification::Mismatch {
+            source: "kernel command line".into(),
+            expected: "aa".into(),
+            found: "bb".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"result":"mismatch","source":"kernel command line","expected":"aa","found":"bb"}"#
+        );
+        assert!(!v.allows_containers());
+        assert_eq!(
+            v.refusal().unwrap(),
+            "the Init-Data in this guest does not match the launch: kernel command line is aa but the document's digest gives bb"
+        );
+        assert!(Verification::NoInitData.allows_containers());
+        let outcome = Outcome::Err("no such container \"x\"".into());
+        assert_eq!(
+            serde_json::to_string(&outcome).unwrap(),
+            r#"{"err":"no such container \"x\""}"#
+        );
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_refused() {
+        let mut huge = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let err = read_frame::<_, RequestFrame>(&mut &huge[..]).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len } if len == MAX_FRAME + 1));
+
+        let empty: &[u8] = &[];
+        assert!(matches!(
+            read_frame::<_, RequestFrame>(&mut &empty[..]),
+            Err(FrameError::Closed)
+        ));
+        let cut: &[u8] = &[0, 0, 0, 10, b'{'];
+        assert!(matches!(
+            read_frame::<_, RequestFrame>(&mut &cut[..]),
+            Err(FrameError::Io(_))
+        ));
+        let junk: &[u8] = &[0, 0, 0, 2, b'[', b']'];
+        assert!(matches!(
+            read_frame::<_, RequestFrame>(&mut &junk[..]),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_operations_are_malformed() {
+        let body = br#"{"id":1,"request":{"op":"format_disk"}}"#;
+        assert!(matches!(
+            decode::<RequestFrame>(body),
+            Err(FrameError::Malformed(m)) if m.contains("format_disk")
+        ));
+    }
+}

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Builds the Coffer guest image from Debian packages: OUTDIR/{vmlinuz,initrd.img,manifest.json}.
+#
+#   packaging/guest/build.sh OUTDIR
+#
+# - vmlinuz: Debian's kernel, extracted from its .deb (never installed on the build host).
+# - initrd.img: /init = the static coffer-agent, /bin/busybox from busybox-static, the kernel
+#   modules the guest needs (with their dependencies, from modules.dep), /dev/console.
+# - manifest.json: sha256 and size of both files, the kernel version and the packages used.
+#
+# The output is reproducible: two runs give byte-identical files, which matters because on SEV-SNP
+# the kernel and initrd hashes are part of the launch measurement. Everything that varies between
+# runs is pinned: package versions (the exact version apt resolves, recorded in the manifest),
+# file order (sorted), owners (0:0), times (SOURCE_DATE_EPOCH, default 0), inode numbers and gzip
+# headers.
+#
+# Environment:
+#   KERNEL_PACKAGE       kernel package, optionally with "=version" (default: what
+#                        linux-image-amd64 depends on, at apt's candidate version). A TDX guest
+#                        needs a newer kernel, e.g. the bookworm-backports one.
+#   BUSYBOX_PACKAGE      default busybox-static (same syntax).
+#   COFFER_AGENT_BIN     use this static coffer-agent instead of building it.
+#   COFFER_GUEST_CACHE   where downloaded .debs are kept (default <workspace>/target/guest-cache).
+#   SOURCE_DATE_EPOCH    timestamp of every file in the initrd (default 0).
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUTDIR" >&2
+    exit 2
+fi
+for tool in apt-get apt-cache dpkg-deb depmod cpio gzip sha256sum; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is required (see packaging/dev/deps.sh)" >&2; exit 1; }
+done
+if [ "$(id -u)" -ne 0 ]; then
+    # /dev/console must be a real character device in the archive; mknod needs root.
+    echo "error: run as root (the initramfs needs a /dev/console device node)" >&2
+    exit 1
+fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
+cache=${COFFER_GUEST_CACHE:-$root/target/guest-cache}
+mkdir -p "$cache"
+epoch=${SOURCE_DATE_EPOCH:-0}
+export LC_ALL=C TZ=UTC
+
+# Modules the agent loads, by name. Optional ones are skipped when the kernel lacks them (or has
+# them built in).
+required_modules=(virtio_pci virtio_blk virtio_console 9pnet_virtio 9p)
+optional_modules=(sev-guest tdx-guest tsm)
+
+# resolve PACKAGE[=VERSION] -> "name=version", the exact version apt would install.
+resolve() {
+    local spec=$1 name version
+    name=${spec%%=*}
+    if [ "$name" != "$spec" ]; then
+        version=${spec#*=}
+    else
+        version=$(apt-cache policy "$name" | awk '/Candidate:/ {print $2}')
+    fi
+    if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+        echo "error: apt knows no installable version of $name; run apt-get update or set the version explicitly" >&2
+        exit 1
+    fi
+    echo "$name=$version"
+}
+
+# fetch name=version -> path of the cached .deb
+fetch() {
+    local pin=$1 name version deb
+    name=${pin%%=*}
+    version=${pin#*=}
+    deb=$(find "$cache" -maxdepth 1 -name "${name}_*.deb" | while read -r f; do
+        if [ "$(dpkg-deb -f "$f" Version)" = "$version" ]; then echo "$f"; fi
+    done | head -n1)
+    if [ -z "$deb" ]; then
+        (cd "$cache" && apt-get download "$pin" >&2)
+        deb=$(find "$cache" -maxdepth 1 -name "${name}_*.deb" | while read -r f; do
+            if [ "$(dpkg-deb -f "$f" Version)" = "$version" ]; then echo "$f"; fi
+        done | head -n1)
+    fi
+    [ -n "$deb" ] || { echo "error: download of $pin left no .deb in $cache" >&2; exit 1; }
+    echo "$deb"
+}
+
+if [ -n "${KERNEL_PACKAGE:-}" ]; then
+    kernel_pin=$(resolve "$KERNEL_PACKAGE")
+else
+    # linux-image-amd64 is a metapackage; take the versioned image it depends on.
+    meta=$(resolve linux-image-amd64)
+    dep=$(apt-cache show "$meta" | awk -F': ' '/^Depends:/ {print $2; exit}' | cut -d, -f1 | awk '{print $1}')
+    kernel_pin=$(resolve "$dep")
+fi
+busybox_pin=$(resolve "${BUSYBOX_PACKAGE:-busybox-static}")
+kernel_deb=$(fetch "$kernel_pin")
+busybox_deb=$(fetch "$busybox_pin")
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$kernel_deb" "$work/kernel"
+dpkg-deb -x "$busybox_deb" "$work/busybox"
+
+kver=$(ls "$work/kernel/lib/modules")
+if [ "$(echo "$kver" | wc -l)" -ne 1 ]; then
+    echo "error: $kernel_pin holds more than one module tree: $kver" >&2
+    exit 1
+fi
+kmods=$work/kernel/lib/modules/$kver
+# The .deb carries no modules.dep (the postinst runs depmod); compute it for the extracted tree.
+depmod -b "$work/kernel" "$kver"
+
+# The agent binary: static, release.
+if [ -n "${COFFER_AGENT_BIN:-}" ]; then
+    agent=$COFFER_AGENT_BIN
+else
+    target_dir=${CARGO_TARGET_DIR:-$root/target}
+    # Paths inside the binary (panic locations) must not depend on where the tree or the cargo
+    # home lives, or two checkouts would build different images.
+    RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/coffer --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
+        cargo build --manifest-path "$root/Cargo.toml" --release --locked \
+        --target x86_64-unknown-linux-gnu -p coffer-agent --bin coffer-agent \
+        --target-dir "$target_dir" >&2
+    agent=$target_dir/x86_64-unknown-linux-gnu/release/coffer-agent
+fi
+if ! file_type=$(od -An -c -N4 "$agent" 2>/dev/null) || [ "$(echo $file_type)" != "177 E L F" ]; then
+    echo "error: $agent is not an ELF binary" >&2
+    exit 1
+fi
+
+# module name -> path relative to the module tree, from modules.dep ('-' and '_' are equivalent).
+module_path() {
+    local want=${1//-/_}
+    awk -F: -v want="$want" '{
+        n = $1; sub(/.*\//, "", n); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", n); gsub(/-/, "_", n);
+        if (n == want) { print $1; exit }
+    }' "$kmods/modules.dep"
+}
+module_deps() {
+    awk -F': *' -v m="$1" '$1 == m { print $2 }' "$kmods/modules.dep" | tr ' ' '\n' | sed '/^$/d'
+}
+# Depth-first: dependencies before the module that needs them, each once.
+declare -A seen=()
+order=()
+visit() {
+    local m=$1 d
+    [ -n "${seen[$m]:-}" ] && return 0
+    seen[$m]=1
+    for d in $(module_deps "$m"); do visit "$d"; done
+    order+=("$m")
+}
+for name in "${required_modules[@]}"; do
+    p=$(module_path "$name")
+    if [ -z "$p" ]; then
+        if grep -q "/${name//-/[-_]}\.ko$" "$kmods/modules.builtin"; then continue; fi
+        echo "error: kernel $kver has no module $name (and it is not built in)" >&2
+        exit 1
+    fi
+    visit "$p"
+done
+for name in "${optional_modules[@]}"; do
+    p=$(module_path "$name")
+    [ -n "$p" ] && visit "$p"
+done
+
+# Stage the initramfs tree.
+stage=$work/root
+mkdir -p "$stage"/{bin,dev,etc/coffer,proc,sys,run,tmp,lib/modules/"$kver"}
+install -m 0755 "$agent" "$stage/init"
+install -m 0755 "$work/busybox/bin/busybox" "$stage/bin/busybox"
+ln -s busybox "$stage/bin/sh"
+mknod -m 0600 "$stage/dev/console" c 5 1
+: > "$stage/etc/coffer/modules"
+for m in "${order[@]}"; do
+    dest=$stage/lib/modules/$kver/${m%.xz}
+    dest=${dest%.zst}
+    mkdir -p "$(dirname "$dest")"
+    case $m in
+        # Decompressed here so the agent needs no decompressor and no kernel support for it.
+        *.xz) xz -dc "$kmods/$m" > "$dest" ;;
+        *.zst) zstd -qdc "$kmods/$m" > "$dest" ;;
+        *) cp "$kmods/$m" "$dest" ;;
+    esac
+    chmod 0644 "$dest"
+    echo "/lib/modules/$kver/${dest#"$stage/lib/modules/$kver/"}" >> "$stage/etc/coffer/modules"
+done
+chmod 0644 "$stage/etc/coffer/modules"
+chmod 0755 "$stage"/{bin,dev,etc,etc/coffer,proc,sys,run,lib}
+chmod 1777 "$stage/tmp"
+find "$stage" -exec touch -h -d "@$epoch" {} +
+
+# Pack: sorted names, owner 0:0, renumbered inodes, no device numbers of the host, no gzip name
+# or time.
+(cd "$stage" && find . -mindepth 1 | sed 's|^\./||' | sort |
+    cpio --quiet -o -H newc --reproducible -R 0:0) | gzip -n -9 > "$work/initrd.img"
+cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
+touch -d "@$epoch" "$work/vmlinuz" "$work/initrd.img"
+chmod 0644 "$work/vmlinuz" "$work/initrd.img"
+mv -f "$work/vmlinuz" "$work/initrd.img" "$out/"
+
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+json_list() { local first=1 x; printf '['; for x in "$@"; do [ $first = 1 ] || printf ', '; first=0; printf '"%s"' "$x"; done; printf ']'; }
+mods=()
+while read -r m; do mods+=("$m"); done < "$stage/etc/coffer/modules"
+cat > "$out/manifest.json.tmp" <<JSON
+{
+  "kernel_version": "$kver",
+  "kernel_package": "$kernel_pin",
+  "busybox_package": "$busybox_pin",
+  "source_date_epoch": $epoch,
+  "files": {
+    "vmlinuz": { "sha256": "$(sum "$out/vmlinuz")", "size": $(size "$out/vmlinuz") },
+    "initrd.img": { "sha256": "$(sum "$out/initrd.img")", "size": $(size "$out/initrd.img") }
+  },
+  "initrd": {
+    "init": { "sha256": "$(sum "$stage/init")" },
+    "bin/busybox": { "sha256": "$(sum "$stage/bin/busybox")" },
+    "modules": $(json_list "${mods[@]}")
+  }
+}
+JSON
+mv -f "$out/manifest.json.tmp" "$out/manifest.json"
+echo "guest image in $out: kernel $kver, initrd $(size "$out/initrd.img") bytes" >&2
