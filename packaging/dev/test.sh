@@ -2,7 +2,7 @@
 # The test command: installs what the tests need, builds Coffer and its guest image, and runs
 # every test (unit, CLI, QEMU, and end to end through a private containerd).
 #
-#   sudo ./packaging/dev/test.sh [extra cargo test args]
+#   ./packaging/dev/test.sh [extra cargo test args]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "coffer", version, about = "Author Init-Data and run confidential pods with Coffer")]
+#[command(
+    name = "coffer",
+    version,
+    about = "Author Init-Data and run confidential pods with Coffer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
