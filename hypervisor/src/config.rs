@@ -1,0 +1,183 @@
+//! The VM part of a runtime handler's configuration.
+//!
+//! [`VmConfig`] is a TOML table: the shim's per-handler file embeds it as `[vm]`, and
+//! `coffer launch-plan --config` reads the same table. Every field has a safe default, so an empty
+//! table is a valid configuration.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Accel;
+
+/// Where the guest image build installs its files.
+pub const DEFAULT_GUEST_DIR: &str = "/usr/local/share/coffer/guest";
+
+/// TDX firmware (TDVF) where Ubuntu's TDX host packages install it.
+pub const DEFAULT_TDX_FIRMWARE: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// OVMF's AmdSev build (measured direct boot, `kernel-hashes=on`), as Debian and Ubuntu ship it.
+pub const DEFAULT_SNP_FIRMWARE: &str = "/usr/share/ovmf/OVMF.amdsev.fd";
+
+/// Which VMM runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HypervisorKind {
+    /// QEMU: every TEE.
+    #[default]
+    Qemu,
+    /// Cloud Hypervisor: SNP only (it has no way to set TDX MRCONFIGID).
+    CloudHypervisor,
+}
+
+impl HypervisorKind {
+    /// The program run when the configuration names none.
+    pub fn default_program(self) -> &'static str {
+        match self {
+            HypervisorKind::Qemu => "qemu-system-x86_64",
+            HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+}
+
+/// How to build and run the sandbox VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// `qemu` (default) or `cloud-hypervisor`.
+    pub hypervisor: HypervisorKind,
+    /// The hypervisor binary; default `qemu-system-x86_64` or `cloud-hypervisor`, found in PATH.
+    pub path: Option<PathBuf>,
+    /// `auto` (default), `kvm` or `tcg`. Used for TEE `none`; TDX and SNP always need KVM.
+    pub accel: Accel,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initramfs (its `/init` is the agent).
+    pub initrd: PathBuf,
+    /// Firmware: TDVF for TDX, OVMF's AmdSev build for SNP (`-bios`), the IGVM file for Cloud
+    /// Hypervisor. Unused by `none`. Default: [`DEFAULT_TDX_FIRMWARE`] / [`DEFAULT_SNP_FIRMWARE`].
+    pub firmware: Option<PathBuf>,
+    /// Extra kernel parameters appended to Coffer's own.
+    pub kernel_params: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// SEV-SNP settings.
+    pub snp: SnpConfig,
+    /// TDX settings.
+    pub tdx: TdxConfig,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        let guest = Path::new(DEFAULT_GUEST_DIR);
+        VmConfig {
+            hypervisor: HypervisorKind::Qemu,
+            path: None,
+            accel: Accel::Auto,
+            kernel: guest.join("vmlinuz"),
+            initrd: guest.join("initrd.img"),
+            firmware: None,
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 512,
+            snp: SnpConfig::default(),
+            tdx: TdxConfig::default(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// The program the launch plan runs.
+    pub fn program(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(self.hypervisor.default_program()))
+    }
+}
+
+impl VmConfig {
+    /// The QEMU firmware for `tee`: the configured one, else the distribution's default.
+    pub fn qemu_firmware(&self, tee: crate::Tee) -> Option<PathBuf> {
+        let default = match tee {
+            crate::Tee::None => return None,
+            crate::Tee::Tdx => DEFAULT_TDX_FIRMWARE,
+            crate::Tee::Snp => DEFAULT_SNP_FIRMWARE,
+        };
+        Some(
+            self.firmware
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(default)),
+        )
+    }
+}
+
+/// SEV-SNP launch settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnpConfig {
+    /// Position of the memory encryption bit in a page table entry. Read from the host's CPUID
+    /// (leaf 0x8000001F) when it has one; set it here to plan for another host.
+    pub cbitpos: Option<u32>,
+    /// Physical address bits lost to memory encryption.
+    pub reduced_phys_bits: u32,
+    /// The guest policy (default 0x30000: SMT allowed, the reserved bit 17 set).
+    pub policy: u64,
+}
+
+impl Default for SnpConfig {
+    fn default() -> Self {
+        SnpConfig {
+            cbitpos: None,
+            reduced_phys_bits: 1,
+            policy: 0x30000,
+        }
+    }
+}
+
+/// TDX launch settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TdxConfig {
+    /// The vsock port of the host's quote generation service (QGS, at CID 2), when the guest
+    /// needs quotes; QEMU then relays the guest's GetQuote requests to it.
+    pub quote_generation_socket_port: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_is_the_default() {
+        let c: VmConfig = toml::from_str("").unwrap();
+        assert_eq!(c, VmConfig::default());
+        assert_eq!(c.program(), PathBuf::from("qemu-system-x86_64"));
+        assert_eq!(c.snp.policy, 0x30000);
+    }
+
+    #[test]
+    fn nested_under_vm() {
+        #[derive(Deserialize)]
+        struct Handler {
+            vm: VmConfig,
+        }
+        let h: Handler = toml::from_str(
+            "[vm]\nhypervisor = \"cloud-hypervisor\"\naccel = \"tcg\"\nvcpus = 2\n[vm.snp]\ncbitpos = 51\n",
+        )
+        .unwrap();
+        assert_eq!(h.vm.hypervisor, HypervisorKind::CloudHypervisor);
+        assert_eq!(h.vm.program(), PathBuf::from("cloud-hypervisor"));
+        assert_eq!(h.vm.accel, Accel::Tcg);
+        assert_eq!(h.vm.vcpus, 2);
+        assert_eq!(h.vm.snp.cbitpos, Some(51));
+        assert_eq!(h.vm.snp.reduced_phys_bits, 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = toml::from_str::<VmConfig>("memory = 512\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `memory`"), "{e}");
+    }
+}

@@ -1,0 +1,433 @@
+//! The launch plan: the exact command line that starts a sandbox VM, as data.
+//!
+//! A [`LaunchPlan`] is built from the configuration, the TEE, what the host can do and the bound
+//! digest; it can be printed (`coffer launch-plan`), compared in tests, and then run by
+//! [`crate::Vm`]. Everything the guest relies on is decided here:
+//!
+//! - the agent channel: virtio-serial port `coffer.agent` on a unix socket;
+//! - the container root filesystems: 9p share with mount tag `coffer`;
+//! - the Init-Data disk: raw, read-only, virtio-blk with `serial=initdata`;
+//! - the kernel command line: `console=ttyS0 panic=-1 quiet coffer.tee=<tee>` and, with Init-Data,
+//!   `coffer.initdata_digest=<hex>`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use coffer_initdata::{Digest, TeeField};
+use serde::Serialize;
+
+use crate::config::{HypervisorKind, VmConfig};
+use crate::probe::HostCapabilities;
+use crate::{Accel, Error, Result, Tee};
+
+/// Name of the agent's virtio-serial port (`/sys/class/virtio-ports/*/name` in the guest).
+pub const AGENT_PORT_NAME: &str = "coffer.agent";
+/// 9p mount tag of the share that carries container root filesystems.
+pub const SHARE_MOUNT_TAG: &str = "coffer";
+/// Serial of the Init-Data disk (`/sys/block/vd*/serial` in the guest).
+pub const INITDATA_DISK_SERIAL: &str = "initdata";
+/// Kernel parameter naming the TEE.
+pub const TEE_PARAM: &str = "coffer.tee";
+/// Kernel parameter carrying the hex digest of the Init-Data the host bound.
+pub const DIGEST_PARAM: &str = "coffer.initdata_digest";
+
+/// Longest unix socket path `sockaddr_un` holds (108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The host files a VM uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmResources {
+    /// Directory that holds everything below.
+    pub state_dir: PathBuf,
+    /// The Init-Data block image; attached only when a digest is bound.
+    pub initdata_image: Option<PathBuf>,
+    /// Host end of the agent channel (QEMU listens).
+    pub agent_socket: PathBuf,
+    /// QMP control socket (QEMU listens).
+    pub qmp_socket: PathBuf,
+    /// Where the guest's serial console is written.
+    pub console_log: PathBuf,
+    /// Directory shared with the guest over 9p, if any.
+    pub share_dir: Option<PathBuf>,
+}
+
+impl VmResources {
+    /// The standard names inside `state_dir`: `initdata.img`, `agent.sock`, `qmp.sock`,
+    /// `console.log` and `share/`.
+    pub fn in_dir(state_dir: impl Into<PathBuf>) -> Self {
+        let dir: PathBuf = state_dir.into();
+        VmResources {
+            initdata_image: Some(dir.join("initdata.img")),
+            agent_socket: dir.join("agent.sock"),
+            qmp_socket: dir.join("qmp.sock"),
+            console_log: dir.join("console.log"),
+            share_dir: Some(dir.join("share")),
+            state_dir: dir,
+        }
+    }
+}
+
+/// The command that starts a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchPlan {
+    /// The hypervisor binary.
+    pub program: PathBuf,
+    /// Its arguments, one per element (no shell involved).
+    pub args: Vec<String>,
+    /// Which VMM the arguments are for.
+    #[serde(skip)]
+    pub hypervisor: HypervisorKind,
+}
+
+impl LaunchPlan {
+    /// Builds the plan, or says why this VM cannot be launched here. Nothing is started.
+    ///
+    /// `digest` is the bound Init-Data digest, if the pod has Init-Data; the disk
+    /// `resources.initdata_image` is attached exactly then.
+    pub fn build(
+        config: &VmConfig,
+        tee: Tee,
+        host: &HostCapabilities,
+        digest: Option<&Digest>,
+        resources: &VmResources,
+    ) -> Result<LaunchPlan> {
+        check_config(config)?;
+        let support = host.tee(tee);
+        if !support.available {
+            return Err(Error::TeeUnavailable {
+                tee,
+                reason: support
+                    .reason
+                    .unwrap_or_else(|| "the host probe found no support".into()),
+            });
+        }
+        let accel = match (tee, config.accel) {
+            (Tee::None, Accel::Auto) => host.auto_accel(),
+            (Tee::None, a) => a,
+            (_, Accel::Auto | Accel::Kvm) => Accel::Kvm,
+            (_, Accel::Tcg) => {
+                return Err(Error::TeeNeedsKvm {
+                    tee,
+                    accel: Accel::Tcg,
+                })
+            }
+        };
+        let initdata_image = match (digest, &resources.initdata_image) {
+            (Some(_), Some(path)) => Some(path.as_path()),
+            (Some(_), None) => return Err(Error::MissingInitDataImage),
+            (None, _) => None,
+        };
+        for (what, path) in [
+            ("agent socket", &resources.agent_socket),
+            ("QMP socket", &resources.qmp_socket),
+        ] {
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(Error::SocketPathTooLong {
+                    what,
+                    path: path.clone(),
+                    len,
+                });
+            }
+        }
+        let cmdline = kernel_cmdline(config, tee, digest);
+        let args = match config.hypervisor {
+            HypervisorKind::Qemu => qemu_args(
+                config,
+                tee,
+                accel,
+                host,
+                digest,
+                initdata_image,
+                resources,
+                &cmdline,
+            )?,
+            HypervisorKind::CloudHypervisor => {
+                cloud_hypervisor_args(config, tee, digest, initdata_image, resources, &cmdline)?
+            }
+        };
+        Ok(LaunchPlan {
+            program: config.program(),
+            args,
+            hypervisor: config.hypervisor,
+        })
+    }
+}
+
+impl fmt::Display for LaunchPlan {
+    /// The command as one shell-quoted line, for people to read or paste.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shell_quote(&self.program.to_string_lossy()))?;
+        for arg in &self.args {
+            write!(f, " {}", shell_quote(arg))?;
+        }
+        Ok(())
+    }
+}
+
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn check_config(config: &VmConfig) -> Result<()> {
+    if config.vcpus == 0 || config.vcpus > 255 {
+        return Err(Error::InvalidConfig(format!(
+            "vcpus = {} is out of range; use 1 to 255",
+            config.vcpus
+        )));
+    }
+    if config.memory_mib < 64 {
+        return Err(Error::InvalidConfig(format!(
+            "memory_mib = {} is too small for a Linux guest; use at least 64",
+            config.memory_mib
+        )));
+    }
+    Ok(())
+}
+
+fn kernel_cmdline(config: &VmConfig, tee: Tee, digest: Option<&Digest>) -> String {
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet {TEE_PARAM}={tee}");
+    if let Some(d) = digest {
+        cmdline.push_str(&format!(" {DIGEST_PARAM}={}", d.to_hex()));
+    }
+    let extra = config.kernel_params.trim();
+    if !extra.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+fn utf8<'a>(what: &'static str, path: &'a Path) -> Result<&'a str> {
+    path.to_str().ok_or_else(|| Error::NonUtf8Path {
+        what,
+        path: path.to_path_buf(),
+    })
+}
+
+/// A path as a QEMU option value: commas are doubled, or QEMU would split the option there.
+fn qemu_path(what: &'static str, path: &Path) -> Result<String> {
+    Ok(utf8(what, path)?.replace(',', ",,"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn qemu_args(
+    config: &VmConfig,
+    tee: Tee,
+    accel: Accel,
+    host: &HostCapabilities,
+    digest: Option<&Digest>,
+    initdata_image: Option<&Path>,
+    res: &VmResources,
+    cmdline: &str,
+) -> Result<Vec<String>> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
+
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    match tee {
+        Tee::None => {
+            push(&["-machine", "q35", "-accel", accel.as_str()]);
+            push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
+        }
+        Tee::Tdx => {
+            let mut object = serde_json::json!({"qom-type": "tdx-guest", "id": "tdx0"});
+            if let Some(d) = digest {
+                object["mrconfigid"] = d.bind(TeeField::TdxMrConfigId).to_base64().into();
+            }
+            let object = match config.tdx.quote_generation_socket_port {
+                // The socket needs QEMU's JSON syntax; the dotted form cannot express it.
+                Some(port) => {
+                    object["quote-generation-socket"] =
+                        serde_json::json!({"type": "vsock", "cid": "2", "port": port.to_string()});
+                    object.to_string()
+                }
+                None => match digest {
+                    Some(d) => format!(
+                        "tdx-guest,id=tdx0,mrconfigid={}",
+                        d.bind(TeeField::TdxMrConfigId).to_base64()
+                    ),
+                    None => "tdx-guest,id=tdx0".to_string(),
+                },
+            };
+            push(&["-object", &object]);
+            push(&[
+                "-machine",
+                "q35,kernel-irqchip=split,confidential-guest-support=tdx0",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+            ]);
+        }
+        Tee::Snp => {
+            let cbitpos = host
+                .snp_cbitpos
+                .or(config.snp.cbitpos)
+                .ok_or(Error::UnknownCbitpos)?;
+            let mut object = format!(
+                "sev-snp-guest,id=snp0,cbitpos={cbitpos},reduced-phys-bits={},kernel-hashes=on,policy={:#x}",
+                config.snp.reduced_phys_bits, config.snp.policy
+            );
+            if let Some(d) = digest {
+                object.push_str(",host-data=");
+                object.push_str(&d.bind(TeeField::SnpHostData).to_base64());
+            }
+            push(&["-object", &object]);
+            push(&[
+                "-machine",
+                "q35,confidential-guest-support=snp0",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "EPYC-v4",
+            ]);
+        }
+    }
+    if let Some(fw) = config.qemu_firmware(tee) {
+        push(&["-bios", utf8("firmware", &fw)?]);
+    }
+    push(&[
+        "-smp",
+        &config.vcpus.to_string(),
+        "-m",
+        &format!("{}M", config.memory_mib),
+    ]);
+    push(&[
+        "-kernel",
+        utf8("kernel", &config.kernel)?,
+        "-initrd",
+        utf8("initrd", &config.initrd)?,
+        "-append",
+        cmdline,
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "file,id=console,path={}",
+            qemu_path("console log", &res.console_log)?
+        ),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            qemu_path("QMP socket", &res.qmp_socket)?
+        ),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    push(&[
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            qemu_path("agent socket", &res.agent_socket)?
+        ),
+        "-device",
+        &format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}"),
+    ]);
+    if let Some(share) = &res.share_dir {
+        push(&[
+            "-fsdev",
+            &format!(
+                "local,id=share,path={},security_model=none",
+                qemu_path("share", share)?
+            ),
+            "-device",
+            &format!("virtio-9p-pci,fsdev=share,mount_tag={SHARE_MOUNT_TAG}"),
+        ]);
+    }
+    if let Some(image) = initdata_image {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=initdata,format=raw,readonly=on",
+                qemu_path("Init-Data image", image)?
+            ),
+            "-device",
+            &format!("virtio-blk-pci,drive=initdata,serial={INITDATA_DISK_SERIAL}"),
+        ]);
+    }
+    Ok(a)
+}
+
+/// Cloud Hypervisor, SEV-SNP only: it has no MRCONFIGID, so TDX would run unbound.
+///
+/// The agent channel is Cloud Hypervisor's hybrid vsock (a unix socket on the host, vsock CID 3
+/// in the guest) since it has no virtio-serial, and it has no 9p: a root filesystem share needs
+/// virtiofsd, which this plan does not start.
+fn cloud_hypervisor_args(
+    config: &VmConfig,
+    tee: Tee,
+    digest: Option<&Digest>,
+    initdata_image: Option<&Path>,
+    res: &VmResources,
+    cmdline: &str,
+) -> Result<Vec<String>> {
+    match tee {
+        Tee::Snp => {}
+        Tee::Tdx => return Err(Error::UnsupportedByCloudHypervisor(
+            "Cloud Hypervisor cannot bind Init-Data into a TDX guest: it has no option to set MRCONFIGID (it is always zero), so the guest would launch unbound; use hypervisor = \"qemu\" for TDX",
+        )),
+        Tee::None => return Err(Error::UnsupportedByCloudHypervisor(
+            "Coffer uses Cloud Hypervisor for SEV-SNP guests only; use hypervisor = \"qemu\" for TEE none",
+        )),
+    }
+    let igvm = config.firmware.as_deref().ok_or(Error::MissingFirmware {
+        what: "an SEV-SNP guest on Cloud Hypervisor",
+        firmware: "an IGVM file",
+    })?;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
+    push(&[
+        "--platform",
+        "sev_snp=on",
+        "--igvm",
+        utf8("firmware", igvm)?,
+    ]);
+    if let Some(d) = digest {
+        push(&["--host-data", &d.bind(TeeField::SnpHostData).to_hex()]);
+    }
+    push(&[
+        "--cpus",
+        &format!("boot={}", config.vcpus),
+        "--memory",
+        &format!("size={}M", config.memory_mib),
+        "--kernel",
+        utf8("kernel", &config.kernel)?,
+        "--initramfs",
+        utf8("initrd", &config.initrd)?,
+        "--cmdline",
+        cmdline,
+        "--serial",
+        &format!("file={}", utf8("console log", &res.console_log)?),
+        "--console",
+        "off",
+        "--api-socket",
+        &format!("path={}", utf8("API socket", &res.qmp_socket)?),
+        "--vsock",
+        &format!("cid=3,socket={}", utf8("agent socket", &res.agent_socket)?),
+    ]);
+    if let Some(image) = initdata_image {
+        push(&[
+            "--disk",
+            &format!(
+                "path={},readonly=on,serial={INITDATA_DISK_SERIAL}",
+                utf8("Init-Data image", image)?
+            ),
+        ]);
+    }
+    Ok(a)
+}

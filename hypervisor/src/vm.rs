@@ -1,0 +1,373 @@
+//! The VM process: spawn QEMU from a [`LaunchPlan`], talk QMP, stop it, reap it.
+//!
+//! QEMU is started directly (no shell) with stderr captured, so a refusal to start is reported
+//! in QEMU's own words. Stopping escalates: ACPI powerdown, then QMP `quit`, then SIGKILL; the
+//! process is always waited for, so no zombie is left behind.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::config::HypervisorKind;
+use crate::plan::{LaunchPlan, VmResources};
+use crate::qmp::Qmp;
+use crate::{Error, Result};
+
+/// How long QEMU may take to open its QMP socket. QEMU opens it before the guest starts, so this
+/// only bounds a host that is badly overloaded.
+pub const QMP_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of QEMU's stderr is kept (the end of it).
+const STDERR_KEEP: usize = 16 * 1024;
+
+/// A running VM.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    pid: u32,
+    program: PathBuf,
+    qmp: Option<Qmp>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_task: Option<JoinHandle<()>>,
+    exit: Option<VmExit>,
+}
+
+/// `query-status`: QEMU's run state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VmStatus {
+    /// QEMU's run state: `running`, `paused`, `shutdown`, `internal-error`, ...
+    pub status: String,
+    /// Whether vCPUs are executing.
+    pub running: bool,
+}
+
+/// Which step of [`Vm::stop`] ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopStep {
+    /// The guest powered off after an ACPI power button press.
+    Powerdown,
+    /// QEMU quit on QMP `quit`.
+    Quit,
+    /// QEMU was killed with SIGKILL.
+    Kill,
+}
+
+/// How and why a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// QEMU's exit status.
+    pub status: ExitStatus,
+    /// The step of [`Vm::stop`] that ended it; `None` when it ended on its own.
+    pub stopped_by: Option<StopStep>,
+    /// The reason of QEMU's last `SHUTDOWN` event (`guest-shutdown`, `guest-reset`,
+    /// `guest-panic`, `host-qmp-quit`, ...), when QMP reported one.
+    pub shutdown_reason: Option<String>,
+    /// The end of QEMU's stderr.
+    pub stderr: String,
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match (self.stopped_by, self.shutdown_reason.as_deref()) {
+            (Some(StopStep::Powerdown), _) => "the guest powered off on request".to_string(),
+            (Some(StopStep::Quit), _) => {
+                "stopped with QMP quit after the guest ignored the powerdown request".to_string()
+            }
+            (Some(StopStep::Kill), _) => {
+                "killed after powerdown and quit had no effect".to_string()
+            }
+            (None, Some("guest-shutdown")) => "the guest powered off".to_string(),
+            (None, Some("guest-reset")) => {
+                "the guest rebooted, which ends the VM (a kernel panic does this with panic=-1)"
+                    .to_string()
+            }
+            (None, Some("guest-panic")) => "the guest panicked".to_string(),
+            (None, Some(reason)) => format!("QEMU shut down ({reason})"),
+            (None, None) => "QEMU ended without reporting a shutdown".to_string(),
+        };
+        write!(f, "VM ended ({}): {why}", describe_status(self.status))?;
+        if !self.status.success() && !self.stderr.is_empty() {
+            write!(f, "; stderr: {}", self.stderr)?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+impl Vm {
+    /// Starts the VM and waits until QMP answers.
+    ///
+    /// When QEMU exits first, the error carries its stderr (for example
+    /// `vm-type TDX not supported by KVM`). Nothing is left running on error.
+    pub async fn spawn(plan: &LaunchPlan, resources: &VmResources) -> Result<Vm> {
+        if plan.hypervisor != HypervisorKind::Qemu {
+            return Err(Error::CannotRunPlan);
+        }
+        if let Some(share) = &resources.share_dir {
+            std::fs::create_dir_all(share).map_err(|source| Error::Io {
+                what: format!("cannot create the share directory {share:?}"),
+                source,
+            })?;
+        }
+        // A socket left by an earlier run would accept nothing and only delay the start.
+        remove_stale(&resources.qmp_socket)?;
+        remove_stale(&resources.agent_socket)?;
+
+        let mut child = Command::new(&plan.program)
+            .args(&plan.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: plan.program.clone(),
+                hint: if source.kind() == std::io::ErrorKind::NotFound {
+                    " (is QEMU installed? set `path` in the [vm] configuration)"
+                } else {
+                    ""
+                },
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(pid, program = ?plan.program, "hypervisor started");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_task = child
+            .stderr
+            .take()
+            .map(|pipe| tokio::spawn(collect_stderr(pipe, Arc::clone(&stderr))));
+        let mut vm = Vm {
+            child,
+            pid,
+            program: plan.program.clone(),
+            qmp: None,
+            stderr,
+            stderr_task,
+            exit: None,
+        };
+        match vm.connect_qmp(&resources.qmp_socket).await {
+            Ok(qmp) => {
+                vm.qmp = Some(qmp);
+                Ok(vm)
+            }
+            Err(e) => {
+                vm.kill_and_reap().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_qmp(&mut self, path: &std::path::Path) -> Result<Qmp> {
+        let deadline = Instant::now() + QMP_START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Err(self.early_exit(status).await);
+            }
+            if let Ok(mut qmp) = Qmp::connect(path).await {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return match timeout(left, qmp.handshake()).await {
+                    Ok(Ok(())) => Ok(qmp),
+                    // QEMU accepted the connection, then exited during start-up.
+                    Ok(Err(e)) => match timeout(Duration::from_secs(2), self.child.wait()).await {
+                        Ok(Ok(status)) => Err(self.early_exit(status).await),
+                        _ => Err(e),
+                    },
+                    Err(_) => Err(Error::QmpTimeout {
+                        path: path.to_path_buf(),
+                        waited: QMP_START_TIMEOUT,
+                    }),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::QmpTimeout {
+                    path: path.to_path_buf(),
+                    waited: QMP_START_TIMEOUT,
+                });
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child.try_wait().map_err(|source| Error::Io {
+            what: format!("cannot wait for {:?}", self.program),
+            source,
+        })
+    }
+
+    async fn early_exit(&mut self, status: ExitStatus) -> Error {
+        let stderr = self.stderr_text().await;
+        Error::EarlyExit {
+            program: self.program.clone(),
+            status: describe_status(status),
+            stderr: if stderr.is_empty() {
+                "it printed nothing on stderr".into()
+            } else {
+                stderr
+            },
+        }
+    }
+
+    /// QEMU's stderr so far; after exit, all of it (the end, if it was long).
+    async fn stderr_text(&mut self) -> String {
+        if let Some(task) = self.stderr_task.take() {
+            if self.child.try_wait().ok().flatten().is_some() {
+                // The pipe closes when QEMU exits; the collector then ends.
+                let _ = timeout(Duration::from_secs(1), task).await;
+            } else {
+                self.stderr_task = Some(task);
+            }
+        }
+        let bytes = self.stderr.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).trim().to_string()
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Asks QEMU for its run state.
+    pub async fn status(&mut self) -> Result<VmStatus> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| Error::Qmp("the QMP connection is closed".into()))?;
+        let value = qmp.execute("query-status", None).await?;
+        serde_json::from_value(value)
+            .map_err(|e| Error::Qmp(format!("unexpected query-status answer: {e}")))
+    }
+
+    /// Stops the VM: ACPI powerdown, then QMP `quit`, each given `grace` to take effect, then
+    /// SIGKILL. Always reaps QEMU.
+    pub async fn stop(&mut self, grace: Duration) -> Result<VmExit> {
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
+        for (step, command) in [
+            (StopStep::Powerdown, "system_powerdown"),
+            (StopStep::Quit, "quit"),
+        ] {
+            if let Some(qmp) = self.qmp.as_mut() {
+                // `quit` may close the socket before answering; the wait below tells.
+                if let Err(e) = qmp.execute(command, None).await {
+                    tracing::debug!(pid = self.pid, "QMP {command}: {e}");
+                }
+            }
+            if let Some(status) = self.wait_exit(Some(grace)).await? {
+                return Ok(self.finish(status, Some(step)).await);
+            }
+        }
+        tracing::warn!(
+            pid = self.pid,
+            "QEMU ignored powerdown and quit; killing it"
+        );
+        let status = self.kill_and_reap().await.ok_or_else(|| Error::Io {
+            what: format!("cannot reap {:?} (pid {})", self.program, self.pid),
+            source: std::io::Error::other("wait failed after SIGKILL"),
+        })?;
+        Ok(self.finish(status, Some(StopStep::Kill)).await)
+    }
+
+    /// Waits until the VM ends on its own (the guest powers off, reboots or QEMU dies).
+    pub async fn wait(&mut self) -> Result<VmExit> {
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
+        match self.wait_exit(None).await? {
+            Some(status) => Ok(self.finish(status, None).await),
+            None => Err(Error::Qmp("QEMU did not exit".into())),
+        }
+    }
+
+    /// Waits up to `limit` (forever when `None`) for QEMU to exit, reading QMP events meanwhile
+    /// so the shutdown reason is known.
+    async fn wait_exit(&mut self, limit: Option<Duration>) -> Result<Option<ExitStatus>> {
+        let Vm {
+            child,
+            qmp,
+            program,
+            ..
+        } = self;
+        let waiting = async {
+            if let Some(q) = qmp.as_mut() {
+                // QEMU closes QMP when it exits; until then, keep recording events.
+                while let Ok(Some(_)) = q.read_message().await {}
+            }
+            child.wait().await
+        };
+        let result = match limit {
+            Some(limit) => match timeout(limit, waiting).await {
+                Ok(r) => r,
+                Err(_) => return Ok(None),
+            },
+            None => waiting.await,
+        };
+        result.map(Some).map_err(|source| Error::Io {
+            what: format!("cannot wait for {program:?}"),
+            source,
+        })
+    }
+
+    async fn finish(&mut self, status: ExitStatus, stopped_by: Option<StopStep>) -> VmExit {
+        let exit = VmExit {
+            status,
+            stopped_by,
+            shutdown_reason: self.qmp.take().and_then(|q| q.shutdown_reason),
+            stderr: self.stderr_text().await,
+        };
+        tracing::info!(pid = self.pid, "{exit}");
+        self.exit = Some(exit.clone());
+        exit
+    }
+
+    async fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        if let Err(e) = self.child.start_kill() {
+            tracing::debug!(pid = self.pid, "kill: {e}");
+        }
+        self.child.wait().await.ok()
+    }
+}
+
+fn remove_stale(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            what: format!("cannot remove the stale socket {path:?}"),
+            source,
+        }),
+    }
+}
+
+async fn collect_stderr(mut pipe: ChildStderr, keep: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut kept) = keep.lock() {
+                    kept.extend_from_slice(&buf[..n]);
+                    let excess = kept.len().saturating_sub(STDERR_KEEP);
+                    kept.drain(..excess);
+                }
+            }
+        }
+    }
+}
