@@ -1,0 +1,189 @@
+//! A private containerd for one test: `packaging/dev/up.sh` in a fresh temporary directory,
+//! `packaging/dev/down.sh` on drop. Its socket, root, state, CNI config and Coffer configs all
+//! live in that directory, so tests never touch the machine's own containerd.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{tools, Cri, CriError};
+
+/// Why the private containerd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No temporary directory.
+    #[error("cannot create a directory for the private containerd: {0}")]
+    TempDir(#[source] std::io::Error),
+    /// up.sh could not be run.
+    #[error("cannot run {}: {source}", script.display())]
+    Spawn {
+        /// The script.
+        script: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// up.sh failed.
+    #[error("packaging/dev/up.sh failed ({status}): {stderr}")]
+    Up {
+        /// How it exited.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// up.sh printed no socket path.
+    #[error("packaging/dev/up.sh printed no socket path (stdout: {stdout:?})")]
+    NoSocket {
+        /// What it printed.
+        stdout: String,
+    },
+}
+
+/// A running private containerd; stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivateContainerd {
+    dir: PathBuf,
+    socket: PathBuf,
+    up_stderr: String,
+}
+
+/// Options for [`PrivateContainerd::start_with`].
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Directory of the shim and CLI (env COFFER_BIN_DIR for up.sh).
+    pub bin_dir: Option<PathBuf>,
+    /// Guest image directory (env COFFER_GUEST_DIR for up.sh).
+    pub guest_dir: Option<PathBuf>,
+    /// Accelerator for the coffer-qemu handler (env COFFER_ACCEL for up.sh).
+    pub accel: Option<String>,
+}
+
+impl PrivateContainerd {
+    /// Starts one with the binaries and guest image found by [`tools`], if any.
+    pub fn start() -> Result<PrivateContainerd, StartError> {
+        PrivateContainerd::start_with(&Options {
+            bin_dir: tools::bin_dir().ok(),
+            guest_dir: tools::guest_dir().ok(),
+            accel: std::env::var("COFFER_ACCEL").ok().filter(|a| !a.is_empty()),
+        })
+    }
+
+    /// Starts one with explicit options.
+    pub fn start_with(options: &Options) -> Result<PrivateContainerd, StartError> {
+        // Short paths under /tmp: the socket path must fit a sockaddr_un.
+        let dir = tempfile::Builder::new()
+            .prefix("coffer-ctd-")
+            .tempdir_in("/tmp")
+            .map_err(StartError::TempDir)?
+            .keep();
+        let script = tools::workspace().join("packaging/dev/up.sh");
+        let mut cmd = Command::new(&script);
+        cmd.arg(&dir);
+        if let Some(d) = &options.bin_dir {
+            cmd.env("COFFER_BIN_DIR", d);
+        }
+        if let Some(d) = &options.guest_dir {
+            cmd.env("COFFER_GUEST_DIR", d);
+        }
+        if let Some(a) = &options.accel {
+            cmd.env("COFFER_ACCEL", a);
+        }
+        let out = cmd.output().map_err(|source| StartError::Spawn {
+            script: script.clone(),
+            source,
+        });
+        // From here on, dropping `fixture` runs down.sh whatever happened.
+        let mut fixture = PrivateContainerd {
+            dir,
+            socket: PathBuf::new(),
+            up_stderr: String::new(),
+        };
+        let out = out?;
+        fixture.up_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(StartError::Up {
+                status: out.status.to_string(),
+                stderr: fixture.up_stderr.trim().to_owned(),
+            });
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some(socket) = stdout.lines().last().filter(|l| l.ends_with(".sock")) else {
+            return Err(StartError::NoSocket { stdout });
+        };
+        fixture.socket = PathBuf::from(socket);
+        Ok(fixture)
+    }
+
+    /// The directory holding everything this containerd made.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// containerd's gRPC (and CRI) socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The Coffer state directory the coffer-* handlers use (`state_dir` of their configs).
+    pub fn coffer_state_dir(&self) -> PathBuf {
+        self.dir.join("coffer/state")
+    }
+
+    /// Where pods of the tests keep their container logs.
+    pub fn log_root(&self) -> PathBuf {
+        self.dir.join("pod-logs")
+    }
+
+    /// A scratch directory for the test's own files.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.join("scratch")
+    }
+
+    /// containerd's own log, for failure messages.
+    pub fn containerd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of containerd's log.
+    pub fn containerd_log_tail(&self, n: usize) -> String {
+        let log = self.containerd_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// What up.sh warned about (a missing shim or guest image).
+    pub fn up_warnings(&self) -> &str {
+        &self.up_stderr
+    }
+
+    /// A CRI client connected to this containerd.
+    pub fn cri(&self) -> Result<Cri, CriError> {
+        Cri::connect(&self.socket)
+    }
+
+    /// Stops containerd and removes everything (what drop does), reporting down.sh's failure.
+    pub fn down(&self) -> Result<(), String> {
+        let script = tools::workspace().join("packaging/dev/down.sh");
+        let out = Command::new(&script)
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "down.sh {} failed ({}): {}",
+                self.dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        if let Err(e) = self.down() {
+            eprintln!("{e}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Where the things under test are: the workspace, the Coffer binaries, the guest image, the
+//! packaging scripts; and the `coffer` CLI calls the scenarios check against.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The shim's binary name: containerd derives it from runtime_type `io.containerd.coffer.v2`.
+pub const SHIM: &str = "containerd-shim-coffer-v2";
+/// The operator CLI's binary name.
+pub const CLI: &str = "coffer";
+
+/// The workspace root (the directory holding `packaging/`).
+pub fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `name` on PATH, if there.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The directory holding the built shim and CLI: env `COFFER_BIN_DIR`, else whichever of
+/// `<workspace>/target/{debug,release}` (or `$CARGO_TARGET_DIR/{debug,release}`) has the
+/// newer shim. Err says what is missing and how to build it.
+pub fn bin_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("COFFER_BIN_DIR").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return if is_executable(&dir.join(SHIM)) && is_executable(&dir.join(CLI)) {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "COFFER_BIN_DIR={} lacks {SHIM} or {CLI}",
+                dir.display()
+            ))
+        };
+    }
+    let mut roots = vec![workspace().join("target")];
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        roots.push(PathBuf::from(t));
+    }
+    roots
+        .iter()
+        .flat_map(|root| [root.join("debug"), root.join("release")])
+        .filter(|d| is_executable(&d.join(SHIM)) && is_executable(&d.join(CLI)))
+        .max_by_key(|d| {
+            std::fs::metadata(d.join(SHIM))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .ok_or_else(|| {
+            format!(
+                "no {SHIM} and {CLI} built under {}/target (cargo build -p coffer-shim), \
+                 and COFFER_BIN_DIR is not set",
+                workspace().display()
+            )
+        })
+}
+
+/// The guest image directory (vmlinuz, initrd.img): env `COFFER_GUEST_DIR`, else
+/// `<workspace>/target/guest`. Err says what is missing and how to build it.
+pub fn guest_dir() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("COFFER_GUEST_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/guest"));
+    for file in ["vmlinuz", "initrd.img"] {
+        if !dir.join(file).is_file() {
+            return Err(format!(
+                "no guest image in {} (missing {file}; packaging/guest/build.sh {} builds it, \
+                 or set COFFER_GUEST_DIR)",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// Whether this process runs as root (containerd and runc need it).
+pub fn is_root() -> bool {
+    // Reading /proc keeps this crate free of libc for one getuid call.
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// Why a private containerd cannot run here, if it cannot.
+pub fn containerd_missing() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root; a private containerd needs root".into());
+    }
+    for tool in ["containerd", "ctr", "runc"] {
+        if on_path(tool).is_none() && !Path::new("/usr/sbin").join(tool).exists() {
+            return Some(format!(
+                "{tool} is not installed (packaging/dev/deps.sh installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// The `coffer` CLI under test.
+#[derive(Debug, Clone)]
+pub struct Coffer {
+    bin: PathBuf,
+}
+
+impl Coffer {
+    /// The CLI in `bin_dir`.
+    pub fn in_dir(bin_dir: &Path) -> Coffer {
+        Coffer {
+            bin: bin_dir.join(CLI),
+        }
+    }
+
+    /// Runs `coffer args...` and returns its output, whatever its exit status.
+    pub fn run(&self, args: &[&str]) -> Result<Output, String> {
+        Command::new(&self.bin)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))
+    }
+
+    /// Runs `coffer args...`, which must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            return Err(format!(
+                "coffer {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        String::from_utf8(out.stdout)
+            .map_err(|_| format!("coffer {} printed non-UTF-8", args.join(" ")))
+    }
+
+    /// `coffer initdata encode FILE`: the annotation value.
+    pub fn encode(&self, file: &Path) -> Result<String, String> {
+        let path = file.to_string_lossy();
+        Ok(self.ok(&["initdata", "encode", &path])?.trim().to_owned())
+    }
+
+    /// `coffer initdata digest FILE --tee TEE`: the hex digest (the first hex word printed).
+    pub fn digest(&self, file: &Path, tee: &str) -> Result<String, String> {
+        let path = file.to_string_lossy();
+        let out = self.ok(&["initdata", "digest", &path, "--tee", tee])?;
+        first_hex_word(&out)
+            .ok_or_else(|| format!("coffer initdata digest printed no hex digest: {out:?}"))
+    }
+}
+
+/// The first whitespace-separated word of at least 64 hex digits in `text`.
+pub fn first_hex_word(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == ':' || c == '=')
+        .find(|w| w.len() >= 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+}
+
+/// The pids of processes whose command line mentions `needle` and starts with a program whose
+/// file name contains `program` (e.g. "qemu-system").
+pub fn processes(program: &str, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut args = raw.split(|b| *b == 0).map(String::from_utf8_lossy);
+            let Some(argv0) = args.next() else {
+                return false;
+            };
+            let name = argv0.rsplit('/').next().unwrap_or_default().to_owned();
+            name.contains(program) && args.any(|a| a.contains(needle))
+        })
+        .collect()
+}
+
+/// The Init-Data example every scenario uses (a copy of the shared example lives in the repo).
+pub fn seed_initdata() -> PathBuf {
+    let shared = workspace().join("../shared/testdata/seed-initdata.toml");
+    if shared.is_file() {
+        shared
+    } else {
+        workspace().join("initdata/tests/data/seed-initdata.toml")
+    }
+}

@@ -1,0 +1,481 @@
+//! End to end through the CRI, as the kubelet and crictl drive containerd: a private containerd
+//! (packaging/dev/up.sh) with the runc handler and Coffer's handlers, a busybox pod per scenario.
+//!
+//! The runc scenarios prove the private containerd, its images, its CNI config and the CRI
+//! harness on their own. The coffer-qemu scenarios boot a VM per pod (QEMU, TCG here) and need
+//! the built shim and guest image: without them they print `SKIP: <reason>` and pass.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use coffer_initdata::annotation::{ANNOTATION, LEGACY_ANNOTATION};
+use coffer_initdata::InitData;
+use coffer_tests::tools::{self, Coffer};
+use coffer_tests::{skip, Container, ContainerState, Cri, Crictl, Driver, Pod, PrivateContainerd};
+
+/// Bound on waiting for a container's output to reach its log.
+const LOG_WAIT: Duration = Duration::from_secs(120);
+
+fn private_containerd() -> Option<PrivateContainerd> {
+    if let Some(reason) = tools::containerd_missing() {
+        skip(reason);
+        return None;
+    }
+    match PrivateContainerd::start() {
+        Ok(c) => Some(c),
+        Err(e) => panic!("the private containerd did not start: {e}"),
+    }
+}
+
+/// The shim, CLI and guest image, or a SKIP line naming what is missing.
+fn coffer_parts() -> Option<(PathBuf, PathBuf)> {
+    let bin = match tools::bin_dir() {
+        Ok(b) => b,
+        Err(reason) => {
+            skip(reason);
+            return None;
+        }
+    };
+    let guest = match tools::guest_dir() {
+        Ok(g) => g,
+        Err(reason) => {
+            skip(reason);
+            return None;
+        }
+    };
+    Some((bin, guest))
+}
+
+fn wait_for_log_line(driver: &mut dyn Driver, id: &str, line: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let lines = driver
+            .logs(id)
+            .unwrap_or_else(|e| panic!("{}: reading the log of {id}: {e}", driver.name()));
+        if lines.iter().any(|l| l == line) || start.elapsed() > LOG_WAIT {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the busybox scenario saw, for handler-specific checks before teardown.
+struct Running {
+    pod_id: String,
+    container_id: String,
+}
+
+/// RunPodSandbox -> ready; CreateContainer + StartContainer of a busybox that prints a line and
+/// stays up; the line in its CRI log; ExecSync output and exit code.
+fn start_busybox(driver: &mut dyn Driver, pod: &Pod) -> Running {
+    let who = driver.name();
+    let pod_id = driver
+        .run_pod(pod)
+        .unwrap_or_else(|e| panic!("{who}: RunPodSandbox on {}: {e}", pod.handler));
+    assert!(
+        driver.pod_ready(&pod_id).expect("PodSandboxStatus"),
+        "{who}: sandbox {pod_id} is not ready"
+    );
+
+    let line = format!("hello from {}", pod.name);
+    let container = Container::busybox_sh("main", &format!("echo '{line}'; exec sleep 3600"));
+    let container_id = driver
+        .create_container(&pod_id, pod, &container)
+        .unwrap_or_else(|e| panic!("{who}: CreateContainer: {e}"));
+    assert_eq!(
+        driver
+            .container_state(&container_id)
+            .expect("ContainerStatus"),
+        ContainerState::Created
+    );
+    driver
+        .start_container(&container_id)
+        .unwrap_or_else(|e| panic!("{who}: StartContainer: {e}"));
+
+    let lines = wait_for_log_line(driver, &container_id, &line);
+    assert!(
+        lines.contains(&line),
+        "{who}: {line:?} not in the container's CRI log: {lines:?}"
+    );
+    assert_eq!(
+        driver
+            .container_state(&container_id)
+            .expect("ContainerStatus"),
+        ContainerState::Running
+    );
+
+    let exec = driver
+        .exec_sync(
+            &container_id,
+            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 7"],
+        )
+        .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "exec-out\n",
+        "{who}: ExecSync stdout"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stderr),
+        "exec-err
+",
+        "{who}: ExecSync stderr"
+    );
+    assert_eq!(exec.exit_code, 7, "{who}: ExecSync exit code");
+
+    let exec = driver
+        .exec_sync(&container_id, &["cat", "/proc/self/cmdline"])
+        .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"));
+    assert_eq!(exec.stdout, b"cat\0/proc/self/cmdline\0");
+    assert_eq!(exec.exit_code, 0);
+
+    Running {
+        pod_id,
+        container_id,
+    }
+}
+
+fn stop_and_remove(driver: &mut dyn Driver, running: &Running) {
+    let who = driver.name();
+    driver
+        .stop_pod(&running.pod_id)
+        .unwrap_or_else(|e| panic!("{who}: StopPodSandbox: {e}"));
+    assert!(
+        !driver.pod_ready(&running.pod_id).expect("PodSandboxStatus"),
+        "{who}: sandbox still ready after StopPodSandbox"
+    );
+    driver
+        .remove_pod(&running.pod_id)
+        .unwrap_or_else(|e| panic!("{who}: RemovePodSandbox: {e}"));
+}
+
+fn assert_nothing_left(cri: &mut Cri) {
+    assert_eq!(
+        cri.list_pod_sandboxes().expect("ListPodSandbox"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cri.list_containers().expect("ListContainers"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn runc_pod_runs_through_the_cri_client() {
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect to the private containerd");
+
+    let version = cri.version().expect("Version");
+    assert_eq!(version.runtime_name, "containerd");
+    let images = cri.list_images().expect("ListImages");
+    assert!(
+        images.iter().any(|i| i == coffer_tests::BUSYBOX_IMAGE),
+        "busybox not imported: {images:?}"
+    );
+    assert!(
+        images.iter().any(|i| i == "localhost/coffer/pause:latest"),
+        "pause not imported: {images:?}"
+    );
+
+    let pod = Pod::new("runc-host", "runc", &ctd.log_root());
+    let running = start_busybox(&mut cri, &pod);
+    stop_and_remove(&mut cri, &running);
+    assert_nothing_left(&mut cri);
+}
+
+#[test]
+fn runc_pod_gets_an_address_from_the_private_cni_network() {
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect to the private containerd");
+
+    let pod = Pod::new("runc-cni", "runc", &ctd.log_root()).pod_network();
+    let running = start_busybox(&mut cri, &pod);
+    let status = cri
+        .pod_sandbox_status(&running.pod_id)
+        .expect("PodSandboxStatus");
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(
+        ip.starts_with("10.213."),
+        "pod address {ip:?} is not from up.sh's 10.213.x.0/24"
+    );
+    // The container sees the same address on its eth0.
+    let exec = cri
+        .exec_sync(
+            &running.container_id,
+            &["ip", "-o", "-4", "addr", "show", "eth0"],
+        )
+        .expect("ExecSync");
+    assert_eq!(
+        exec.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&exec.stdout).contains(&format!("inet {ip}/24")),
+        "eth0 of the container: {}",
+        String::from_utf8_lossy(&exec.stdout)
+    );
+    stop_and_remove(&mut cri, &running);
+    assert_nothing_left(&mut cri);
+}
+
+#[test]
+fn runc_pod_runs_through_crictl() {
+    let Some(crictl) = Crictl::find() else {
+        skip("no crictl on PATH and CRICTL is not set; the CRI client scenarios cover the calls");
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut driver = Crictl::new(crictl, ctd.socket(), &ctd.scratch()).expect("crictl answers");
+    let pod = Pod::new("runc-crictl", "runc", &ctd.log_root());
+    let running = start_busybox(&mut driver, &pod);
+    stop_and_remove(&mut driver, &running);
+    assert_nothing_left(&mut ctd.cri().expect("connect"));
+}
+
+/// The Init-Data example's digest, computed by the library (the CLI must agree with it).
+fn example_digest(file: &Path) -> String {
+    let bytes = std::fs::read(file).expect("read the Init-Data example");
+    InitData::parse(bytes)
+        .expect("the example is valid Init-Data")
+        .digest()
+        .to_hex()
+}
+
+/// `coffer inspect <id>` for a sandbox of the private containerd, pointing the CLI at the
+/// handler's state directory or config the way its `--help` says it takes one.
+fn inspect(
+    coffer: &Coffer,
+    ctd: &PrivateContainerd,
+    handler: &str,
+    id: &str,
+) -> std::process::Output {
+    let help = coffer
+        .run(&["inspect", "--help"])
+        .expect("coffer inspect --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let state = ctd.coffer_state_dir().to_string_lossy().into_owned();
+    let config = ctd
+        .dir()
+        .join(format!("coffer/{handler}.toml"))
+        .to_string_lossy()
+        .into_owned();
+    let args: Vec<&str> = if help.contains("--state-dir") {
+        vec!["inspect", "--state-dir", &state, id]
+    } else if help.contains("--config") {
+        vec!["inspect", "--config", &config, id]
+    } else {
+        vec!["inspect", id]
+    };
+    coffer.run(&args).expect("run coffer inspect")
+}
+
+/// The VMs (QEMU processes) belonging to this private containerd.
+fn vms(ctd: &PrivateContainerd) -> Vec<u32> {
+    tools::processes("qemu-system", &ctd.dir().to_string_lossy())
+}
+
+fn state_entries(ctd: &PrivateContainerd) -> Vec<String> {
+    std::fs::read_dir(ctd.coffer_state_dir())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The seed-initdata pod on coffer-qemu, with the annotation under `key`, through `driver`.
+fn seed_initdata_pod(
+    ctd: &PrivateContainerd,
+    driver: &mut dyn Driver,
+    coffer: &Coffer,
+    key: &str,
+    name: &str,
+) {
+    let example = tools::seed_initdata();
+    let annotation = coffer.encode(&example).expect("coffer initdata encode");
+    let cli_digest = coffer
+        .digest(&example, "none")
+        .expect("coffer initdata digest");
+    assert_eq!(
+        cli_digest,
+        example_digest(&example),
+        "CLI and library disagree on the digest"
+    );
+
+    let pod = Pod::new(name, "coffer-qemu", &ctd.log_root()).annotation(key, &annotation);
+    let running = start_busybox(driver, &pod);
+
+    let out = inspect(coffer, ctd, "coffer-qemu", &running.pod_id);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "coffer inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&cli_digest),
+        "coffer inspect does not show the digest {cli_digest}:\n{stdout}"
+    );
+    let record = std::fs::read_to_string(
+        ctd.coffer_state_dir()
+            .join(&running.pod_id)
+            .join("state.json"),
+    )
+    .expect("the sandbox's state.json");
+    assert!(
+        record.contains(&cli_digest),
+        "state.json lacks the digest: {record}"
+    );
+    assert_eq!(vms(ctd).len(), 1, "expected exactly one VM for the pod");
+
+    stop_and_remove(driver, &running);
+    assert_eq!(
+        vms(ctd),
+        Vec::<u32>::new(),
+        "a QEMU process outlived its pod"
+    );
+    assert_eq!(
+        state_entries(ctd),
+        Vec::<String>::new(),
+        "state left in {}",
+        ctd.coffer_state_dir().display()
+    );
+    let out = inspect(coffer, ctd, "coffer-qemu", &running.pod_id);
+    assert!(
+        !out.status.success(),
+        "coffer inspect still finds the removed sandbox"
+    );
+    assert_nothing_left(&mut ctd.cri().expect("connect"));
+}
+
+#[test]
+fn seed_initdata_pod_runs_on_coffer_qemu() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    seed_initdata_pod(&ctd, &mut cri, &Coffer::in_dir(&bin), ANNOTATION, "seed");
+}
+
+#[test]
+fn legacy_annotation_key_works() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    seed_initdata_pod(
+        &ctd,
+        &mut cri,
+        &Coffer::in_dir(&bin),
+        LEGACY_ANNOTATION,
+        "seed-legacy",
+    );
+}
+
+#[test]
+fn seed_initdata_pod_runs_through_crictl() {
+    let Some(crictl) = Crictl::find() else {
+        skip("no crictl on PATH and CRICTL is not set; the CRI client scenario covers the calls");
+        return;
+    };
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut driver = Crictl::new(crictl, ctd.socket(), &ctd.scratch()).expect("crictl answers");
+    seed_initdata_pod(
+        &ctd,
+        &mut driver,
+        &Coffer::in_dir(&bin),
+        ANNOTATION,
+        "seed-crictl",
+    );
+}
+
+#[test]
+fn malformed_annotation_fails_run_pod_sandbox_and_leaves_nothing() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+
+    let pod = Pod::new("malformed", "coffer-qemu", &ctd.log_root())
+        .annotation(ANNOTATION, "this is not base64!");
+    let err = cri
+        .run_pod_sandbox(&pod)
+        .expect_err("RunPodSandbox accepted a malformed Init-Data annotation");
+    let message = err.message();
+    assert!(
+        message.contains("base64"),
+        "the error does not name the problem (invalid base64): {message}"
+    );
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}
+
+#[test]
+fn tee_handlers_refuse_on_a_host_without_tdx_or_snp() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let coffer = Coffer::in_dir(&bin);
+    let annotation = coffer
+        .encode(&tools::seed_initdata())
+        .expect("coffer initdata encode");
+
+    for (handler, tee) in [("coffer-qemu-tdx", "TDX"), ("coffer-qemu-snp", "SNP")] {
+        let pod = Pod::new(
+            &format!("refused-{}", tee.to_lowercase()),
+            handler,
+            &ctd.log_root(),
+        )
+        .annotation(ANNOTATION, &annotation);
+        let err = cri
+            .run_pod_sandbox(&pod)
+            .expect_err("this host has no TDX or SNP, yet RunPodSandbox succeeded");
+        let message = err.message();
+        let expected = format!("this host cannot launch {tee} guests: ");
+        assert!(
+            message.contains(&expected),
+            "{handler}: expected {expected:?} in: {message}"
+        );
+        assert_eq!(
+            vms(&ctd),
+            Vec::<u32>::new(),
+            "{handler}: a VM was left behind"
+        );
+        assert_eq!(
+            state_entries(&ctd),
+            Vec::<String>::new(),
+            "{handler}: state was left behind"
+        );
+    }
+    assert_nothing_left(&mut cri);
+}
