@@ -364,7 +364,7 @@ use std::future::Future as _;
 
 fn hello_from(outcome: Outcome) -> Result<Hello, ClientError> {
     match outcome {
-        Outcome::Ok(Response::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
+        Outcome::Ok(Response::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(*h),
         Outcome::Ok(Response::Hello(h)) => Err(ClientError::VersionMismatch {
             guest: h.protocol_version,
         }),

@@ -192,8 +192,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    /// Answer to [`Request::Hello`].
-    Hello(Hello),
+    /// Answer to [`Request::Hello`] (boxed: it is much larger than the other answers).
+    Hello(Box<Hello>),
     /// Done, nothing to return.
     Ok,
     /// A process runs.

@@ -1,0 +1,236 @@
+//! Early boot as PID 1: filesystems, kernel modules, the command line, the agent's port, the
+//! share, and power-off.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use crate::protocol::{Tee, PORT_NAME, SHARE_MOUNT, SHARE_TAG};
+
+/// The module list the image builder writes, in load order (dependencies first).
+pub const MODULE_LIST: &str = "/etc/coffer/modules";
+
+/// What the host said on the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cmdline {
+    /// `coffer.tee=`.
+    pub tee: Tee,
+    /// `coffer.initdata_digest=`: hex of the raw digest.
+    pub initdata_digest: Option<String>,
+}
+
+impl Cmdline {
+    /// Parses `/proc/cmdline`. Unknown parameters are someone else's; a bad `coffer.tee` is
+    /// returned as an error so it is reported rather than taken for `none`.
+    pub fn parse(text: &str) -> Result<Cmdline, String> {
+        let mut out = Cmdline::default();
+        for word in text.split_ascii_whitespace() {
+            if let Some(v) = word.strip_prefix("coffer.tee=") {
+                out.tee = match v {
+                    "none" => Tee::None,
+                    "tdx" => Tee::Tdx,
+                    "snp" => Tee::Snp,
+                    other => {
+                        return Err(format!(
+                            "kernel command line has coffer.tee={other}; expected none, tdx or snp"
+                        ))
+                    }
+                };
+            } else if let Some(v) = word.strip_prefix("coffer.initdata_digest=") {
+                if !v.is_empty() {
+                    out.initdata_digest = Some(v.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Mounts what PID 1 needs. Failures are logged, not fatal: a missing /sys/kernel/config only
+/// matters on SNP, and the report says what was missing then.
+pub fn mount_early() {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 5] = [
+        ("proc", "/proc", "proc", nodev, None),
+        ("sysfs", "/sys", "sysfs", nodev, None),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        ("configfs", "/sys/kernel/config", "configfs", nodev, None),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        let _ = fs::create_dir_all(target);
+        if let Err(e) = mount(Some(source), target, Some(fstype), flags, data) {
+            log(&format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+}
+
+/// Loads the modules of [`MODULE_LIST`] in order. A module already loaded (or built in) is fine.
+pub fn load_modules() {
+    let list = match fs::read_to_string(MODULE_LIST) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "no module list {MODULE_LIST} ({e}); assuming a kernel with the drivers built in"
+            ));
+            return;
+        }
+    };
+    let no_params = CString::default();
+    for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let result = fs::File::open(path)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|f| {
+                nix::kmod::finit_module(&f, &no_params, nix::kmod::ModuleInitFlags::empty())
+            });
+        match result {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => log(&format!("loading {path}: {e}")),
+        }
+    }
+}
+
+/// Mounts the 9p share the host exposes for container root filesystems.
+pub fn mount_share() -> Result<(), String> {
+    fs::create_dir_all(SHARE_MOUNT).map_err(|e| format!("mkdir {SHARE_MOUNT}: {e}"))?;
+    mount(
+        Some(SHARE_TAG),
+        SHARE_MOUNT,
+        Some("9p"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("trans=virtio,version=9p2000.L,msize=262144"),
+    )
+    .map_err(|e| {
+        format!("cannot mount the 9p share (tag {SHARE_TAG}) on {SHARE_MOUNT}: {e}; the VM needs -device virtio-9p-pci,mount_tag={SHARE_TAG}")
+    })
+}
+
+/// Finds the device of the port named [`PORT_NAME`], creating its node if /dev lacks it.
+/// Waits up to `wait` for the driver to announce the port.
+pub fn find_port(sys_ports: &Path, wait: Duration) -> Result<PathBuf, String> {
+    let end = Instant::now() + wait;
+    loop {
+        if let Some((node, dev)) = port_by_name(sys_ports, PORT_NAME) {
+            let path = Path::new("/dev").join(&node);
+            if !fs::metadata(&path)
+                .map(|m| m.file_type().is_char_device())
+                .unwrap_or(false)
+            {
+                let (major, minor) = dev;
+                mknod(
+                    &path,
+                    SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o600),
+                    makedev(major, minor),
+                )
+                .map_err(|e| format!("mknod {}: {e}", path.display()))?;
+            }
+            return Ok(path);
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "no virtio-serial port named {PORT_NAME} in {} after {wait:?}; the VM needs -device virtserialport,name={PORT_NAME}",
+                sys_ports.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(vportNpM, (major, minor))` of the port whose `name` file reads `name`.
+pub fn port_by_name(sys_ports: &Path, name: &str) -> Option<(String, (u64, u64))> {
+    let mut entries: Vec<_> = fs::read_dir(sys_ports).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    entries.into_iter().find_map(|e| {
+        let dir = e.path();
+        let port_name = fs::read_to_string(dir.join("name")).ok()?;
+        if port_name.trim() != name {
+            return None;
+        }
+        let dev = fs::read_to_string(dir.join("dev")).ok()?;
+        let (major, minor) = dev.trim().split_once(':')?;
+        Some((
+            e.file_name().to_string_lossy().into_owned(),
+            (major.parse().ok()?, minor.parse().ok()?),
+        ))
+    })
+}
+
+/// Syncs and powers the VM off. Never returns.
+pub fn power_off() -> ! {
+    // Processes get a moment to die before the disks are synced; SIGKILL is enough since the
+    // guest's state is thrown away with the VM.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // reboot(2) does not return on success; PID 1 must not exit either way.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Writes a line to the console (stderr of PID 1 is /dev/console).
+pub fn log(message: &str) {
+    eprintln!("coffer-agent: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_command_line() {
+        let c = Cmdline::parse(
+            "console=ttyS0 panic=-1 quiet coffer.tee=snp coffer.initdata_digest=abcd foo=bar\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Cmdline {
+                tee: Tee::Snp,
+                initdata_digest: Some("abcd".into())
+            }
+        );
+        assert_eq!(Cmdline::parse("console=ttyS0").unwrap(), Cmdline::default());
+        assert_eq!(
+            Cmdline::parse("coffer.tee=sev").unwrap_err(),
+            "kernel command line has coffer.tee=sev; expected none, tdx or snp"
+        );
+    }
+
+    #[test]
+    fn finds_the_port_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (port, name, dev) in [
+            ("vport1p0", "other", "251:0"),
+            ("vport1p1", PORT_NAME, "251:1"),
+        ] {
+            let d = tmp.path().join(port);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("name"), format!("{name}\n")).unwrap();
+            fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+        }
+        assert_eq!(
+            port_by_name(tmp.path(), PORT_NAME),
+            Some(("vport1p1".into(), (251, 1)))
+        );
+        assert_eq!(port_by_name(tmp.path(), "nope"), None);
+    }
+}

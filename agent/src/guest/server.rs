@@ -1,0 +1,283 @@
+//! Serving the host on the virtio-serial port: one reader, one writer, a thread per request.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::boot;
+use super::container::Containers;
+use crate::protocol::{
+    decode, encode, frame_len, GuestFrame, Hello, InitDataReport, Outcome, Request, RequestFrame,
+    Response, INITDATA_DIR, PROTOCOL_VERSION,
+};
+
+/// Frames waiting for the writer. Bounded: when no host listens, producers (output readers)
+/// block instead of growing memory.
+pub const QUEUE: usize = 256;
+
+/// How often the reader looks for a host while none is connected (a read returns 0 at once then).
+const NO_HOST_POLL: Duration = Duration::from_millis(50);
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct Agent {
+    /// The Init-Data report, as hello returns it.
+    pub report: InitDataReport,
+    /// The containers.
+    pub containers: Arc<Containers>,
+    /// Frames to the host.
+    pub out: SyncSender<Outgoing>,
+}
+
+/// A frame to send, and who waits until it is written.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame.
+    pub frame: GuestFrame,
+    /// Told once the frame is written (shutdown waits for its answer to leave).
+    pub written: Option<mpsc::Sender<()>>,
+}
+
+impl From<GuestFrame> for Outgoing {
+    fn from(frame: GuestFrame) -> Outgoing {
+        Outgoing {
+            frame,
+            written: None,
+        }
+    }
+}
+
+/// Writes frames to the port in order. A write blocks while no host is connected.
+pub fn writer(mut port: File, frames: Receiver<Outgoing>) {
+    for Outgoing { frame, written } in frames {
+        match encode(&frame) {
+            Ok(bytes) => {
+                if let Err(e) = port.write_all(&bytes) {
+                    boot::log(&format!("writing to the host: {e}"));
+                }
+            }
+            Err(e) => boot::log(&format!("cannot encode a frame: {e}")),
+        }
+        if let Some(tx) = written {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads requests forever and runs each on its own thread.
+pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match port.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                boot::log(&format!("reading from the host: {e}"));
+                std::thread::sleep(NO_HOST_POLL);
+                continue;
+            }
+        };
+        if n == 0 {
+            // No host connected: whatever was half read belongs to a session that is gone.
+            buf.clear();
+            std::thread::sleep(NO_HOST_POLL);
+            continue;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            if buf.len() < 4 {
+                break;
+            }
+            let len = match frame_len([buf[0], buf[1], buf[2], buf[3]]) {
+                Ok(l) => l,
+                Err(e) => {
+                    // The stream lost sync; nothing after this point can be trusted.
+                    boot::log(&format!("dropping input from the host: {e}"));
+                    buf.clear();
+                    break;
+                }
+            };
+            if buf.len() < 4 + len {
+                break;
+            }
+            let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+            dispatch(&agent, &body);
+        }
+    }
+}
+
+fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
+    let frame: RequestFrame = match decode(body) {
+        Ok(f) => f,
+        Err(e) => {
+            // Answer with the id if there is one, so the host does not wait forever.
+            #[derive(serde::Deserialize)]
+            struct JustId {
+                id: u64,
+            }
+            if let Ok(JustId { id }) = serde_json::from_slice(body) {
+                let _ = agent.out.send(
+                    GuestFrame::Response {
+                        id,
+                        outcome: Outcome::Err(format!(
+                            "this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: {e}"
+                        )),
+                    }
+                    .into(),
+                );
+            } else {
+                boot::log(&format!("ignoring a frame without an id: {e}"));
+            }
+            return;
+        }
+    };
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let shutdown = matches!(frame.request, Request::Shutdown);
+        let outcome = match handle(&agent, frame.request) {
+            Ok(r) => Outcome::Ok(r),
+            Err(m) => Outcome::Err(m),
+        };
+        let (written, was_written) = mpsc::channel();
+        let _ = agent.out.send(Outgoing {
+            frame: GuestFrame::Response {
+                id: frame.id,
+                outcome,
+            },
+            written: Some(written),
+        });
+        if shutdown {
+            // Let the answer reach the host before the VM goes away (bounded: a host that went
+            // away must not keep the VM up).
+            let _ = was_written.recv_timeout(Duration::from_secs(2));
+            boot::log("shutdown requested by the host");
+            boot::power_off();
+        }
+    });
+}
+
+fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
+    let c = &agent.containers;
+    match request {
+        Request::Hello { protocol_version } => {
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(format!(
+                    "this agent speaks protocol version {PROTOCOL_VERSION}, the host {protocol_version}; use a guest image built from the same Coffer release"
+                ));
+            }
+            Ok(Response::Hello(Box::new(Hello {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol_version: PROTOCOL_VERSION,
+                initdata: agent.report.clone(),
+            })))
+        }
+        Request::CreateContainer(req) => c
+            .create(req)
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
+        Request::Start { id } => c
+            .start(&id)
+            .map(|pid| Response::Started { pid })
+            .map_err(|e| e.to_string()),
+        Request::Exec {
+            id,
+            exec_id,
+            process,
+        } => c
+            .exec(&id, &exec_id, &process)
+            .map(|pid| Response::Started { pid })
+            .map_err(|e| e.to_string()),
+        Request::Wait { id, exec_id } => c
+            .wait(&id, exec_id.as_deref())
+            .map(|status| Response::Exited { status })
+            .map_err(|e| e.to_string()),
+        Request::Signal {
+            id,
+            exec_id,
+            signal,
+        } => c
+            .signal(&id, exec_id.as_deref(), signal)
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
+        Request::Remove { id } => c
+            .remove(&id)
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
+        Request::ReadFile { path } => {
+            read_initdata_file(Path::new(INITDATA_DIR), &path).map(|data| Response::File { data })
+        }
+        Request::Shutdown => Ok(Response::Ok),
+    }
+}
+
+/// Reads `path` (absolute, or relative to `dir`) if it lies inside `dir`.
+pub fn read_initdata_file(dir: &Path, path: &str) -> Result<Vec<u8>, String> {
+    let p = Path::new(path);
+    let rel: PathBuf = if p.is_absolute() {
+        p.strip_prefix(dir)
+            .map_err(|_| {
+                format!(
+                    "read_file is limited to {}; {path} is outside it",
+                    dir.display()
+                )
+            })?
+            .to_owned()
+    } else {
+        p.to_owned()
+    };
+    if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "read_file is limited to files in {}; {path:?} is not one",
+            dir.display()
+        ));
+    }
+    let full = dir.join(&rel);
+    // A symlink inside the directory must not lead out of it.
+    let real =
+        fs::canonicalize(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+    let real_dir =
+        fs::canonicalize(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if !real.starts_with(&real_dir) {
+        return Err(format!(
+            "read_file is limited to {}; {path} leads outside it",
+            dir.display()
+        ));
+    }
+    fs::read(&real).map_err(|e| format!("cannot read {}: {e}", full.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_file_stays_in_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("initdata");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("aa.toml"), b"x = 1\n").unwrap();
+        fs::write(tmp.path().join("secret"), b"no").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("link")).unwrap();
+
+        assert_eq!(read_initdata_file(&dir, "aa.toml").unwrap(), b"x = 1\n");
+        let abs = dir.join("aa.toml").display().to_string();
+        assert_eq!(read_initdata_file(&dir, &abs).unwrap(), b"x = 1\n");
+        assert!(read_initdata_file(&dir, "../secret")
+            .unwrap_err()
+            .contains("is not one"));
+        assert!(read_initdata_file(&dir, "/etc/passwd")
+            .unwrap_err()
+            .contains("is outside it"));
+        assert!(read_initdata_file(&dir, "link")
+            .unwrap_err()
+            .contains("leads outside it"));
+        assert!(read_initdata_file(&dir, "").is_err());
+        assert!(read_initdata_file(&dir, "cdh.toml")
+            .unwrap_err()
+            .starts_with("cannot read"));
+    }
+}

@@ -1,0 +1,340 @@
+//! Reading the Init-Data register back from the TEE: TDX MRCONFIGID, SEV-SNP HOST_DATA.
+//!
+//! The layouts are the hardware's; the parsers are pure functions over byte buffers so they are
+//! tested on synthetic reports.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Size of a TDX TDREPORT (`TDREPORT_STRUCT`).
+pub const TDREPORT_LEN: usize = 1024;
+
+/// Offset of MRCONFIGID in a TDREPORT: REPORTMACSTRUCT (256 bytes), TEE_TCB_INFO (239),
+/// reserved (17), then TDINFO, in which ATTRIBUTES (8), XFAM (8) and MRTD (48) precede
+/// MRCONFIGID (48).
+pub const TDREPORT_MRCONFIGID: usize = 256 + 239 + 17 + 8 + 8 + 48;
+
+/// Offset of HOST_DATA in an SEV-SNP attestation report.
+pub const SNP_REPORT_HOST_DATA: usize = 0xC0;
+
+/// Offset of the report inside the firmware's MSG_REPORT_RSP (status, size, 24 reserved bytes).
+pub const SNP_REPORT_RSP_HEADER: usize = 0x20;
+
+/// Newer kernels expose MRCONFIGID here (binary, or hex text on some versions).
+pub const TDX_SYSFS_MRCONFIGID: &str =
+    "/sys/devices/virtual/misc/tdx_guest/measurements/mrconfigid";
+
+/// Errors while reading a TEE register.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TeeError {
+    /// A report is shorter than its layout.
+    #[error("{what} is {len} bytes, shorter than the {need} bytes its layout needs")]
+    Short {
+        /// What was parsed.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The length needed.
+        need: usize,
+    },
+    /// The firmware refused the report request.
+    #[error("the SEV-SNP firmware answered the report request with status {0:#x}")]
+    FirmwareStatus(u32),
+    /// A sysfs value is neither 48 raw bytes nor 96 hex characters.
+    #[error("{path} holds {len} bytes, neither 48 raw bytes nor 96 hex characters")]
+    BadSysfs {
+        /// The file.
+        path: String,
+        /// Its length.
+        len: usize,
+    },
+    /// No interface to the TEE could be used.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// MRCONFIGID from a TDREPORT.
+pub fn tdreport_mrconfigid(report: &[u8]) -> Result<[u8; 48], TeeError> {
+    field(report, "TDREPORT", TDREPORT_MRCONFIGID, TDREPORT_LEN)
+}
+
+/// HOST_DATA from an SEV-SNP attestation report (as configfs-tsm's `outblob` gives it).
+pub fn snp_report_host_data(report: &[u8]) -> Result<[u8; 32], TeeError> {
+    field(
+        report,
+        "SEV-SNP attestation report",
+        SNP_REPORT_HOST_DATA,
+        SNP_REPORT_HOST_DATA + 32,
+    )
+}
+
+/// HOST_DATA from the firmware's MSG_REPORT_RSP (what `/dev/sev-guest` returns).
+pub fn snp_report_rsp_host_data(rsp: &[u8]) -> Result<[u8; 32], TeeError> {
+    if rsp.len() < SNP_REPORT_RSP_HEADER {
+        return Err(TeeError::Short {
+            what: "SEV-SNP MSG_REPORT_RSP",
+            len: rsp.len(),
+            need: SNP_REPORT_RSP_HEADER,
+        });
+    }
+    let status = u32::from_le_bytes([rsp[0], rsp[1], rsp[2], rsp[3]]);
+    if status != 0 {
+        return Err(TeeError::FirmwareStatus(status));
+    }
+    snp_report_host_data(&rsp[SNP_REPORT_RSP_HEADER..])
+}
+
+/// MRCONFIGID as the sysfs measurement file holds it: 48 raw bytes, or 96 hex characters.
+pub fn sysfs_mrconfigid(path: &str, content: &[u8]) -> Result<[u8; 48], TeeError> {
+    if content.len() == 48 {
+        let mut out = [0u8; 48];
+        out.copy_from_slice(content);
+        return Ok(out);
+    }
+    let text = std::str::from_utf8(content).unwrap_or("").trim();
+    let bad = || TeeError::BadSysfs {
+        path: path.into(),
+        len: content.len(),
+    };
+    if text.len() != 96 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 48];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn field<const N: usize>(
+    buf: &[u8],
+    what: &'static str,
+    offset: usize,
+    need: usize,
+) -> Result<[u8; N], TeeError> {
+    if buf.len() < need {
+        return Err(TeeError::Short {
+            what,
+            len: buf.len(),
+            need,
+        });
+    }
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[offset..offset + N]);
+    Ok(out)
+}
+
+/// Whether this guest has a TDX or SNP guest interface, whatever the command line says.
+pub fn detect() -> Option<crate::protocol::Tee> {
+    use crate::protocol::Tee;
+    if Path::new("/dev/tdx_guest").exists() || Path::new(TDX_SYSFS_MRCONFIGID).exists() {
+        Some(Tee::Tdx)
+    } else if Path::new("/dev/sev-guest").exists() {
+        Some(Tee::Snp)
+    } else {
+        None
+    }
+}
+
+/// Reads TDX MRCONFIGID: sysfs first, else a TDREPORT from `/dev/tdx_guest`.
+pub fn read_mrconfigid() -> Result<[u8; 48], TeeError> {
+    if let Ok(content) = fs::read(TDX_SYSFS_MRCONFIGID) {
+        return sysfs_mrconfigid(TDX_SYSFS_MRCONFIGID, &content);
+    }
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tdx_guest")
+        .map_err(|e| {
+            TeeError::Unavailable(format!(
+                "no {TDX_SYSFS_MRCONFIGID} and cannot open /dev/tdx_guest ({e}); the guest kernel needs the tdx_guest driver"
+            ))
+        })?;
+    let mut req = TdxReportReq {
+        reportdata: [0; 64],
+        tdreport: [0; TDREPORT_LEN],
+    };
+    // SAFETY: `dev` is open, and `req` is a live, correctly sized `struct tdx_report_req` the
+    // kernel fills in place.
+    unsafe { tdx_get_report0(dev.as_raw_fd(), &mut req) }
+        .map_err(|e| TeeError::Unavailable(format!("TDX_CMD_GET_REPORT0 failed: {e}")))?;
+    tdreport_mrconfigid(&req.tdreport)
+}
+
+/// Reads SEV-SNP HOST_DATA: configfs-tsm first, else `/dev/sev-guest`.
+pub fn read_host_data() -> Result<[u8; 32], TeeError> {
+    match report_via_configfs_tsm() {
+        Ok(report) => return snp_report_host_data(&report),
+        Err(e) if !Path::new("/dev/sev-guest").exists() => return Err(e),
+        Err(_) => {}
+    }
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/sev-guest")
+        .map_err(|e| TeeError::Unavailable(format!("cannot open /dev/sev-guest: {e}")))?;
+    let mut req = SnpReportReq {
+        user_data: [0; 64],
+        vmpl: 0,
+        rsvd: [0; 28],
+    };
+    let mut rsp = SnpReportResp { data: [0; 4000] };
+    let mut guest_req = SnpGuestRequestIoctl {
+        msg_version: 1,
+        req_data: std::ptr::addr_of_mut!(req) as u64,
+        resp_data: std::ptr::addr_of_mut!(rsp) as u64,
+        exitinfo2: 0,
+    };
+    // SAFETY: `dev` is open; `guest_req` points at `req` and `rsp`, which live until the call
+    // returns and have the sizes the kernel's `struct snp_report_req`/`snp_report_resp` have.
+    unsafe { snp_get_report(dev.as_raw_fd(), &mut guest_req) }.map_err(|e| {
+        TeeError::Unavailable(format!(
+            "SNP_GET_REPORT failed: {e} (exitinfo2 {:#x})",
+            guest_req.exitinfo2
+        ))
+    })?;
+    snp_report_rsp_host_data(&rsp.data)
+}
+
+fn report_via_configfs_tsm() -> Result<Vec<u8>, TeeError> {
+    let base = Path::new("/sys/kernel/config/tsm/report");
+    if !base.exists() {
+        return Err(TeeError::Unavailable(
+            "no /sys/kernel/config/tsm/report and no /dev/sev-guest; the guest kernel needs the sev-guest driver".into(),
+        ));
+    }
+    let entry = base.join(format!("coffer-{}", std::process::id()));
+    let unavailable = |what: &str, e: std::io::Error| {
+        TeeError::Unavailable(format!("configfs-tsm {what} failed: {e}"))
+    };
+    fs::create_dir(&entry).map_err(|e| unavailable("mkdir", e))?;
+    let result = fs::write(entry.join("inblob"), [0u8; 64])
+        .map_err(|e| unavailable("inblob write", e))
+        .and_then(|()| fs::read(entry.join("outblob")).map_err(|e| unavailable("outblob read", e)));
+    let _ = fs::remove_dir(&entry);
+    result
+}
+
+/// `struct tdx_report_req` of `<uapi/linux/tdx-guest.h>`.
+#[repr(C)]
+struct TdxReportReq {
+    reportdata: [u8; 64],
+    tdreport: [u8; TDREPORT_LEN],
+}
+
+/// `struct snp_report_req` of `<uapi/linux/sev-guest.h>`.
+#[repr(C)]
+struct SnpReportReq {
+    user_data: [u8; 64],
+    vmpl: u32,
+    rsvd: [u8; 28],
+}
+
+/// `struct snp_report_resp` of `<uapi/linux/sev-guest.h>`.
+#[repr(C)]
+struct SnpReportResp {
+    data: [u8; 4000],
+}
+
+/// `struct snp_guest_request_ioctl` of `<uapi/linux/sev-guest.h>`.
+#[repr(C)]
+struct SnpGuestRequestIoctl {
+    msg_version: u8,
+    req_data: u64,
+    resp_data: u64,
+    exitinfo2: u64,
+}
+
+nix::ioctl_readwrite!(tdx_get_report0, b'T', 1, TdxReportReq);
+nix::ioctl_readwrite!(snp_get_report, b'S', 0x0, SnpGuestRequestIoctl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size of an SEV-SNP attestation report (ATTESTATION_REPORT, versions 2 to 5).
+    const SNP_REPORT_LEN: usize = 0x4A0;
+
+    #[test]
+    fn tdreport_offset_matches_the_tdinfo_layout() {
+        assert_eq!(TDREPORT_MRCONFIGID, 576);
+        let mut report = vec![0u8; TDREPORT_LEN];
+        // MRTD just before, MROWNER just after: neither may leak into the value.
+        report[528..576].fill(0xAA);
+        for (i, b) in report[576..624].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        report[624..672].fill(0xBB);
+        let got = tdreport_mrconfigid(&report).unwrap();
+        assert_eq!(got.to_vec(), (0u8..48).collect::<Vec<_>>());
+        assert_eq!(
+            tdreport_mrconfigid(&report[..600]),
+            Err(TeeError::Short {
+                what: "TDREPORT",
+                len: 600,
+                need: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn snp_host_data_at_0xc0() {
+        let mut report = vec![0u8; SNP_REPORT_LEN];
+        report[0..4].copy_from_slice(&2u32.to_le_bytes());
+        report[0x90..0xC0].fill(0x11); // MEASUREMENT
+        report[0xC0..0xE0].copy_from_slice(&[0x5a; 32]);
+        report[0xE0..0x110].fill(0x22); // ID_KEY_DIGEST
+        assert_eq!(snp_report_host_data(&report).unwrap(), [0x5a; 32]);
+
+        let mut rsp = vec![0u8; 0x20];
+        rsp[4..8].copy_from_slice(&(SNP_REPORT_LEN as u32).to_le_bytes());
+        rsp.extend_from_slice(&report);
+        assert_eq!(snp_report_rsp_host_data(&rsp).unwrap(), [0x5a; 32]);
+        rsp[0] = 0x16;
+        assert_eq!(
+            snp_report_rsp_host_data(&rsp),
+            Err(TeeError::FirmwareStatus(0x16))
+        );
+        assert!(matches!(
+            snp_report_host_data(&report[..0xD0]),
+            Err(TeeError::Short { need: 0xE0, .. })
+        ));
+    }
+
+    #[test]
+    fn the_host_data_binding_reads_back() {
+        // The value the host binds for the test vector of the reference, read back from a report.
+        let doc = coffer_initdata::InitData::parse(
+            b"version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n".to_vec(),
+        )
+        .unwrap();
+        let mut report = vec![0u8; SNP_REPORT_LEN];
+        report[0xC0..0xE0].copy_from_slice(&doc.digest().host_data());
+        assert_eq!(
+            snp_report_host_data(&report).unwrap(),
+            doc.digest().host_data()
+        );
+        let mut td = vec![0u8; TDREPORT_LEN];
+        td[576..624].copy_from_slice(&doc.digest().mrconfigid());
+        assert_eq!(tdreport_mrconfigid(&td).unwrap(), doc.digest().mrconfigid());
+    }
+
+    #[test]
+    fn sysfs_mrconfigid_raw_or_hex() {
+        let raw: Vec<u8> = (0u8..48).collect();
+        assert_eq!(sysfs_mrconfigid("p", &raw).unwrap().to_vec(), raw);
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n";
+        assert_eq!(sysfs_mrconfigid("p", hex.as_bytes()).unwrap().to_vec(), raw);
+        assert_eq!(
+            sysfs_mrconfigid("p", b"zz"),
+            Err(TeeError::BadSysfs {
+                path: "p".into(),
+                len: 2
+            })
+        );
+        let bad_hex = "g".repeat(96);
+        assert!(sysfs_mrconfigid("p", bad_hex.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! `coffer-agent`: PID 1 of the Coffer guest.
+//!
+//! Boot order: early filesystems, kernel modules, the Init-Data (find, read, verify, deliver,
+//! start the attestation services), the 9p share, then the host channel. Whatever fails along the
+//! way is reported in hello rather than ending PID 1, because an agent that answers explains the
+//! failure to the host and one that died only leaves a kernel panic on the console.
+
+mod guest;
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_agent::protocol;
+use guest::{boot, container, initdata, server};
+
+/// How long to wait for the agent's port to appear before giving up and powering off.
+const PORT_WAIT: Duration = Duration::from_secs(10);
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!(
+            "coffer-agent is the init process of the Coffer guest (/init of its initramfs); it does not run on a host"
+        );
+        std::process::exit(2);
+    }
+    boot::mount_early();
+    boot::load_modules();
+
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (cmdline, cmdline_error) = match boot::Cmdline::parse(&cmdline_text) {
+        Ok(c) => (c, None),
+        Err(e) => (boot::Cmdline::default(), Some(e)),
+    };
+    let mut report = initdata::process(cmdline.tee, &cmdline, &coffer_initdata::Limits::default());
+    if let Some(reason) = cmdline_error {
+        report.verification = protocol::Verification::Error { reason };
+    }
+    boot::log(&format!(
+        "Init-Data digest {}, verification {:?}",
+        report.digest.as_deref().unwrap_or("(none)"),
+        report.verification
+    ));
+
+    let share_error = boot::mount_share().err();
+    if let Some(e) = &share_error {
+        boot::log(e);
+    }
+    let refusal = report.verification.refusal().or(share_error);
+
+    let port_path = match boot::find_port(Path::new("/sys/class/virtio-ports"), PORT_WAIT) {
+        Ok(p) => p,
+        Err(e) => {
+            boot::log(&e);
+            boot::power_off();
+        }
+    };
+    let (read_port, write_port) = match open_port(&port_path) {
+        Ok(p) => p,
+        Err(e) => {
+            boot::log(&format!("cannot open {}: {e}", port_path.display()));
+            boot::power_off();
+        }
+    };
+
+    let (out, frames) = mpsc::sync_channel(server::QUEUE);
+    std::thread::spawn(move || server::writer(write_port, frames));
+    let containers = container::Containers::new(out.clone(), refusal);
+    let agent = Arc::new(server::Agent {
+        report,
+        containers,
+        out,
+    });
+    boot::log(&format!("serving the host on {}", port_path.display()));
+    server::serve(read_port, agent)
+}
+
+/// Opens the port once and splits it into a reader and a writer.
+fn open_port(path: &Path) -> std::io::Result<(File, File)> {
+    let port = OpenOptions::new().read(true).write(true).open(path)?;
+    let writer = port.try_clone()?;
+    Ok((port, writer))
+}
