@@ -232,7 +232,13 @@ fn qemu_args(
     let mut a: Vec<String> = Vec::new();
     let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
 
-    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     match tee {
         Tee::None => {
             push(&["-machine", "q35", "-accel", accel.as_str()]);

@@ -1,0 +1,370 @@
+//! Golden launch plans built from the reference's Init-Data vectors.
+
+use std::path::PathBuf;
+
+use coffer_hypervisor::{
+    Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Support, Tee, VmConfig, VmResources,
+};
+use coffer_initdata::{annotation, Digest, Limits};
+
+/// Kata's test annotation; its document's sha256 is c6694bb7...
+const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
+const DIGEST_HEX: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+const SNP_HOST_DATA_B64: &str = "xmlLt6KdbzfscqFVguAEufMUIVloLbhQmjBEB0GaSeU=";
+const TDX_MRCONFIGID_B64: &str = "xmlLt6KdbzfscqFVguAEufMUIVloLbhQmjBEB0GaSeUAAAAAAAAAAAAAAAAAAAAA";
+
+fn digest() -> Digest {
+    let d = annotation::decode(KATA_ANNOTATION, &Limits::default())
+        .expect("the reference annotation decodes")
+        .digest();
+    assert_eq!(d.to_hex(), DIGEST_HEX);
+    d
+}
+
+fn config() -> VmConfig {
+    let mut c = VmConfig {
+        kernel: "/g/vmlinuz".into(),
+        initrd: "/g/initrd.img".into(),
+        ..VmConfig::default()
+    };
+    c.snp.cbitpos = Some(51);
+    c
+}
+
+/// A host that can launch everything, except that its CPUID does not say where the C-bit is.
+fn capable_host(kvm: bool) -> HostCapabilities {
+    HostCapabilities {
+        kvm: if kvm {
+            Support::yes()
+        } else {
+            Support::no("slow")
+        },
+        tdx: Support::yes(),
+        snp: Support::yes(),
+        snp_cbitpos: None,
+    }
+}
+
+fn resources() -> VmResources {
+    VmResources::in_dir("/run/coffer/s1")
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+/// Everything after the TEE-specific part: identical for every TEE.
+fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet coffer.tee={tee}");
+    if with_initdata {
+        cmdline.push_str(&format!(" coffer.initdata_digest={DIGEST_HEX}"));
+    }
+    let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
+    v.push(cmdline);
+    v.extend(words(
+        "-chardev file,id=console,path=/run/coffer/s1/console.log -serial chardev:console \
+         -chardev socket,id=qmp,path=/run/coffer/s1/qmp.sock,server=on,wait=off \
+         -mon chardev=qmp,mode=control \
+         -device virtio-serial-pci,id=vser0 \
+         -chardev socket,id=agent,path=/run/coffer/s1/agent.sock,server=on,wait=off \
+         -device virtserialport,bus=vser0.0,chardev=agent,name=coffer.agent \
+         -fsdev local,id=share,path=/run/coffer/s1/share,security_model=none \
+         -device virtio-9p-pci,fsdev=share,mount_tag=coffer",
+    ));
+    if with_initdata {
+        v.extend(words(
+            "-drive file=/run/coffer/s1/initdata.img,if=none,id=initdata,format=raw,readonly=on \
+             -device virtio-blk-pci,drive=initdata,serial=initdata",
+        ));
+    }
+    v
+}
+
+#[test]
+fn snp_golden_argv() {
+    let plan = LaunchPlan::build(
+        &config(),
+        Tee::Snp,
+        &capable_host(false),
+        Some(&digest()),
+        &resources(),
+    )
+    .unwrap();
+    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -object");
+    expected.push(format!(
+        "sev-snp-guest,id=snp0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000,host-data={SNP_HOST_DATA_B64}"
+    ));
+    expected.extend(words(
+        "-machine q35,confidential-guest-support=snp0 -accel kvm -cpu EPYC-v4 \
+         -bios /usr/share/ovmf/OVMF.amdsev.fd",
+    ));
+    expected.extend(common_tail("snp", true));
+    assert_eq!(plan.program, PathBuf::from("qemu-system-x86_64"));
+    assert_eq!(plan.args, expected);
+}
+
+#[test]
+fn tdx_golden_argv() {
+    let plan = LaunchPlan::build(
+        &config(),
+        Tee::Tdx,
+        &capable_host(false),
+        Some(&digest()),
+        &resources(),
+    )
+    .unwrap();
+    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -object");
+    expected.push(format!("tdx-guest,id=tdx0,mrconfigid={TDX_MRCONFIGID_B64}"));
+    expected.extend(words(
+        "-machine q35,kernel-irqchip=split,confidential-guest-support=tdx0 -accel kvm -cpu host \
+         -bios /usr/share/ovmf/OVMF.fd",
+    ));
+    expected.extend(common_tail("tdx", true));
+    assert_eq!(plan.args, expected);
+}
+
+#[test]
+fn tdx_with_a_quote_socket_uses_the_json_object_form() {
+    let mut c = config();
+    c.tdx.quote_generation_socket_port = Some(4050);
+    let plan = LaunchPlan::build(
+        &c,
+        Tee::Tdx,
+        &capable_host(false),
+        Some(&digest()),
+        &resources(),
+    )
+    .unwrap();
+    let object: serde_json::Value = serde_json::from_str(&plan.args[6]).unwrap();
+    assert_eq!(
+        object,
+        serde_json::json!({
+            "qom-type": "tdx-guest",
+            "id": "tdx0",
+            "mrconfigid": TDX_MRCONFIGID_B64,
+            "quote-generation-socket": {"type": "vsock", "cid": "2", "port": "4050"}
+        })
+    );
+}
+
+#[test]
+fn none_golden_argv_with_and_without_initdata() {
+    let host = capable_host(false);
+    let plan =
+        LaunchPlan::build(&config(), Tee::None, &host, Some(&digest()), &resources()).unwrap();
+    let mut expected = words(
+        "-nodefaults -no-user-config -display none -no-reboot -machine q35 -accel tcg -cpu max",
+    );
+    expected.extend(common_tail("none", true));
+    assert_eq!(plan.args, expected);
+
+    let plan = LaunchPlan::build(&config(), Tee::None, &host, None, &resources()).unwrap();
+    let mut expected = words(
+        "-nodefaults -no-user-config -display none -no-reboot -machine q35 -accel tcg -cpu max",
+    );
+    expected.extend(common_tail("none", false));
+    assert_eq!(plan.args, expected);
+}
+
+#[test]
+fn accel_follows_the_probe_and_the_configuration() {
+    let accel_of = |c: &VmConfig, kvm: bool| {
+        let plan = LaunchPlan::build(c, Tee::None, &capable_host(kvm), None, &resources()).unwrap();
+        let i = plan.args.iter().position(|a| a == "-accel").unwrap();
+        (plan.args[i + 1].clone(), plan.args[i + 3].clone())
+    };
+    let mut c = config();
+    assert_eq!(accel_of(&c, true), ("kvm".into(), "host".into()));
+    assert_eq!(accel_of(&c, false), ("tcg".into(), "max".into()));
+    c.accel = Accel::Tcg;
+    assert_eq!(accel_of(&c, true), ("tcg".into(), "max".into()));
+    c.accel = Accel::Kvm;
+    assert_eq!(accel_of(&c, false), ("kvm".into(), "host".into()));
+}
+
+#[test]
+fn a_tee_the_host_cannot_launch_is_refused_before_anything_starts() {
+    let host = HostCapabilities {
+        kvm: Support::no("slow"),
+        tdx: Support::no("KVM cannot create TDX VMs (KVM_CAP_VM_TYPES is 0x1; TDX would be bit 5); kvm_intel is not loaded"),
+        snp: Support::no("kvm_amd is not loaded"),
+        snp_cbitpos: None,
+    };
+    let e =
+        LaunchPlan::build(&config(), Tee::Tdx, &host, Some(&digest()), &resources()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this host cannot launch TDX guests: KVM cannot create TDX VMs (KVM_CAP_VM_TYPES is 0x1; TDX would be bit 5); kvm_intel is not loaded"
+    );
+    let e = LaunchPlan::build(&config(), Tee::Snp, &host, None, &resources()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this host cannot launch SNP guests: kvm_amd is not loaded"
+    );
+}
+
+#[test]
+fn confidential_guests_refuse_tcg() {
+    let mut c = config();
+    c.accel = Accel::Tcg;
+    let e = LaunchPlan::build(&c, Tee::Snp, &capable_host(true), None, &resources()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "SNP guests run only on KVM, but the configuration says accel = \"tcg\"; set accel to \"auto\" or \"kvm\""
+    );
+}
+
+#[test]
+fn snp_without_a_cbitpos_says_how_to_set_it() {
+    let mut c = config();
+    c.snp.cbitpos = None;
+    let e = LaunchPlan::build(&c, Tee::Snp, &capable_host(true), None, &resources()).unwrap_err();
+    assert!(matches!(e, Error::UnknownCbitpos));
+    assert!(e.to_string().contains("set `snp.cbitpos`"), "{e}");
+
+    // The host's CPUID wins over the configuration.
+    let mut host = capable_host(true);
+    host.snp_cbitpos = Some(47);
+    let plan = LaunchPlan::build(&c, Tee::Snp, &host, None, &resources()).unwrap();
+    assert_eq!(
+        plan.args[6],
+        "sev-snp-guest,id=snp0,cbitpos=47,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000"
+    );
+}
+
+#[test]
+fn cloud_hypervisor_snp_takes_host_data_as_hex() {
+    let mut c = config();
+    c.hypervisor = HypervisorKind::CloudHypervisor;
+    c.firmware = Some("/g/coffer.igvm".into());
+    let plan = LaunchPlan::build(
+        &c,
+        Tee::Snp,
+        &capable_host(true),
+        Some(&digest()),
+        &resources(),
+    )
+    .unwrap();
+    assert_eq!(plan.program, PathBuf::from("cloud-hypervisor"));
+    let mut expected = words("--platform sev_snp=on --igvm /g/coffer.igvm --host-data");
+    expected.push(DIGEST_HEX.into());
+    expected.extend(words(
+        "--cpus boot=1 --memory size=512M --kernel /g/vmlinuz --initramfs /g/initrd.img --cmdline",
+    ));
+    expected.push(format!(
+        "console=ttyS0 panic=-1 quiet coffer.tee=snp coffer.initdata_digest={DIGEST_HEX}"
+    ));
+    expected.extend(words(
+        "--serial file=/run/coffer/s1/console.log --console off \
+         --api-socket path=/run/coffer/s1/qmp.sock \
+         --vsock cid=3,socket=/run/coffer/s1/agent.sock \
+         --disk path=/run/coffer/s1/initdata.img,readonly=on,serial=initdata",
+    ));
+    assert_eq!(plan.args, expected);
+    assert_eq!(plan.args[5].len(), 64);
+}
+
+#[test]
+fn cloud_hypervisor_refuses_tdx_and_says_why() {
+    let mut c = config();
+    c.hypervisor = HypervisorKind::CloudHypervisor;
+    let e = LaunchPlan::build(
+        &c,
+        Tee::Tdx,
+        &capable_host(true),
+        Some(&digest()),
+        &resources(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("no option to set MRCONFIGID"), "{msg}");
+    assert!(msg.contains("use hypervisor = \"qemu\" for TDX"), "{msg}");
+
+    let e = LaunchPlan::build(&c, Tee::Snp, &capable_host(true), None, &resources()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "an SEV-SNP guest on Cloud Hypervisor needs an IGVM file; set `firmware` in the [vm] configuration"
+    );
+}
+
+#[test]
+fn paths_are_escaped_and_bounded() {
+    let res = VmResources::in_dir("/tmp/a,b");
+    let plan = LaunchPlan::build(
+        &config(),
+        Tee::None,
+        &capable_host(false),
+        Some(&digest()),
+        &res,
+    )
+    .unwrap();
+    assert!(plan.args.contains(
+        &"file=/tmp/a,,b/initdata.img,if=none,id=initdata,format=raw,readonly=on".to_string()
+    ));
+    assert!(plan.args.contains(&"-kernel".to_string()));
+
+    let long = VmResources::in_dir(format!("/run/{}", "x".repeat(100)));
+    let e = LaunchPlan::build(&config(), Tee::None, &capable_host(false), None, &long).unwrap_err();
+    assert!(e.to_string().starts_with("the agent socket path"), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("over the 107 a unix socket allows; use a shorter state directory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bound_initdata_needs_its_disk() {
+    let mut res = resources();
+    res.initdata_image = None;
+    let e = LaunchPlan::build(
+        &config(),
+        Tee::None,
+        &capable_host(false),
+        Some(&digest()),
+        &res,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::MissingInitDataImage));
+}
+
+#[test]
+fn bad_sizes_are_refused() {
+    let mut c = config();
+    c.vcpus = 0;
+    let e = LaunchPlan::build(&c, Tee::None, &capable_host(false), None, &resources()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid VM configuration: vcpus = 0 is out of range; use 1 to 255"
+    );
+    let mut c = config();
+    c.memory_mib = 16;
+    let e = LaunchPlan::build(&c, Tee::None, &capable_host(false), None, &resources()).unwrap_err();
+    assert!(
+        e.to_string().contains("memory_mib = 16 is too small"),
+        "{e}"
+    );
+}
+
+#[test]
+fn prints_as_json_and_as_a_shell_line() {
+    let plan = LaunchPlan::build(
+        &config(),
+        Tee::None,
+        &capable_host(false),
+        None,
+        &resources(),
+    )
+    .unwrap();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["program"], "qemu-system-x86_64");
+    assert_eq!(json["args"].as_array().unwrap().len(), plan.args.len());
+    assert_eq!(json.as_object().unwrap().len(), 2);
+
+    let line = plan.to_string();
+    assert!(line.starts_with("qemu-system-x86_64 -nodefaults -no-user-config -display none"));
+    assert!(
+        line.contains(" -append 'console=ttyS0 panic=-1 quiet coffer.tee=none' "),
+        "{line}"
+    );
+}
