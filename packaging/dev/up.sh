@@ -11,13 +11,15 @@
 # Runtime handlers: runc (the default), coffer-qemu, coffer-qemu-tdx, coffer-qemu-snp.
 # It never touches a containerd the machine already runs: no /run/containerd/containerd.sock,
 # no /etc/containerd, no /var/lib/containerd. Stop it with down.sh DIR. Running it again on a
-# DIR whose containerd is up only prints the socket.
+# DIR whose containerd is up only prints the socket; on a DIR whose containerd was stopped it
+# starts it again with the config.toml already there (which install.sh may have edited).
 #
 # usage: up.sh DIR
 # env:   COFFER_BIN_DIR    directory holding containerd-shim-coffer-v2 and coffer
 #                          (default: target/release, else target/debug, of this checkout)
 #        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
 #        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)
+#        COFFER_HANDLERS   "none": register only runc (to try packaging/install.sh on it)
 #        CONTAINERD        containerd binary (default: containerd on PATH)
 set -euo pipefail
 
@@ -123,7 +125,7 @@ CNI
 
 cri='plugins."io.containerd.grpc.v1.cri"'
 runtimes="$cri.containerd.runtimes"
-{
+[ -f "$dir/config.toml" ] || {
   cat <<CONF
 # Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
 version = 2
@@ -162,7 +164,9 @@ disabled_plugins = [
 [$runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 CONF
-  for handler in coffer-qemu coffer-qemu-tdx coffer-qemu-snp; do
+  handlers="coffer-qemu coffer-qemu-tdx coffer-qemu-snp"
+  [ "${COFFER_HANDLERS:-}" = none ] && handlers=
+  for handler in $handlers; do
     cat <<CONF
 
 [$runtimes.$handler]
@@ -173,7 +177,7 @@ CONF
   ConfigPath = "$dir/coffer/$handler.toml"
 CONF
   done
-} > "$dir/config.toml"
+} > "$dir/config.toml.tmp" && mv "$dir/config.toml.tmp" "$dir/config.toml"
 
 "$here/images.sh" "$dir/images" >/dev/null
 
