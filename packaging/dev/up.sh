@@ -125,7 +125,9 @@ CNI
 
 cri='plugins."io.containerd.grpc.v1.cri"'
 runtimes="$cri.containerd.runtimes"
-[ -f "$dir/config.toml" ] || {
+# An existing config.toml is kept: it was made for this DIR (and install.sh may have edited it).
+if [ ! -f "$dir/config.toml" ]; then
+{
   cat <<CONF
 # Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
 version = 2
@@ -177,7 +179,9 @@ CONF
   ConfigPath = "$dir/coffer/$handler.toml"
 CONF
   done
-} > "$dir/config.toml.tmp" && mv "$dir/config.toml.tmp" "$dir/config.toml"
+} > "$dir/config.toml.tmp"
+mv "$dir/config.toml.tmp" "$dir/config.toml"
+fi
 
 "$here/images.sh" "$dir/images" >/dev/null
 

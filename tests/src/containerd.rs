@@ -44,6 +44,7 @@ pub struct PrivateContainerd {
     dir: PathBuf,
     socket: PathBuf,
     up_stderr: String,
+    options: Options,
 }
 
 /// Options for [`PrivateContainerd::start_with`].
@@ -55,6 +56,9 @@ pub struct Options {
     pub guest_dir: Option<PathBuf>,
     /// Accelerator for the coffer-qemu handler (env COFFER_ACCEL for up.sh).
     pub accel: Option<String>,
+    /// Register only the runc handler (env COFFER_HANDLERS=none for up.sh), as a node looks
+    /// before `packaging/install.sh` adds Coffer's.
+    pub runc_only: bool,
 }
 
 impl PrivateContainerd {
@@ -64,6 +68,7 @@ impl PrivateContainerd {
             bin_dir: tools::bin_dir().ok(),
             guest_dir: tools::guest_dir().ok(),
             accel: std::env::var("COFFER_ACCEL").ok().filter(|a| !a.is_empty()),
+            runc_only: false,
         })
     }
 
@@ -75,9 +80,23 @@ impl PrivateContainerd {
             .tempdir_in("/tmp")
             .map_err(StartError::TempDir)?
             .keep();
+        // From here on, dropping `fixture` runs down.sh whatever happened.
+        let mut fixture = PrivateContainerd {
+            dir,
+            socket: PathBuf::new(),
+            up_stderr: String::new(),
+            options: options.clone(),
+        };
+        fixture.up()?;
+        Ok(fixture)
+    }
+
+    /// Runs up.sh on this fixture's directory: starts containerd, or does nothing when it runs.
+    fn up(&mut self) -> Result<(), StartError> {
+        let options = &self.options;
         let script = tools::workspace().join("packaging/dev/up.sh");
         let mut cmd = Command::new(&script);
-        cmd.arg(&dir);
+        cmd.arg(&self.dir);
         if let Some(d) = &options.bin_dir {
             cmd.env("COFFER_BIN_DIR", d);
         }
@@ -87,17 +106,14 @@ impl PrivateContainerd {
         if let Some(a) = &options.accel {
             cmd.env("COFFER_ACCEL", a);
         }
+        if options.runc_only {
+            cmd.env("COFFER_HANDLERS", "none");
+        }
         let out = cmd.output().map_err(|source| StartError::Spawn {
             script: script.clone(),
             source,
-        });
-        // From here on, dropping `fixture` runs down.sh whatever happened.
-        let mut fixture = PrivateContainerd {
-            dir,
-            socket: PathBuf::new(),
-            up_stderr: String::new(),
-        };
-        let out = out?;
+        })?;
+        let fixture = self;
         fixture.up_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             return Err(StartError::Up {
@@ -110,7 +126,44 @@ impl PrivateContainerd {
             return Err(StartError::NoSocket { stdout });
         };
         fixture.socket = PathBuf::from(socket);
-        Ok(fixture)
+        Ok(())
+    }
+
+    /// Stops containerd (SIGTERM, then waits for it), keeping its directory and config, so a
+    /// test can edit the config and [`restart`](Self::restart) it.
+    pub fn stop_containerd(&self) -> Result<(), String> {
+        let pid_file = self.dir.join("containerd.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+        let pid = pid.trim().to_owned();
+        let alive = || Path::new("/proc").join(&pid).exists();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -TERM {pid} failed: {status}"));
+        }
+        // containerd is the child of nobody here (setsid), so /proc tells when it is gone.
+        for _ in 0..300 {
+            if !alive() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(format!(
+            "containerd {pid} did not stop within 30 s of SIGTERM"
+        ))
+    }
+
+    /// Starts containerd again with the config already in its directory.
+    pub fn restart(&mut self) -> Result<(), StartError> {
+        self.up()
+    }
+
+    /// containerd's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
     }
 
     /// The directory holding everything this containerd made.

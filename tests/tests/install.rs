@@ -1,0 +1,341 @@
+//! packaging/install.sh against a private containerd (never the machine's own): install
+//! registers the Coffer handlers without touching any other setting, containerd loads them and
+//! runs the installed shim, a second install changes nothing, and `--uninstall` leaves the
+//! containerd config byte for byte as it was and removes every file the install added.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use coffer_initdata::annotation::ANNOTATION;
+use coffer_tests::tools::{self, Coffer};
+use coffer_tests::{skip, Options, Pod, PrivateContainerd};
+use serde_json::Value;
+
+const HANDLERS: [&str; 3] = ["coffer-qemu", "coffer-qemu-tdx", "coffer-qemu-snp"];
+const INITDATA_KEYS: [&str; 2] = [
+    "io.katacontainers.config.hypervisor.cc_init_data",
+    "io.katacontainers.config.runtime.cc_init_data",
+];
+
+fn install_sh(args: &[&Path], extra: &[&str]) -> std::process::Output {
+    let script = tools::workspace().join("packaging/install.sh");
+    let mut cmd = Command::new(&script);
+    cmd.args(args).args(extra);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "install.sh {:?} {extra:?} failed ({}):\n{}{}",
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The CRI plugin's effective configuration, as `crictl info` shows it.
+fn cri_config(ctd: &PrivateContainerd) -> Value {
+    let mut cri = ctd.cri().expect("connect to the private containerd");
+    let status = cri.status(true).expect("Status");
+    let config = status
+        .info
+        .get("config")
+        .unwrap_or_else(|| panic!("Status verbose has no config: {:?}", status.info.keys()));
+    serde_json::from_str(config).expect("the CRI config is JSON")
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+            if p.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn install_registers_the_handlers_and_uninstall_restores_the_config() {
+    if let Some(reason) = tools::containerd_missing() {
+        return skip(reason);
+    }
+    let bin = match tools::bin_dir() {
+        Ok(b) => b,
+        Err(reason) => return skip(reason),
+    };
+    let guest = tools::guest_dir().ok();
+    let mut ctd = PrivateContainerd::start_with(&Options {
+        runc_only: true,
+        ..Options::default()
+    })
+    .expect("the private containerd starts");
+
+    let config_before = cri_config(&ctd);
+    for h in HANDLERS {
+        assert!(
+            config_before["containerd"]["runtimes"].get(h).is_none(),
+            "{h} registered before the install"
+        );
+    }
+
+    ctd.stop_containerd().expect("stop containerd");
+    let config_file = ctd.config_path();
+    let before = std::fs::read(&config_file).expect("read the containerd config");
+    let prefix = ctd.dir().join("prefix");
+    let state_dir = ctd.dir().join("installed-state");
+    let guest_dir = guest.clone().unwrap_or_else(|| ctd.dir().join("no-guest"));
+    let args: [&Path; 10] = [
+        Path::new("--prefix"),
+        &prefix,
+        Path::new("--containerd-config"),
+        &config_file,
+        Path::new("--state-dir"),
+        &state_dir,
+        Path::new("--bin-dir"),
+        &bin,
+        Path::new("--guest-dir"),
+        &guest_dir,
+    ];
+    install_sh(&args, &[]);
+
+    // The binaries and configs are in place, with this install's paths.
+    let shim = prefix.join("bin/containerd-shim-coffer-v2");
+    assert_eq!(
+        std::fs::read(&shim).expect("installed shim"),
+        std::fs::read(bin.join(tools::SHIM)).expect("built shim")
+    );
+    assert!(prefix.join("bin/coffer").is_file());
+    for h in HANDLERS {
+        let text = std::fs::read_to_string(prefix.join(format!("etc/coffer/{h}.toml")))
+            .expect("installed handler config");
+        assert!(
+            text.contains(&format!("state_dir = \"{}\"", state_dir.display())),
+            "{h}.toml: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "kernel = \"{}\"",
+                prefix.join("share/coffer/guest/vmlinuz").display()
+            )),
+            "{h}.toml: {text}"
+        );
+    }
+
+    // The config gained the handler tables and nothing else changed.
+    let after = std::fs::read(&config_file).expect("read the containerd config");
+    assert!(
+        after.starts_with(&before),
+        "install.sh changed existing bytes of the config"
+    );
+    let installed_tree = tree(ctd.dir());
+
+    // Idempotent: a second install changes no byte anywhere.
+    install_sh(&args, &[]);
+    assert_eq!(std::fs::read(&config_file).expect("config"), after);
+    assert_eq!(tree(ctd.dir()), installed_tree);
+
+    // containerd loads the handlers, keeps every other setting, and runs the installed shim.
+    ctd.restart()
+        .expect("containerd restarts with the edited config");
+    let config = cri_config(&ctd);
+    assert_eq!(config["sandboxImage"], "localhost/coffer/pause:latest");
+    assert_eq!(config["restrictOOMScoreAdj"], true);
+    assert_eq!(
+        config["containerd"]["runtimes"]["runc"]["runtimeType"],
+        "io.containerd.runc.v2"
+    );
+    for h in HANDLERS {
+        let rt = &config["containerd"]["runtimes"][h];
+        assert_eq!(rt["runtimeType"], "io.containerd.coffer.v2", "{h}: {rt}");
+        assert_eq!(
+            rt["runtimePath"],
+            shim.to_string_lossy().as_ref(),
+            "{h}: {rt}"
+        );
+        // containerd 1.6 spells this key "PodAnnotations" in its JSON, later ones camelCase.
+        let annotations = rt.get("podAnnotations").unwrap_or(&rt["PodAnnotations"]);
+        assert_eq!(annotations, &serde_json::json!(INITDATA_KEYS), "{h}: {rt}");
+        assert_eq!(
+            rt["options"]["ConfigPath"],
+            prefix
+                .join(format!("etc/coffer/{h}.toml"))
+                .to_string_lossy()
+                .as_ref(),
+            "{h}: {rt}"
+        );
+    }
+    if guest.is_some() {
+        // The TDX handler reaches the installed shim, which reads the installed config
+        // (tee = "tdx") and refuses before starting anything on this host.
+        let coffer = Coffer::in_dir(&prefix.join("bin"));
+        let annotation = coffer
+            .encode(&tools::seed_initdata())
+            .expect("installed coffer initdata encode");
+        let mut cri = ctd.cri().expect("connect");
+        let pod = Pod::new("installed-tdx", "coffer-qemu-tdx", &ctd.log_root())
+            .annotation(ANNOTATION, &annotation);
+        let err = cri
+            .run_pod_sandbox(&pod)
+            .expect_err("a TDX pod started on a host without TDX");
+        assert!(
+            err.message()
+                .contains("this host cannot launch TDX guests: "),
+            "{}",
+            err.message()
+        );
+    } else {
+        skip("no guest image: not starting a pod on the installed handlers");
+    }
+
+    // Uninstall: the config is byte-equal to before, and the install's files are gone.
+    ctd.stop_containerd().expect("stop containerd");
+    install_sh(&args[..4], &["--uninstall"]);
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&config_file).expect("config")),
+        String::from_utf8_lossy(&before),
+        "the config after --uninstall differs from before the install"
+    );
+    assert!(!prefix.exists(), "left behind: {:?}", tree(&prefix));
+    // Uninstalling again is a no-op.
+    install_sh(&args[..4], &["--uninstall"]);
+
+    ctd.restart()
+        .expect("containerd restarts with the restored config");
+    let config = cri_config(&ctd);
+    for h in HANDLERS {
+        assert!(
+            config["containerd"]["runtimes"].get(h).is_none(),
+            "{h} still registered"
+        );
+    }
+}
+
+/// containerd 2.x (not installable here) takes the handlers as a version 3 drop-in listed in
+/// `imports`; checked on the files install.sh writes.
+#[test]
+fn containerd_2_gets_a_drop_in_listed_in_imports() {
+    let bin = match tools::bin_dir() {
+        Ok(b) => b,
+        Err(reason) => return skip(reason),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etc = dir.path().join("etc/containerd");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    let config_file = etc.join("config.toml");
+    let before = "version = 3\nimports = [\"/etc/containerd/other.toml\"]\n\n\
+                  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  \
+                  sandbox = \"registry.example/pause:3.10\"\n";
+    std::fs::write(&config_file, before).expect("write config");
+    let prefix = dir.path().join("prefix");
+    let args: [&Path; 8] = [
+        Path::new("--prefix"),
+        &prefix,
+        Path::new("--containerd-config"),
+        &config_file,
+        Path::new("--bin-dir"),
+        &bin,
+        Path::new("--containerd-version"),
+        Path::new("2.1.4"),
+    ];
+    install_sh(&args, &[]);
+
+    let dropin = etc.join("conf.d/coffer.toml");
+    let config: toml::Table = std::fs::read_to_string(&config_file)
+        .expect("config")
+        .parse()
+        .expect("the edited config is TOML");
+    assert_eq!(
+        config["imports"],
+        toml::Value::Array(vec![
+            dropin.to_string_lossy().into_owned().into(),
+            "/etc/containerd/other.toml".into()
+        ])
+    );
+    assert_eq!(
+        config["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
+        Some("registry.example/pause:3.10")
+    );
+    let d: toml::Table = std::fs::read_to_string(&dropin)
+        .expect("drop-in")
+        .parse()
+        .expect("the drop-in is TOML");
+    assert_eq!(d["version"].as_integer(), Some(3));
+    for h in HANDLERS {
+        let rt = &d["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"][h];
+        assert_eq!(rt["runtime_type"].as_str(), Some("io.containerd.coffer.v2"));
+        assert_eq!(
+            rt["runtime_path"].as_str(),
+            Some(
+                prefix
+                    .join("bin/containerd-shim-coffer-v2")
+                    .to_string_lossy()
+                    .as_ref()
+            )
+        );
+        assert_eq!(
+            rt["options"]["ConfigPath"].as_str(),
+            Some(
+                prefix
+                    .join(format!("etc/coffer/{h}.toml"))
+                    .to_string_lossy()
+                    .as_ref()
+            )
+        );
+        let keys: Vec<&str> = rt["pod_annotations"]
+            .as_array()
+            .expect("pod_annotations")
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
+        assert_eq!(keys, INITDATA_KEYS);
+    }
+
+    install_sh(&args[..4], &["--uninstall"]);
+    assert_eq!(
+        std::fs::read_to_string(&config_file).expect("config"),
+        before
+    );
+    assert!(!dropin.exists() && !etc.join("conf.d").exists());
+    assert!(!prefix.exists());
+}
+
+/// The packaged per-handler configs name the TEE their handler is for and the default paths
+/// install.sh and up.sh rewrite.
+#[test]
+fn packaged_handler_configs_match_their_handlers() {
+    for (h, tee) in [
+        ("coffer-qemu", "none"),
+        ("coffer-qemu-tdx", "tdx"),
+        ("coffer-qemu-snp", "snp"),
+    ] {
+        let path = tools::workspace().join(format!("packaging/config/{h}.toml"));
+        let c: toml::Table = std::fs::read_to_string(&path)
+            .expect("packaged config")
+            .parse()
+            .expect("packaged config is TOML");
+        assert_eq!(c["tee"].as_str(), Some(tee), "{}", path.display());
+        assert_eq!(c["state_dir"].as_str(), Some("/run/coffer"));
+        assert_eq!(
+            c["vm"]["kernel"].as_str(),
+            Some("/usr/local/share/coffer/guest/vmlinuz")
+        );
+        assert_eq!(
+            c["vm"]["initrd"].as_str(),
+            Some("/usr/local/share/coffer/guest/initrd.img")
+        );
+        // Pods on a TEE handler must be measured with their own Init-Data.
+        assert_eq!(c["required"].as_bool(), Some(tee != "none"), "{h}");
+    }
+}
