@@ -339,3 +339,77 @@ fn packaged_handler_configs_match_their_handlers() {
         assert_eq!(c["required"].as_bool(), Some(tee != "none"), "{h}");
     }
 }
+
+/// The value of `key: "value"` on the first line of `text` holding `key`.
+fn yaml_string(text: &str, key: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(key))?;
+    let value = line.trim_start()[key.len()..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim();
+    Some(value.trim_matches('"').to_owned())
+}
+
+/// The example pod carries exactly the Init-Data example, encoded as `coffer initdata encode`
+/// encodes it, and quotes the TDX reference value `coffer initdata digest` prints.
+#[test]
+fn kubernetes_example_pod_carries_the_encoded_example() {
+    let dir = tools::workspace().join("packaging/kubernetes");
+    let pod = std::fs::read_to_string(dir.join("example-pod.yaml")).expect("example-pod.yaml");
+    assert_eq!(
+        yaml_string(&pod, "runtimeClassName").as_deref(),
+        Some("coffer-qemu-tdx")
+    );
+    let value = yaml_string(&pod, ANNOTATION).expect("the Init-Data annotation");
+    let example = tools::seed_initdata();
+    let document = std::fs::read(&example).expect("the Init-Data example");
+    let decoded =
+        coffer_initdata::annotation::decode_bytes(&value, &coffer_initdata::Limits::default())
+            .expect("the annotation decodes");
+    assert_eq!(
+        decoded, document,
+        "the annotation is not the example document"
+    );
+
+    let Ok(bin) = tools::bin_dir() else {
+        return skip("no coffer CLI built: not comparing with `coffer initdata encode`");
+    };
+    let coffer = Coffer::in_dir(&bin);
+    assert_eq!(
+        coffer.encode(&example).expect("coffer initdata encode"),
+        value
+    );
+    let digest = coffer
+        .digest(&example, "tdx")
+        .expect("coffer initdata digest");
+    assert!(
+        pod.contains(&digest),
+        "the pod's comment lacks the TDX reference value {digest}"
+    );
+}
+
+/// One RuntimeClass per handler, with its overhead and a TEE node selector.
+#[test]
+fn kubernetes_runtime_classes_name_the_handlers() {
+    let path = tools::workspace().join("packaging/kubernetes/runtimeclasses.yaml");
+    let text = std::fs::read_to_string(path).expect("runtimeclasses.yaml");
+    let docs: Vec<&str> = text.split("\n---\n").skip(1).collect();
+    assert_eq!(docs.len(), HANDLERS.len());
+    for (doc, h) in docs.iter().zip(HANDLERS) {
+        assert_eq!(yaml_string(doc, "kind").as_deref(), Some("RuntimeClass"));
+        assert_eq!(yaml_string(doc, "name").as_deref(), Some(h));
+        assert_eq!(yaml_string(doc, "handler").as_deref(), Some(h));
+        assert!(
+            doc.contains("podFixed:") && doc.contains("memory:"),
+            "{h}: no overhead"
+        );
+        assert_eq!(yaml_string(doc, "coffer/runtime").as_deref(), Some("true"));
+        if let Some(tee) = h.strip_prefix("coffer-qemu-") {
+            assert_eq!(
+                yaml_string(doc, &format!("coffer/tee-{tee}")).as_deref(),
+                Some("true"),
+                "{h}: no TEE node selector"
+            );
+        }
+    }
+}
