@@ -84,7 +84,16 @@ for sig in TERM KILL; do
   for _ in $(seq 1 50); do [ -z "$(leftovers)" ] && break; sleep 0.1; done
 done
 
-# 4. Pod network namespaces and the CNI bridge.
+# 4. runc's records of DIR's containers, and their cgroups: left behind when containerd and the
+#    shims died before they could delete the containers.
+for state in /run/containerd/runc/*/*/state.json; do
+  [ -f "$state" ] || continue
+  grep -qF "\"$dir/" "$state" || continue
+  cdir=$(dirname "$state")
+  runc --root "$(dirname "$cdir")" delete --force "$(basename "$cdir")" >/dev/null 2>&1 || rm -rf "$cdir"
+done
+
+# 5. Pod network namespaces and the CNI bridge.
 if [ -f "$netns_list" ]; then
   sort -u "$netns_list" | while read -r ns; do
     [ -n "$ns" ] || continue
@@ -96,7 +105,7 @@ if [ -n "$bridge" ] && ip link show "$bridge" >/dev/null 2>&1; then
   ip link del "$bridge" 2>/dev/null || true
 fi
 
-# 5. Mounts under DIR, deepest first (rootfs overlays, shm, the shim's own mounts).
+# 6. Mounts under DIR, deepest first (rootfs overlays, shm, the shim's own mounts).
 mounts_under() {
   awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r
 }

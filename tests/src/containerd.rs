@@ -132,13 +132,22 @@ impl PrivateContainerd {
     /// Stops containerd (SIGTERM, then waits for it), keeping its directory and config, so a
     /// test can edit the config and [`restart`](Self::restart) it.
     pub fn stop_containerd(&self) -> Result<(), String> {
+        self.signal_containerd("TERM")
+    }
+
+    /// Kills containerd with SIGKILL, as a crash would, leaving its shims and pods behind.
+    pub fn kill_containerd(&self) -> Result<(), String> {
+        self.signal_containerd("KILL")
+    }
+
+    fn signal_containerd(&self, signal: &str) -> Result<(), String> {
         let pid_file = self.dir.join("containerd.pid");
         let pid = std::fs::read_to_string(&pid_file)
             .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
         let pid = pid.trim().to_owned();
         let alive = || Path::new("/proc").join(&pid).exists();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .map_err(|e| format!("cannot run kill: {e}"))?;
         if !status.success() {

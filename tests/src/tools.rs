@@ -202,3 +202,35 @@ pub fn seed_initdata() -> PathBuf {
         workspace().join("initdata/tests/data/seed-initdata.toml")
     }
 }
+
+/// The pids of processes that belong to `dir`: their command line mentions it or their root
+/// directory lies under it (container processes, whose root is a rootfs mounted there).
+pub fn processes_of(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle.as_str()) || root.starts_with(dir)
+        })
+        .collect()
+}
+
+/// Mount points at or under `dir`, from this process's mount table.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(prefix.as_str()))
+        .map(str::to_owned)
+        .collect()
+}

@@ -240,6 +240,77 @@ fn runc_pod_runs_through_crictl() {
     assert_nothing_left(&mut ctd.cri().expect("connect"));
 }
 
+/// What down.sh must remove, checked after it ran.
+fn assert_down_left_nothing(dir: &Path, bridge: &str) {
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    assert_eq!(
+        tools::mounts_under(dir),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+    assert_eq!(
+        tools::processes_of(dir),
+        Vec::<u32>::new(),
+        "processes left"
+    );
+    let link = std::process::Command::new("ip")
+        .args(["link", "show", bridge])
+        .output()
+        .expect("run ip");
+    assert!(
+        !link.status.success(),
+        "the CNI bridge {bridge} is still there"
+    );
+}
+
+fn bridge_of(ctd: &PrivateContainerd) -> String {
+    let env = std::fs::read_to_string(ctd.dir().join("up.env")).expect("up.env");
+    env.lines()
+        .find_map(|l| l.strip_prefix("BRIDGE="))
+        .expect("BRIDGE= in up.env")
+        .to_owned()
+}
+
+/// A running pod (CNI network, so a network namespace and a bridge) and its container:
+/// `running` says whether containerd is still alive when down.sh runs.
+fn down_cleans_up(containerd_alive: bool) {
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("left-running", "runc", &ctd.log_root()).pod_network();
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let container = Container::busybox_sh("main", "exec sleep 3600");
+    let id = cri
+        .create_container(&pod_id, &pod, &container)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    assert!(
+        !tools::mounts_under(ctd.dir()).is_empty(),
+        "no rootfs mounted"
+    );
+    assert!(!tools::processes_of(ctd.dir()).is_empty(), "no processes");
+
+    let dir = ctd.dir().to_path_buf();
+    let bridge = bridge_of(&ctd);
+    if !containerd_alive {
+        ctd.kill_containerd().expect("kill containerd");
+    }
+    drop(cri);
+    drop(ctd);
+    assert_down_left_nothing(&dir, &bridge);
+}
+
+#[test]
+fn down_removes_running_pods_and_everything_up_made() {
+    down_cleans_up(true);
+}
+
+#[test]
+fn down_cleans_up_after_containerd_died() {
+    down_cleans_up(false);
+}
+
 /// The Init-Data example's digest, computed by the library (the CLI must agree with it).
 fn example_digest(file: &Path) -> String {
     let bytes = std::fs::read(file).expect("read the Init-Data example");
