@@ -49,7 +49,7 @@ export LC_ALL=C TZ=UTC
 # Modules the agent loads, by name. Optional ones are skipped when the kernel lacks them (or has
 # them built in).
 required_modules=(virtio_pci virtio_blk virtio_console 9pnet_virtio 9p)
-optional_modules=(sev-guest tdx-guest tsm)
+optional_modules=(configfs sev-guest tdx-guest tsm)
 
 # resolve PACKAGE[=VERSION] -> "name=version", the exact version apt would install.
 resolve() {

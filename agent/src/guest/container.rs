@@ -496,8 +496,8 @@ impl Containers {
             for rx in outputs {
                 let _ = rx.recv_timeout(end.saturating_duration_since(Instant::now()));
             }
-            *lock(&proc.exit) = Some(status);
-            proc.exited.notify_all();
+            // The event goes out before any wait is answered, so a host sees output, exit event,
+            // then the wait's answer.
             if proc.started.load(Ordering::SeqCst) {
                 let _ = events.send(
                     GuestFrame::Event {
@@ -510,6 +510,8 @@ impl Containers {
                     .into(),
                 );
             }
+            *lock(&proc.exit) = Some(status);
+            proc.exited.notify_all();
         });
     }
 }
@@ -824,15 +826,17 @@ unsafe fn setup_stdio(io: &ChildIo, report: RawFd) {
 /// # Safety
 /// Child-only.
 unsafe fn become_process(prep: &Prepared, report: RawFd) -> ! {
-    // SAFETY: raw system calls on data owned by `prep`.
+    // SAFETY: raw system calls on data owned by `prep`. The set*id calls go straight to the
+    // kernel: glibc's wrappers would signal every thread of the parent (its thread list is in
+    // the copied memory) and wait forever for threads this process does not have.
     unsafe {
-        if libc::setgroups(prep.groups.len(), prep.groups.as_ptr()) < 0 {
+        if libc::syscall(libc::SYS_setgroups, prep.groups.len(), prep.groups.as_ptr()) < 0 {
             fail(report, 10)
         }
-        if libc::setgid(prep.gid) < 0 {
+        if libc::syscall(libc::SYS_setgid, prep.gid) < 0 {
             fail(report, 11)
         }
-        if libc::setuid(prep.uid) < 0 {
+        if libc::syscall(libc::SYS_setuid, prep.uid) < 0 {
             fail(report, 12)
         }
         if libc::chdir(prep.cwd.as_ptr()) < 0 {
