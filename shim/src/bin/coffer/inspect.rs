@@ -1,4 +1,12 @@
-//! `coffer inspect <sandbox-id>`.
+//! `coffer inspect <sandbox-id>`: what Coffer recorded about a running sandbox.
+//!
+//! Reads `<state-dir>/<sandbox-id>/state.json`, which the shim writes once the guest agent
+//! confirmed the Init-Data digest, and prints it: TEE, whether the launch is measured, the
+//! digest in hex, the VM's pid and command line.
+
+use std::path::PathBuf;
+
+use coffer_shim::state::{format_utc, StateDir};
 
 use crate::Failure;
 
@@ -7,8 +15,69 @@ use crate::Failure;
 pub struct Args {
     /// The sandbox (pod) id containerd gave the sandbox.
     sandbox_id: String,
+    /// Root of the per-sandbox state directories (the handler config's `state_dir`).
+    #[arg(long, value_name = "DIR", default_value = coffer_shim::config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print the record as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    Err(Failure::Invalid(format!("no sandbox {}", args.sandbox_id)))
+    let dir = StateDir::new(&args.state_dir, &args.sandbox_id)?;
+    let Some(state) = dir.read_state()? else {
+        return Err(Failure::Invalid(format!(
+            "no sandbox {} under {}",
+            args.sandbox_id,
+            args.state_dir.display()
+        )));
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&state)?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("sandbox:     {}", state.sandbox_id);
+    println!("tee:         {}", state.tee);
+    println!(
+        "measured:    {}",
+        if state.measured {
+            "yes (the Init-Data digest is bound into the launch measurement)"
+        } else {
+            "no (TEE none: the guest checks the digest, nothing attests it)"
+        }
+    );
+    match &state.initdata {
+        Some(i) => {
+            println!("initdata:    {} ({})", i.algorithm, i.source);
+            println!("digest:      {}", i.digest);
+        }
+        None => println!("initdata:    none"),
+    }
+    println!("vm pid:      {}", state.vm_pid);
+    println!("created:     {}", format_utc(state.created_unix));
+    println!("config:      {}", state.config_path.display());
+    println!("state dir:   {}", dir.path().display());
+    println!(
+        "launch:      {}",
+        std::iter::once(state.launch.program.to_string_lossy().into_owned())
+            .chain(state.launch.args.iter().cloned())
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
+
+/// Quotes an argument for a shell when it needs it, so the printed line can be pasted.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=./,:@+%".contains(&b));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
 }

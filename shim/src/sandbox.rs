@@ -1,0 +1,569 @@
+//! The sandbox: one VM per pod, from Init-Data to a ready guest agent, and back to nothing.
+//!
+//! [`Sandbox::create`] walks the pod's Init-Data through the launch: take it (annotation, else
+//! the handler's default), validate it, write its block image into the sandbox's private state
+//! directory, build the launch plan (which binds the digest into the TEE and refuses a TEE this
+//! host cannot launch), start QEMU, wait for the agent's hello and check that the guest read the
+//! very document the host bound. Any failure on the way stops the VM and removes the state
+//! directory before the error goes back to containerd, so a refused pod leaves nothing behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_agent::protocol::client::AgentClient;
+use coffer_agent::protocol::Event;
+use coffer_hypervisor::{HostCapabilities, LaunchPlan, Tee, Vm, VmResources};
+use coffer_initdata::{InitData, Limits};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::error::{Error, Result};
+use crate::spec::BundleSpec;
+use crate::state::{self, InitDataRecord, LaunchCommand, SandboxState, StateDir};
+
+/// File in a sandbox's bundle naming its state directory, so the `delete` subcommand (which
+/// gets neither the runtime options nor a live shim) finds what to clean up.
+pub const BUNDLE_RECORD: &str = "coffer-state-dir";
+
+/// How long the guest gets to power off after the agent's shutdown, and QEMU after each QMP
+/// step, before the next, harsher step.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for the agent to acknowledge shutdown.
+const SHUTDOWN_ACK: Duration = Duration::from_secs(5);
+
+/// Where a sandbox's Init-Data came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The pod's annotation.
+    Annotation,
+    /// The handler's default file.
+    Default(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Annotation => f.write_str("annotation"),
+            Source::Default(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Picks the Init-Data for a pod: its annotation, else the handler's default, else none (or a
+/// refusal when the handler requires Init-Data).
+pub fn select_initdata(
+    annotations: &HashMap<String, String>,
+    config: &Config,
+) -> Result<Option<(InitData, Source)>> {
+    if let Some(doc) = coffer_initdata::annotation::from_annotations(annotations, &config.initdata)?
+    {
+        return Ok(Some((doc, Source::Annotation)));
+    }
+    if let Some(path) = &config.default {
+        let doc = read_default(path, &config.initdata)?;
+        return Ok(Some((doc, Source::Default(path.clone()))));
+    }
+    if config.required {
+        return Err(Error::InitDataRequired);
+    }
+    Ok(None)
+}
+
+fn read_default(path: &Path, limits: &Limits) -> Result<InitData> {
+    let bad = |reason: String| Error::DefaultInitData {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > limits.max_inflated as u64 {
+        return Err(bad(format!(
+            "it is {} bytes, larger than the limit of {} bytes",
+            meta.len(),
+            limits.max_inflated
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    InitData::parse(bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// A running sandbox VM and its agent connection.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// The pod's id.
+    pub id: String,
+    /// The handler's configuration.
+    pub config: Config,
+    /// The state directory.
+    pub dir: StateDir,
+    /// What was recorded in `state.json`.
+    pub record: SandboxState,
+    /// The 9p share directory.
+    pub share_dir: PathBuf,
+    /// The guest agent.
+    pub agent: Arc<AgentClient>,
+    vm: Vm,
+}
+
+impl Sandbox {
+    /// Creates the sandbox VM for the bundle of a pod's sandbox. Returns the sandbox and the
+    /// receiver of the guest's events.
+    pub async fn create(
+        id: &str,
+        bundle: &Path,
+        spec: &BundleSpec,
+        options: Option<&Any>,
+    ) -> Result<(Sandbox, UnboundedReceiver<Event>)> {
+        let config_path = crate::options::config_path(options)?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let config = Config::load(&config_path)?;
+        let initdata = select_initdata(&spec.annotations(), &config)?;
+        let dir = StateDir::new(&config.state_dir, id)?;
+        if dir.path().exists() {
+            return Err(Error::AlreadyExists(format!(
+                "sandbox state directory {} (left by an earlier sandbox with this id; containerd's shim `delete` removes it)",
+                dir.path().display()
+            )));
+        }
+        dir.create()?;
+        let mut launched: Option<Vm> = None;
+        let result = Self::launch(
+            id,
+            bundle,
+            &config,
+            &config_path,
+            &dir,
+            initdata,
+            &mut launched,
+        )
+        .await;
+        match result {
+            Ok((record, agent, events)) => {
+                let share_dir = dir.path().join("share");
+                let vm = launched.ok_or_else(|| {
+                    Error::FailedPrecondition("the VM vanished during sandbox creation".into())
+                })?;
+                Ok((
+                    Sandbox {
+                        id: id.to_string(),
+                        config,
+                        dir,
+                        record,
+                        share_dir,
+                        agent,
+                        vm,
+                    },
+                    events,
+                ))
+            }
+            Err(e) => {
+                if let Some(mut vm) = launched {
+                    if let Err(stop) = vm.stop(STOP_GRACE).await {
+                        tracing::warn!(sandbox = id, error = %stop, "stopping the refused sandbox's VM");
+                    }
+                }
+                log_console_tail(&dir);
+                let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
+                if let Err(rm) = dir.remove() {
+                    tracing::warn!(sandbox = id, error = %rm, "removing the refused sandbox's state");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(
+        id: &str,
+        bundle: &Path,
+        config: &Config,
+        config_path: &Path,
+        dir: &StateDir,
+        initdata: Option<(InitData, Source)>,
+        launched: &mut Option<Vm>,
+    ) -> Result<(SandboxState, Arc<AgentClient>, UnboundedReceiver<Event>)> {
+        write_bundle_record(bundle, dir)?;
+        let mut resources = VmResources::in_dir(dir.path());
+        let share_dir = dir.path().join("share");
+        std::fs::create_dir(&share_dir).map_err(|source| Error::Io {
+            what: "cannot create the sandbox share",
+            path: share_dir.clone(),
+            source,
+        })?;
+        resources.share_dir = Some(share_dir);
+        let digest = initdata.as_ref().map(|(doc, _)| doc.digest());
+        let record_initdata = match &initdata {
+            Some((doc, source)) => {
+                let image = coffer_initdata::image::write(doc.as_bytes());
+                let path = dir.write_private("initdata.img", &image)?;
+                resources.initdata_image = Some(path);
+                let digest = doc.digest();
+                // The digest identifies the document; the document itself is never logged.
+                tracing::info!(
+                    sandbox = id,
+                    algorithm = %doc.algorithm(),
+                    digest = %digest.to_hex(),
+                    source = %source,
+                    "Init-Data accepted"
+                );
+                Some(InitDataRecord {
+                    algorithm: doc.algorithm().to_string(),
+                    digest: digest.to_hex(),
+                    source: source.to_string(),
+                })
+            }
+            None => {
+                resources.initdata_image = None;
+                tracing::info!(sandbox = id, "pod has no Init-Data");
+                None
+            }
+        };
+
+        let host = tokio::task::spawn_blocking(HostCapabilities::probe)
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
+        let plan = LaunchPlan::build(&config.vm, config.tee, &host, digest.as_ref(), &resources)?;
+        tracing::info!(sandbox = id, command = %plan, "launching the sandbox VM");
+        let vm = Vm::spawn(&plan, &resources).await?;
+        let pid = vm.pid();
+        *launched = Some(vm);
+
+        let (agent, hello) =
+            AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await?;
+        check_hello(digest.as_ref().map(|d| d.to_hex()), &hello.initdata)?;
+        tracing::info!(
+            sandbox = id,
+            agent_version = %hello.agent_version,
+            verification = ?hello.initdata.verification,
+            "guest agent ready"
+        );
+        let events = agent.take_events().ok_or_else(|| {
+            Error::FailedPrecondition("the agent's event stream was already taken".into())
+        })?;
+
+        let record = SandboxState {
+            sandbox_id: id.to_string(),
+            tee: config.tee.to_string(),
+            measured: config.tee != Tee::None,
+            initdata: record_initdata,
+            vm_pid: pid,
+            launch: LaunchCommand {
+                program: plan.program.clone(),
+                args: plan.args.clone(),
+            },
+            bundle: bundle.to_path_buf(),
+            config_path: config_path.to_path_buf(),
+            created_unix: state::now_unix(),
+        };
+        dir.write_state(&record)?;
+        Ok((record, Arc::new(agent), events))
+    }
+
+    /// The VM's process id.
+    pub fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// Stops the VM: the agent's shutdown first (the guest syncs and powers off), then QEMU's
+    /// own stop sequence, which ends with SIGKILL. Returns QEMU's exit description.
+    pub async fn stop_vm(&mut self) -> String {
+        match tokio::time::timeout(SHUTDOWN_ACK, self.agent.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(sandbox = %self.id, error = %e, "agent shutdown"),
+            Err(_) => tracing::debug!(sandbox = %self.id, "agent did not acknowledge shutdown"),
+        }
+        match self.vm.stop(STOP_GRACE).await {
+            Ok(exit) => {
+                tracing::info!(sandbox = %self.id, exit = %exit, "sandbox VM stopped");
+                exit.to_string()
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "stopping the sandbox VM");
+                e.to_string()
+            }
+        }
+    }
+
+    /// Removes everything on the host: mounts left in the share, the state directory and the
+    /// bundle's record. The VM must have been stopped.
+    pub fn remove_state(&self) -> Result<()> {
+        remove_state_dir(&self.dir)?;
+        let _ = std::fs::remove_file(self.record.bundle.join(BUNDLE_RECORD));
+        Ok(())
+    }
+}
+
+/// Unmounts whatever is still mounted below the state directory, then removes it. Refuses to
+/// remove it while something stays mounted, so no container's files are deleted through a mount.
+pub fn remove_state_dir(dir: &StateDir) -> Result<()> {
+    if dir.path().exists() {
+        crate::mount::unmount_below(dir.path()).map_err(Error::Mount)?;
+    }
+    dir.remove()?;
+    Ok(())
+}
+
+/// Checks the guest's hello against what the host launched: the same digest (or none on both
+/// sides), and a guest that accepts running containers.
+pub fn check_hello(
+    expected: Option<String>,
+    report: &coffer_agent::protocol::InitDataReport,
+) -> Result<()> {
+    if let Some(refusal) = report.verification.refusal() {
+        return Err(Error::GuestRefused(refusal));
+    }
+    if expected != report.digest {
+        return Err(Error::DigestMismatch {
+            expected: expected.unwrap_or_else(|| "no Init-Data".into()),
+            found: report
+                .digest
+                .clone()
+                .unwrap_or_else(|| "no Init-Data".into()),
+        });
+    }
+    Ok(())
+}
+
+fn write_bundle_record(bundle: &Path, dir: &StateDir) -> Result<()> {
+    let path = bundle.join(BUNDLE_RECORD);
+    std::fs::write(&path, dir.path().as_os_str().as_encoded_bytes()).map_err(|source| Error::Io {
+        what: "cannot write",
+        path,
+        source,
+    })
+}
+
+/// The state directory a sandbox bundle points at, if it is a Coffer sandbox bundle.
+pub fn read_bundle_record(bundle: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bundle.join(BUNDLE_RECORD)).ok()?;
+    let path = PathBuf::from(text.trim());
+    path.is_absolute().then_some(path)
+}
+
+/// Logs the end of the guest console: the first place to look when a guest did not answer.
+fn log_console_tail(dir: &StateDir) {
+    let path = dir.path().join("console.log");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    let tail = &bytes[bytes.len().saturating_sub(2048)..];
+    tracing::warn!(console = %String::from_utf8_lossy(tail), "guest console (last 2 KiB)");
+}
+
+/// Cleans up after a sandbox whose shim died: kills its VM (only if the pid still is that VM's
+/// QEMU), unmounts what is left in its share and removes its state directory.
+pub fn cleanup_leftover(dir: &StateDir) -> Result<()> {
+    if let Some(record) = dir.read_state()? {
+        let pid = record.vm_pid;
+        if is_our_vm(pid, &record, dir.path()) {
+            tracing::info!(sandbox = %record.sandbox_id, pid, "killing the leftover sandbox VM");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // Not our child: poll /proc until it is gone (SIGKILL is not refusable; this is
+            // short).
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    remove_state_dir(dir)
+}
+
+/// Whether `pid` is the QEMU of this sandbox: same program and its command line mentions this
+/// sandbox's state directory. Guards against killing a process that reused the pid.
+pub fn is_our_vm(pid: u32, record: &SandboxState, state_dir: &Path) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let Some(argv0) = args.first() else {
+        return false;
+    };
+    let name = |p: &Path| p.file_name().map(|n| n.to_os_string());
+    let same_program = name(Path::new(argv0)) == name(&record.launch.program);
+    let dir = state_dir.to_string_lossy();
+    same_program && args.iter().skip(1).any(|a| a.contains(dir.as_ref()))
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use coffer_agent::protocol::{InitDataReport, Verification};
+
+    use super::*;
+
+    const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n";
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("/t.toml")).unwrap()
+    }
+
+    #[test]
+    fn annotation_wins_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("d.toml");
+        std::fs::write(&default, format!("{DOC}\"x\" = \"y\"\n")).unwrap();
+        let c = config(&format!("default = \"{}\"", default.display()));
+        let mut a = HashMap::new();
+        a.insert(
+            coffer_initdata::annotation::ANNOTATION.to_string(),
+            coffer_initdata::annotation::encode(DOC.as_bytes()),
+        );
+        let (doc, source) = select_initdata(&a, &c).unwrap().unwrap();
+        assert_eq!(doc.as_bytes(), DOC.as_bytes());
+        assert_eq!(source, Source::Annotation);
+        let (doc, source) = select_initdata(&HashMap::new(), &c).unwrap().unwrap();
+        assert_eq!(doc.as_bytes(), format!("{DOC}\"x\" = \"y\"\n").as_bytes());
+        assert_eq!(source.to_string(), default.display().to_string());
+    }
+
+    #[test]
+    fn legacy_annotation_is_read() {
+        let mut a = HashMap::new();
+        a.insert(
+            coffer_initdata::annotation::LEGACY_ANNOTATION.to_string(),
+            coffer_initdata::annotation::encode(DOC.as_bytes()),
+        );
+        let (doc, _) = select_initdata(&a, &config("")).unwrap().unwrap();
+        assert_eq!(doc.as_bytes(), DOC.as_bytes());
+    }
+
+    #[test]
+    fn no_initdata_is_fine_unless_required() {
+        assert!(select_initdata(&HashMap::new(), &config(""))
+            .unwrap()
+            .is_none());
+        let e = select_initdata(&HashMap::new(), &config("required = true")).unwrap_err();
+        assert!(matches!(e, Error::InitDataRequired));
+    }
+
+    #[test]
+    fn malformed_annotation_names_the_problem() {
+        let mut a = HashMap::new();
+        a.insert(
+            coffer_initdata::annotation::ANNOTATION.to_string(),
+            "H4sI-not_base64".to_string(),
+        );
+        let e = select_initdata(&a, &config("")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("pod Init-Data refused: Init-Data annotation is not valid base64"),
+            "{e}"
+        );
+        assert!(e.contains("URL-safe"), "{e}");
+    }
+
+    #[test]
+    fn bad_default_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("d.toml");
+        std::fs::write(
+            &default,
+            "version = \"0.2.0\"\nalgorithm = \"sha256\"\n[data]\n",
+        )
+        .unwrap();
+        let c = config(&format!("default = \"{}\"", default.display()));
+        let e = select_initdata(&HashMap::new(), &c)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("default Init-Data {} (from the coffer config) is unusable: Init-Data version \"0.2.0\" is not supported; the only version is \"0.1.0\"", default.display())
+        );
+    }
+
+    #[test]
+    fn hello_must_carry_the_launched_digest() {
+        let report = |digest: Option<&str>, verification| InitDataReport {
+            digest: digest.map(Into::into),
+            verification,
+            ..Default::default()
+        };
+        let ok = Verification::Unmeasured {
+            matches_cmdline: true,
+        };
+        check_hello(Some("aa".into()), &report(Some("aa"), ok.clone())).unwrap();
+        check_hello(None, &report(None, Verification::NoInitData)).unwrap();
+        assert_eq!(
+            check_hello(Some("aa".into()), &report(Some("bb"), ok.clone()))
+                .unwrap_err()
+                .to_string(),
+            "Init-Data digest mismatch: the host launched the VM with aa but the guest read bb"
+        );
+        assert_eq!(
+            check_hello(Some("aa".into()), &report(None, Verification::NoInitData))
+                .unwrap_err()
+                .to_string(),
+            "Init-Data digest mismatch: the host launched the VM with aa but the guest read no Init-Data"
+        );
+        let refused = Verification::Error {
+            reason: "no disk with serial initdata".into(),
+        };
+        assert_eq!(
+            check_hello(Some("aa".into()), &report(None, refused))
+                .unwrap_err()
+                .to_string(),
+            "the Init-Data could not be verified: no disk with serial initdata"
+        );
+    }
+
+    #[test]
+    fn a_foreign_pid_is_not_our_vm() {
+        let record = SandboxState {
+            sandbox_id: "p".into(),
+            tee: "none".into(),
+            measured: false,
+            initdata: None,
+            vm_pid: std::process::id(),
+            launch: LaunchCommand {
+                program: "qemu-system-x86_64".into(),
+                args: vec![],
+            },
+            bundle: "/b".into(),
+            config_path: "/c".into(),
+            created_unix: 0,
+        };
+        // This test process is not QEMU.
+        assert!(!is_our_vm(
+            std::process::id(),
+            &record,
+            Path::new("/run/coffer/p")
+        ));
+        assert!(!is_our_vm(
+            u32::MAX - 1,
+            &record,
+            Path::new("/run/coffer/p")
+        ));
+    }
+
+    #[test]
+    fn bundle_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(Path::new("/run/coffer"), "pod9").unwrap();
+        write_bundle_record(dir.path(), &state).unwrap();
+        assert_eq!(
+            read_bundle_record(dir.path()),
+            Some(PathBuf::from("/run/coffer/pod9"))
+        );
+        assert_eq!(read_bundle_record(Path::new("/nonexistent")), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! What the shim reads from a bundle's OCI spec (`config.json`).
+//!
+//! containerd's CRI plugin marks each spec with annotations: the sandbox (pod) has
+//! `io.kubernetes.cri.container-type: sandbox`, every container carries
+//! `io.kubernetes.cri.sandbox-id`, and the pod's own annotations (those the handler's
+//! `pod_annotations` lets through, such as the Init-Data) appear in the sandbox's spec.
+//! Only the subset of `process` the guest needs is sent into the VM, and never an annotation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use coffer_agent::protocol::Process;
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+
+/// Annotation naming the container's kind (`sandbox` or `container`).
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// Annotation naming the pod a container belongs to.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Value of [`CONTAINER_TYPE`] for the pod's sandbox.
+pub const TYPE_SANDBOX: &str = "sandbox";
+
+/// The spec of one bundle, with the parts the shim needs.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The spec.
+    pub spec: Spec,
+}
+
+impl BundleSpec {
+    /// Reads `<bundle>/config.json`.
+    pub fn load(bundle: &Path) -> Result<BundleSpec> {
+        let path = bundle.join("config.json");
+        let spec = Spec::load(&path).map_err(|e| Error::Spec {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(BundleSpec { path, spec })
+    }
+
+    /// The spec's annotations (empty when it has none).
+    pub fn annotations(&self) -> HashMap<String, String> {
+        self.spec.annotations().clone().unwrap_or_default()
+    }
+
+    /// Whether this bundle is a pod's sandbox rather than one of its containers.
+    ///
+    /// A spec without CRI annotations (e.g. from `ctr run`) is its own sandbox: it gets a VM.
+    pub fn is_sandbox(&self) -> bool {
+        let a = self.annotations();
+        match a.get(CONTAINER_TYPE) {
+            Some(t) => t == TYPE_SANDBOX,
+            None => !a.contains_key(SANDBOX_ID),
+        }
+    }
+
+    /// The sandbox this bundle belongs to: its own id for a sandbox, else the CRI annotation.
+    pub fn sandbox_id(&self, own_id: &str) -> String {
+        if self.is_sandbox() {
+            return own_id.to_string();
+        }
+        self.annotations()
+            .get(SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| own_id.to_string())
+    }
+
+    /// The spec as it may be shown to the guest: Init-Data annotations removed.
+    pub fn for_guest(&self) -> Spec {
+        let mut spec = self.spec.clone();
+        if let Some(mut annotations) = spec.annotations().clone() {
+            coffer_initdata::annotation::strip(&mut annotations);
+            spec.set_annotations(Some(annotations));
+        }
+        spec
+    }
+
+    /// The container's process in the guest protocol's terms.
+    pub fn process(&self) -> Result<Process> {
+        let process = self
+            .for_guest()
+            .process()
+            .clone()
+            .ok_or_else(|| Error::Spec {
+                path: self.path.clone(),
+                reason: "it has no process".into(),
+            })?;
+        guest_process(&process).map_err(|reason| Error::Spec {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    /// The hostname the container asks for, if any.
+    pub fn hostname(&self) -> Option<String> {
+        self.spec.hostname().clone().filter(|h| !h.is_empty())
+    }
+}
+
+/// Converts an OCI process into what the guest runs; refuses what the guest cannot honour.
+pub fn guest_process(p: &oci_spec::runtime::Process) -> std::result::Result<Process, String> {
+    if p.terminal().unwrap_or(false) {
+        return Err(
+            "a terminal (tty) was requested; the coffer runtime does not support terminals yet"
+                .into(),
+        );
+    }
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err("process.args is empty; give the container a command".into());
+    }
+    let user = p.user();
+    Ok(Process {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        cwd: p.cwd().to_string_lossy().into_owned(),
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+    })
+}
+
+/// Parses the OCI process JSON containerd sends with an exec.
+pub fn exec_process(json: &[u8]) -> Result<Process> {
+    let p: oci_spec::runtime::Process = serde_json::from_slice(json).map_err(|e| {
+        Error::InvalidArgument(format!("exec process spec is not valid OCI JSON: {e}"))
+    })?;
+    guest_process(&p).map_err(|r| Error::InvalidArgument(format!("exec refused: {r}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SANDBOX: &str = r#"{
+      "ociVersion": "1.0.2",
+      "process": {"args": ["/pause"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+      "root": {"path": "rootfs"},
+      "hostname": "pod1",
+      "annotations": {
+        "io.kubernetes.cri.container-type": "sandbox",
+        "io.kubernetes.cri.sandbox-id": "sb1",
+        "io.katacontainers.config.hypervisor.cc_init_data": "H4sI",
+        "io.katacontainers.config.runtime.cc_init_data": "H4sI",
+        "example.com/keep": "yes"
+      }
+    }"#;
+
+    const CONTAINER: &str = r#"{
+      "ociVersion": "1.0.2",
+      "process": {"args": ["sh", "-c", "echo hi"], "env": ["PATH=/bin", "A=b"], "cwd": "/work",
+                  "user": {"uid": 1000, "gid": 100, "additionalGids": [10, 20]}},
+      "root": {"path": "rootfs"},
+      "annotations": {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.sandbox-id": "sb1"
+      }
+    }"#;
+
+    fn load(json: &str) -> BundleSpec {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), json).unwrap();
+        BundleSpec::load(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn sandbox_groups_under_its_own_id() {
+        let s = load(SANDBOX);
+        assert!(s.is_sandbox());
+        assert_eq!(s.sandbox_id("sb1"), "sb1");
+        assert_eq!(s.hostname().as_deref(), Some("pod1"));
+    }
+
+    #[test]
+    fn container_groups_under_its_sandbox() {
+        let s = load(CONTAINER);
+        assert!(!s.is_sandbox());
+        assert_eq!(s.sandbox_id("c1"), "sb1");
+    }
+
+    #[test]
+    fn spec_without_cri_annotations_is_its_own_sandbox() {
+        let s = load(
+            r#"{"ociVersion":"1.0.2","process":{"args":["x"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#,
+        );
+        assert!(s.is_sandbox());
+        assert_eq!(s.sandbox_id("solo"), "solo");
+    }
+
+    #[test]
+    fn initdata_annotations_never_reach_the_guest() {
+        let s = load(SANDBOX);
+        let guest = s.for_guest();
+        let a = guest.annotations().clone().unwrap();
+        assert!(!a.contains_key("io.katacontainers.config.hypervisor.cc_init_data"));
+        assert!(!a.contains_key("io.katacontainers.config.runtime.cc_init_data"));
+        assert_eq!(a.get("example.com/keep").map(String::as_str), Some("yes"));
+        // The host-side copy still has them (the sandbox reads the Init-Data from it).
+        assert!(s
+            .annotations()
+            .contains_key("io.katacontainers.config.hypervisor.cc_init_data"));
+    }
+
+    #[test]
+    fn process_is_converted() {
+        let p = load(CONTAINER).process().unwrap();
+        assert_eq!(p.args, ["sh", "-c", "echo hi"]);
+        assert_eq!(p.env, ["PATH=/bin", "A=b"]);
+        assert_eq!(p.cwd, "/work");
+        assert_eq!((p.uid, p.gid), (1000, 100));
+        assert_eq!(p.additional_gids, [10, 20]);
+    }
+
+    #[test]
+    fn terminal_and_empty_args_are_refused_with_reason() {
+        let e =
+            exec_process(br#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#)
+                .unwrap_err()
+                .to_string();
+        assert_eq!(e, "exec refused: a terminal (tty) was requested; the coffer runtime does not support terminals yet");
+        let e = exec_process(br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "exec refused: process.args is empty; give the container a command"
+        );
+        let e = exec_process(b"{").unwrap_err().to_string();
+        assert!(
+            e.starts_with("exec process spec is not valid OCI JSON"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_config_json_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = BundleSpec::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "bad OCI spec {}/config.json",
+                dir.path().display()
+            )),
+            "{e}"
+        );
+    }
+}
