@@ -680,7 +680,7 @@ fn answer<T>(op: &'static str, id: &str, r: Result<T>) -> TtrpcResult<T> {
 impl Task for Service {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let id = req.id.clone();
-        answer("state", &id, self.inner.state(req).await)
+        answer("state", &id, self.task_state(req).await)
     }
 
     async fn create(
@@ -690,20 +690,19 @@ impl Task for Service {
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
         tracing::info!(id, bundle = %req.bundle, "create");
-        answer("create", &id, self.inner.create(req).await)
+        answer("create", &id, self.create_task(req).await)
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, "start");
-        let r = self.inner.start(req).await;
-        answer("start", &id, r)
+        answer("start", &id, self.start_task(req).await)
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, "delete");
-        answer("delete", &id, self.inner.delete(req).await)
+        answer("delete", &id, self.delete_task(req).await)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -717,7 +716,7 @@ impl Task for Service {
         answer(
             "kill",
             &id,
-            self.inner.kill(req).await.map(|()| Empty::new()),
+            self.kill_task(req).await.map(|()| Empty::new()),
         )
     }
 
@@ -727,7 +726,7 @@ impl Task for Service {
         answer(
             "exec",
             &id,
-            self.inner.exec(req).await.map(|()| Empty::new()),
+            self.exec_process(req).await.map(|()| Empty::new()),
         )
     }
 
@@ -754,7 +753,7 @@ impl Task for Service {
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let id = req.id.clone();
-        answer("wait", &id, self.inner.wait(req).await)
+        answer("wait", &id, self.wait_task(req).await)
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
@@ -780,7 +779,51 @@ impl Task for Service {
         answer(
             "shutdown",
             "",
-            self.inner.shutdown().await.map(|()| Empty::new()),
+            self.shutdown_pod().await.map(|()| Empty::new()),
         )
+    }
+}
+
+/// The task API without ttrpc: what the [`Task`] implementation calls, and what in-process
+/// tests drive.
+impl Service {
+    /// `Create`: the sandbox VM for a sandbox bundle, else a container in it.
+    pub async fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        self.inner.create(req).await
+    }
+
+    /// `Start` of a task or exec'd process.
+    pub async fn start_task(&self, req: StartRequest) -> Result<StartResponse> {
+        self.inner.start(req).await
+    }
+
+    /// `Exec`: registers a process to start in a container.
+    pub async fn exec_process(&self, req: ExecProcessRequest) -> Result<()> {
+        self.inner.exec(req).await
+    }
+
+    /// `Kill`: a signal to a process; for the sandbox, stops the VM.
+    pub async fn kill_task(&self, req: KillRequest) -> Result<()> {
+        self.inner.kill(req).await
+    }
+
+    /// `Wait` until a process exits.
+    pub async fn wait_task(&self, req: WaitRequest) -> Result<WaitResponse> {
+        self.inner.wait(req).await
+    }
+
+    /// `Delete` a task or exec'd process.
+    pub async fn delete_task(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        self.inner.delete(req).await
+    }
+
+    /// `State` of a task or exec'd process.
+    pub async fn task_state(&self, req: StateRequest) -> Result<StateResponse> {
+        self.inner.state(req).await
+    }
+
+    /// `Shutdown`: ends the shim once no task is left.
+    pub async fn shutdown_pod(&self) -> Result<()> {
+        self.inner.shutdown().await
     }
 }

@@ -1,0 +1,506 @@
+//! The sandbox and its containers in process, with a real QEMU (TCG) and the real guest image.
+//!
+//! Needs root (mounts, QEMU's 9p share), `qemu-system-x86_64` and a built guest image
+//! (`COFFER_GUEST_DIR`, else `target/guest/` at the workspace root); without them each test
+//! prints `SKIP: <reason>` and passes. Refusals that happen before any VM starts run everywhere.
+
+// Fixture helpers outside #[test] functions: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use coffer_initdata::annotation::{self, ANNOTATION};
+use coffer_initdata::InitData;
+use coffer_shim::options::encode_config_path;
+use coffer_shim::sandbox::Sandbox;
+use coffer_shim::service::Service;
+use coffer_shim::spec::BundleSpec;
+use coffer_shim::state::StateDir;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim_protos::api::{
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
+    Status, WaitRequest,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn seed_initdata() -> Vec<u8> {
+    std::fs::read(workspace().join("../shared/testdata/seed-initdata.toml"))
+        .or_else(|_| std::fs::read("/work/shared/testdata/seed-initdata.toml"))
+        .expect("the seed Init-Data example")
+}
+
+/// The guest image, or why the VM tests cannot run.
+fn vm_prerequisites() -> Result<PathBuf, String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(
+            "not root: the sandbox mounts root filesystems and runs QEMU's 9p share".into(),
+        );
+    }
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("qemu-system-x86_64 is not installed (packaging/dev/deps.sh)".into());
+    }
+    let dir = std::env::var_os("COFFER_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/guest"));
+    for f in ["vmlinuz", "initrd.img"] {
+        if !dir.join(f).is_file() {
+            return Err(format!(
+                "no guest image in {} (packaging/guest/build.sh builds it, or set COFFER_GUEST_DIR)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    state_root: PathBuf,
+    options: Any,
+}
+
+impl Fixture {
+    fn new(guest: Option<&Path>) -> Fixture {
+        // Short paths: QEMU's sockets live in the state directory and sockaddr_un is small.
+        let tmp = tempfile::Builder::new()
+            .prefix("cs")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let state_root = root.join("s");
+        let guest = guest.unwrap_or(Path::new("/nonexistent"));
+        let config = root.join("coffer.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\n",
+                state_root.display(),
+                guest.join("vmlinuz").display(),
+                guest.join("initrd.img").display()
+            ),
+        )
+        .unwrap();
+        let options = encode_config_path(config.to_str().unwrap());
+        Fixture {
+            _tmp: tmp,
+            root,
+            state_root,
+            options,
+        }
+    }
+
+    /// A bundle with a config.json carrying `annotations`.
+    fn bundle(&self, name: &str, args: &[&str], annotations: &HashMap<String, String>) -> PathBuf {
+        let bundle = self.root.join(name);
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": args, "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "annotations": annotations,
+        });
+        std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        bundle
+    }
+
+    fn sandbox_annotations(&self, id: &str, initdata: Option<&str>) -> HashMap<String, String> {
+        let mut a = HashMap::new();
+        a.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+        a.insert("io.kubernetes.cri.sandbox-id".into(), id.into());
+        if let Some(v) = initdata {
+            a.insert(ANNOTATION.into(), v.into());
+        }
+        a
+    }
+
+    fn state_entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state_root)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn malformed_annotation_is_refused_before_anything_starts() {
+    let f = Fixture::new(None);
+    let bundle = f.bundle(
+        "sb",
+        &["/pause"],
+        &f.sandbox_annotations("sb", Some("this is not base64!")),
+    );
+    let spec = BundleSpec::load(&bundle).unwrap();
+    let e = Sandbox::create("sb", &bundle, &spec, Some(&f.options))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("pod Init-Data refused: Init-Data annotation is not valid base64"),
+        "{msg}"
+    );
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_naming_file_and_field() {
+    let f = Fixture::new(None);
+    let config = f.root.join("bad.toml");
+    std::fs::write(&config, "tee = \"none\"\n[vm]\nmemory = 512\n").unwrap();
+    let bundle = f.bundle("sb", &["/pause"], &f.sandbox_annotations("sb", None));
+    let spec = BundleSpec::load(&bundle).unwrap();
+    let options = encode_config_path(config.to_str().unwrap());
+    let msg = Sandbox::create("sb", &bundle, &spec, Some(&options))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with(&format!("bad coffer config {}: line 3", config.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("unknown field `memory`"), "{msg}");
+}
+
+#[tokio::test]
+async fn sandbox_vm_starts_with_the_initdata_and_leaves_nothing() {
+    let guest = match vm_prerequisites() {
+        Ok(g) => g,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let f = Fixture::new(Some(&guest));
+    let document = seed_initdata();
+    let digest = InitData::parse(document.clone()).unwrap().digest().to_hex();
+    let value = annotation::encode(&document);
+    let bundle = f.bundle(
+        "sb1",
+        &["/pause"],
+        &f.sandbox_annotations("sb1", Some(&value)),
+    );
+    let spec = BundleSpec::load(&bundle).unwrap();
+
+    let (mut sandbox, _events) = Sandbox::create("sb1", &bundle, &spec, Some(&f.options))
+        .await
+        .unwrap_or_else(|e| panic!("sandbox create: {e}"));
+    let pid = sandbox.pid();
+    assert!(alive(pid));
+
+    let dir = StateDir::new(&f.state_root, "sb1").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    assert_eq!(mode(&dir.path().join("initdata.img")), 0o600);
+    let image = std::fs::read(dir.path().join("initdata.img")).unwrap();
+    assert_eq!(
+        coffer_initdata::image::read(&image, &Default::default()).unwrap(),
+        document
+    );
+    let record = dir.read_state().unwrap().expect("state.json");
+    assert_eq!(record.sandbox_id, "sb1");
+    assert_eq!(record.tee, "none");
+    assert!(!record.measured);
+    assert_eq!(record.vm_pid, pid);
+    let initdata = record.initdata.expect("initdata in the record");
+    assert_eq!(initdata.digest, digest);
+    assert_eq!(initdata.algorithm, "sha256");
+    assert_eq!(initdata.source, "annotation");
+    assert!(record
+        .launch
+        .args
+        .iter()
+        .any(|a| a.contains(&format!("coffer.initdata_digest={digest}"))));
+    // The guest wrote the document where the attestation agent reads it.
+    let delivered = sandbox
+        .agent
+        .read_file("initdata.toml")
+        .await
+        .expect("read back the delivered Init-Data");
+    assert_eq!(delivered, document);
+
+    sandbox.stop_vm().await;
+    assert!(!alive(pid), "QEMU {pid} outlived stop");
+    sandbox.remove_state().unwrap();
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+    assert!(!bundle.join(coffer_shim::sandbox::BUNDLE_RECORD).exists());
+}
+
+fn req_create(
+    id: &str,
+    bundle: &Path,
+    rootfs_lower: Option<&Path>,
+    out: &Path,
+    options: &Any,
+) -> CreateTaskRequest {
+    let rootfs = rootfs_lower
+        .map(|lower| {
+            vec![containerd_shim_protos::api::Mount {
+                type_: "bind".into(),
+                source: lower.to_string_lossy().into(),
+                options: vec!["rbind".into(), "rw".into()],
+                ..Default::default()
+            }]
+        })
+        .unwrap_or_default();
+    CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.to_string_lossy().into(),
+        rootfs,
+        stdout: out.join(format!("{id}.out")).to_string_lossy().into(),
+        stderr: out.join(format!("{id}.err")).to_string_lossy().into(),
+        options: MessageField::some(options.clone()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
+    let guest = match vm_prerequisites() {
+        Ok(g) => g,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let f = Fixture::new(Some(&guest));
+    let out = f.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A busybox root filesystem, as a snapshot would give it.
+    let lower = f.root.join("busybox-root");
+    std::fs::create_dir_all(lower.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep"] {
+        std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
+    }
+
+    let service = Service::new("test", None, Arc::new(ExitSignal::default()));
+    let document = seed_initdata();
+    let sb_bundle = f.bundle(
+        "pod",
+        &["/pause"],
+        &f.sandbox_annotations("pod", Some(&annotation::encode(&document))),
+    );
+    let created = service
+        .create_task(req_create("pod", &sb_bundle, None, &out, &f.options))
+        .await
+        .unwrap_or_else(|e| panic!("sandbox create: {e}"));
+    let vm_pid = created.pid;
+    assert!(alive(vm_pid));
+    service
+        .start_task(StartRequest {
+            id: "pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut ctr_annotations = HashMap::new();
+    ctr_annotations.insert(
+        "io.kubernetes.cri.container-type".to_string(),
+        "container".to_string(),
+    );
+    ctr_annotations.insert(
+        "io.kubernetes.cri.sandbox-id".to_string(),
+        "pod".to_string(),
+    );
+    // Init-Data annotations on a container spec are stripped before the guest sees anything.
+    ctr_annotations.insert(ANNOTATION.to_string(), "H4sI".to_string());
+    let c_bundle = f.bundle(
+        "c1",
+        &[
+            "sh",
+            "-c",
+            "echo hello from the guest; echo to stderr >&2; exit 3",
+        ],
+        &ctr_annotations,
+    );
+    for name in ["c1.out", "c1.err"] {
+        std::fs::write(out.join(name), b"").unwrap();
+    }
+    service
+        .create_task(req_create("c1", &c_bundle, Some(&lower), &out, &f.options))
+        .await
+        .unwrap_or_else(|e| panic!("container create: {e}"));
+    let state = service
+        .task_state(StateRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(state.status.enum_value_or_default(), Status::CREATED);
+    service
+        .start_task(StartRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("container start: {e}"));
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 3);
+    assert_eq!(
+        std::fs::read_to_string(out.join("c1.out")).unwrap(),
+        "hello from the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("c1.err")).unwrap(),
+        "to stderr\n"
+    );
+    let deleted = service
+        .delete_task(DeleteRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted.exit_status, 3);
+    assert!(!f.state_root.join("pod/share/c1").exists());
+
+    // A long-running container with an exec, then killed.
+    let c2_bundle = f.bundle("c2", &["sleep", "3600"], &ctr_annotations);
+    for name in ["c2.out", "c2.err", "e1.out", "e1.err"] {
+        std::fs::write(out.join(name), b"").unwrap();
+    }
+    service
+        .create_task(req_create("c2", &c2_bundle, Some(&lower), &out, &f.options))
+        .await
+        .unwrap();
+    service
+        .start_task(StartRequest {
+            id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo exec-out; cat /proc/self/cmdline >&2; exit 7"],
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
+    });
+    service
+        .exec_process(ExecProcessRequest {
+            id: "c2".into(),
+            exec_id: "e1".into(),
+            stdout: out.join("e1.out").to_string_lossy().into(),
+            stderr: out.join("e1.err").to_string_lossy().into(),
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: process.to_string().into_bytes(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    service
+        .start_task(StartRequest {
+            id: "c2".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec start: {e}"));
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c2".into(),
+            exec_id: "e1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 7);
+    assert_eq!(
+        std::fs::read_to_string(out.join("e1.out")).unwrap(),
+        "exec-out\n"
+    );
+    assert_eq!(
+        std::fs::read(out.join("e1.err")).unwrap(),
+        b"cat\0/proc/self/cmdline\0"
+    );
+    service
+        .kill_task(KillRequest {
+            id: "c2".into(),
+            signal: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 137);
+    service
+        .delete_task(DeleteRequest {
+            id: "c2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Sandbox teardown as containerd does it: kill, wait, delete, shutdown.
+    service
+        .kill_task(KillRequest {
+            id: "pod".into(),
+            signal: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 137);
+    assert!(!alive(vm_pid), "QEMU outlived the sandbox kill");
+    service
+        .delete_task(DeleteRequest {
+            id: "pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    service.shutdown_pod().await.unwrap();
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+    assert!(std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .all(|l| !l.contains(f.root.to_str().unwrap())));
+}
