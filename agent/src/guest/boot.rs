@@ -51,11 +51,11 @@ impl Cmdline {
     }
 }
 
-/// Mounts what PID 1 needs. Failures are logged, not fatal: a missing /sys/kernel/config only
-/// matters on SNP, and the report says what was missing then.
+/// Mounts what PID 1 needs. Failures are logged, not fatal: the agent still answers the host,
+/// and what is missing shows in the report and the errors of later requests.
 pub fn mount_early() {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 5] = [
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 4] = [
         ("proc", "/proc", "proc", nodev, None),
         ("sysfs", "/sys", "sysfs", nodev, None),
         (
@@ -72,13 +72,31 @@ pub fn mount_early() {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=0755"),
         ),
-        ("configfs", "/sys/kernel/config", "configfs", nodev, None),
     ];
     for (source, target, fstype, flags, data) in mounts {
         let _ = fs::create_dir_all(target);
         if let Err(e) = mount(Some(source), target, Some(fstype), flags, data) {
             log(&format!("mount {fstype} on {target}: {e}"));
         }
+    }
+}
+
+/// Mounts configfs (configfs-tsm reports live there) once its module is loaded. Kernels without
+/// it are fine: only SEV-SNP guests of newer kernels use it.
+pub fn mount_configfs() {
+    let target = "/sys/kernel/config";
+    if !Path::new(target).is_dir() {
+        return;
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = mount(
+        Some("configfs"),
+        target,
+        Some("configfs"),
+        flags,
+        None::<&str>,
+    ) {
+        log(&format!("mount configfs on {target}: {e}"));
     }
 }
 

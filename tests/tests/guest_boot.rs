@@ -1,0 +1,467 @@
+//! Boots the real guest image (Debian's kernel, the initramfs with coffer-agent as /init) under
+//! QEMU with an Init-Data disk written by the `initdata` crate, and talks to the agent over the
+//! virtio-serial port with the protocol client the shim uses.
+//!
+//! The image comes from `COFFER_GUEST_DIR`, else `<workspace>/target/guest` (built by
+//! `packaging/guest/build.sh target/guest`); without it, or without QEMU, the tests SKIP.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coffer_agent::protocol::client::{AgentClient, ClientError};
+use coffer_agent::protocol::{
+    CreateContainer, Event, ExitStatus, Hello, Process, Stream, Tee as GuestTee, Verification,
+};
+use coffer_hypervisor::{Accel, HostCapabilities, LaunchPlan, Tee, Vm, VmConfig, VmResources};
+use coffer_initdata::{image, Digest, InitData};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A document with every entry the guest delivers, and one it only warns about.
+const DOCUMENT: &str = r#"version = "0.1.0"
+algorithm = "sha384"
+
+[data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "http://127.0.0.1:8080"
+'''
+"cdh.toml" = '''
+[kbc]
+name = "cc_kbc"
+url = "http://127.0.0.1:8080"
+'''
+"policy.rego" = '''
+package agent_policy
+default CreateContainerRequest := true
+'''
+"note.txt" = "not for the guest"
+"#;
+
+/// Generous: a TCG boot takes a few seconds, more on a loaded machine.
+const HELLO_DEADLINE: Duration = Duration::from_secs(180);
+
+fn guest_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("COFFER_GUEST_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest"),
+    };
+    if dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP: no guest image in {} (run packaging/guest/build.sh target/guest or set COFFER_GUEST_DIR)",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn have_qemu() -> bool {
+    let ok = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP: qemu-system-x86_64 is not installed (packaging/dev/deps.sh installs it)");
+    }
+    ok
+}
+
+/// What the VM gets as its Init-Data disk.
+enum Disk {
+    /// This image.
+    Image(Vec<u8>),
+    /// None at all, although the command line names a digest.
+    Missing,
+}
+
+struct Guest {
+    vm: Vm,
+    client: AgentClient,
+    hello: Hello,
+    events: Events,
+    dir: tempfile::TempDir,
+}
+
+/// Boots a guest whose launch is bound (command line) to `digest`, with `disk` attached.
+async fn boot(guest: &Path, disk: Disk, digest: &Digest) -> Guest {
+    let dir = tempfile::Builder::new()
+        .prefix("coffer-guest-")
+        .tempdir()
+        .unwrap();
+    let res = VmResources::in_dir(dir.path());
+    let share = res.share_dir.clone().unwrap();
+    std::fs::create_dir_all(&share).unwrap();
+    busybox_rootfs(&share.join("rootfs1"));
+    if let Disk::Image(bytes) = &disk {
+        std::fs::write(res.initdata_image.as_ref().unwrap(), bytes).unwrap();
+    }
+    let config = VmConfig {
+        accel: Accel::Tcg,
+        kernel: guest.join("vmlinuz"),
+        initrd: guest.join("initrd.img"),
+        ..VmConfig::default()
+    };
+    let host = HostCapabilities::for_dry_run(Accel::Tcg);
+    let mut plan = LaunchPlan::build(&config, Tee::None, &host, Some(digest), &res).unwrap();
+    if let Disk::Missing = disk {
+        drop_initdata_disk(&mut plan.args);
+    }
+    let vm = Vm::spawn(&plan, &res).await.unwrap();
+    let (client, hello) = match AgentClient::connect(&res.agent_socket, HELLO_DEADLINE).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "no hello from the guest: {e}\nconsole:\n{}",
+            std::fs::read_to_string(&res.console_log).unwrap_or_default()
+        ),
+    };
+    let events = Events {
+        rx: client.take_events().unwrap(),
+        seen: Vec::new(),
+    };
+    Guest {
+        vm,
+        client,
+        hello,
+        events,
+        dir,
+    }
+}
+
+/// Removes the `-drive ...id=initdata...` and `-device virtio-blk-pci,...` pairs.
+fn drop_initdata_disk(args: &mut Vec<String>) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let pair = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let is_disk = (args[i] == "-drive" && pair.contains("id=initdata"))
+            || (args[i] == "-device" && pair.starts_with("virtio-blk-pci"));
+        if is_disk {
+            i += 2;
+        } else {
+            out.push(args[i].clone());
+            i += 1;
+        }
+    }
+    assert_eq!(
+        out.len() + 4,
+        args.len(),
+        "the plan attached no Init-Data disk"
+    );
+    *args = out;
+}
+
+/// A root filesystem holding only busybox (static) and the applets the tests use.
+fn busybox_rootfs(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "ls", "hostname", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+}
+
+async fn shutdown(mut g: Guest) {
+    g.client.shutdown().await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(120), g.vm.wait())
+        .await
+        .expect("the VM keeps running after the agent acknowledged shutdown")
+        .unwrap();
+    assert!(exit.status.success(), "{exit}");
+    drop(g.dir);
+}
+
+/// The guest's events, kept so that waiting for one process does not lose another's output.
+struct Events {
+    rx: UnboundedReceiver<Event>,
+    seen: Vec<Event>,
+}
+
+impl Events {
+    /// Stdout, stderr and exit status of a process, once its exit event arrived.
+    async fn until_exit(&mut self, id: &str, exec: Option<&str>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+        let is_exit = |e: &Event| matches!(e, Event::Exit { id: i, exec_id, .. } if i == id && exec_id.as_deref() == exec);
+        while !self.seen.iter().any(is_exit) {
+            match self.rx.recv().await {
+                Some(e) => self.seen.push(e),
+                None => panic!("the event stream ended before {id}/{exec:?} exited"),
+            }
+        }
+        let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), None);
+        for e in &self.seen {
+            match e {
+                Event::Output {
+                    id: i,
+                    exec_id,
+                    stream,
+                    data,
+                } if i == id && exec_id.as_deref() == exec => match stream {
+                    Stream::Stdout => out.extend(data),
+                    Stream::Stderr => err.extend(data),
+                },
+                Event::Exit {
+                    id: i,
+                    exec_id,
+                    status: s,
+                } if i == id && exec_id.as_deref() == exec => status = Some(*s),
+                _ => {}
+            }
+        }
+        (out, err, status.unwrap())
+    }
+}
+
+fn shell(script: &str) -> Process {
+    Process {
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        ..Process::default()
+    }
+}
+
+#[tokio::test]
+async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
+    let Some(guest) = guest_dir() else { return };
+    if !have_qemu() {
+        return;
+    }
+    let doc = InitData::parse(DOCUMENT.as_bytes().to_vec()).unwrap();
+    let digest = doc.digest();
+    let mut g = boot(&guest, Disk::Image(image::write(doc.as_bytes())), &digest).await;
+
+    let report = &g.hello.initdata;
+    assert_eq!(
+        g.hello.protocol_version,
+        coffer_agent::protocol::PROTOCOL_VERSION
+    );
+    assert_eq!(report.tee, GuestTee::None);
+    assert_eq!(report.digest.as_deref(), Some(digest.to_hex().as_str()));
+    assert_eq!(report.algorithm.as_deref(), Some("sha384"));
+    assert_eq!(
+        report.verification,
+        Verification::Unmeasured {
+            matches_cmdline: true
+        }
+    );
+    assert_eq!(
+        report.files,
+        ["aa.toml", "cdh.toml", "initdata.toml", "policy.rego"]
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("note.txt"),
+        "{:?}",
+        report.warnings
+    );
+    let absent: Vec<_> = report
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.pid))
+        .collect();
+    assert_eq!(
+        absent,
+        [("attestation-agent", None), ("confidential-data-hub", None)]
+    );
+
+    // The delivered files hold exactly the document and its entries.
+    assert_eq!(
+        g.client
+            .read_file("/run/confidential-containers/initdata/initdata.toml")
+            .await
+            .unwrap(),
+        DOCUMENT.as_bytes()
+    );
+    for key in ["aa.toml", "cdh.toml", "policy.rego"] {
+        assert_eq!(
+            g.client.read_file(key).await.unwrap(),
+            doc.get(key).unwrap().as_bytes(),
+            "{key}"
+        );
+    }
+    let outside = g.client.read_file("/etc/coffer/modules").await.unwrap_err();
+    assert!(
+        matches!(&outside, ClientError::Remote { op: "read_file", message } if message.contains("is outside it")),
+        "{outside}"
+    );
+
+    // A container prints and exits with a chosen code; both reach the host.
+    g.client
+        .create_container(CreateContainer {
+            id: "c1".into(),
+            rootfs: "rootfs1".into(),
+            hostname: Some("coffer-c1".into()),
+            process: shell(
+                "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30",
+            ),
+        })
+        .await
+        .unwrap();
+    g.client.start("c1").await.unwrap();
+
+    // exec into the running container: same namespaces (hostname, PID 1 is the container's
+    // process), and the guest's Init-Data directory is not in its root.
+    g.client
+        .exec(
+            "c1",
+            "e1",
+            shell(
+                "hostname; cat /proc/1/cmdline; echo; ls /run/confidential-containers 2>&1; exit 3",
+            ),
+        )
+        .await
+        .unwrap();
+    let (out, _, status) = g.events.until_exit("c1", Some("e1")).await;
+    let out = String::from_utf8(out).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("coffer-c1"));
+    assert!(
+        lines.next().unwrap().starts_with("sh\0-c\0echo hello"),
+        "{out}"
+    );
+    assert!(
+        lines.next().unwrap().contains("No such file or directory"),
+        "{out}"
+    );
+    assert_eq!(
+        status,
+        ExitStatus {
+            code: 3,
+            signal: None
+        }
+    );
+    assert_eq!(
+        g.client.wait("c1", Some("e1")).await.unwrap(),
+        ExitStatus {
+            code: 3,
+            signal: None
+        }
+    );
+
+    // The container's process is PID 1 of its namespace: SIGKILL is the signal it cannot
+    // ignore.
+    g.client.signal("c1", None, 9).await.unwrap();
+    let (out, err, status) = g.events.until_exit("c1", None).await;
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "hello from coffer-c1 as pid 1\nstdin:\n"
+    );
+    assert_eq!(err, b"to stderr\n");
+    assert_eq!(
+        status,
+        ExitStatus {
+            code: 137,
+            signal: Some(9)
+        }
+    );
+
+    g.client
+        .create_container(CreateContainer {
+            id: "c2".into(),
+            rootfs: "rootfs1".into(),
+            hostname: None,
+            process: shell("echo done; exit 42"),
+        })
+        .await
+        .unwrap();
+    g.client.start("c2").await.unwrap();
+    assert_eq!(
+        g.client.wait("c2", None).await.unwrap(),
+        ExitStatus {
+            code: 42,
+            signal: None
+        }
+    );
+    let (out, _, status) = g.events.until_exit("c2", None).await;
+    assert_eq!(out, b"done\n");
+    assert_eq!(status.code, 42);
+    g.client.remove("c1").await.unwrap();
+    g.client.remove("c2").await.unwrap();
+    let gone = g.client.wait("c2", None).await.unwrap_err();
+    assert_eq!(
+        gone.to_string(),
+        "the guest agent refused wait: no container \"c2\" in this guest"
+    );
+
+    shutdown(g).await;
+}
+
+#[tokio::test]
+async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_containers() {
+    let Some(guest) = guest_dir() else { return };
+    if !have_qemu() {
+        return;
+    }
+    let doc = InitData::parse(DOCUMENT.as_bytes().to_vec()).unwrap();
+    let digest = doc.digest();
+    let mut corrupt = image::write(doc.as_bytes());
+    corrupt[..8].copy_from_slice(b"INITDATA");
+    let other = InitData::parse(format!("{DOCUMENT}\n").into_bytes())
+        .unwrap()
+        .digest();
+
+    // Three guests at once: each boot is mostly waiting for TCG.
+    let (bad, missing, mismatch) = tokio::join!(
+        boot(&guest, Disk::Image(corrupt), &digest),
+        boot(&guest, Disk::Missing, &digest),
+        // Launched for `other`, given the document whose digest is `digest`.
+        boot(&guest, Disk::Image(image::write(doc.as_bytes())), &other),
+    );
+
+    let expected = [
+        Verification::Error {
+            reason: "Init-Data disk /dev/vda: Init-Data image does not start with the \"initdata\" magic"
+                .into(),
+        },
+        Verification::Error {
+            reason: format!(
+                "the kernel command line names Init-Data digest {} but no disk with serial \"initdata\" appeared",
+                digest.to_hex()
+            ),
+        },
+        Verification::Mismatch {
+            source: "kernel command line".into(),
+            expected: other.to_hex(),
+            found: digest.to_hex(),
+        },
+    ];
+    let digests = [None, None, Some(digest.to_hex())];
+    for ((g, want), want_digest) in [bad, missing, mismatch]
+        .into_iter()
+        .zip(expected)
+        .zip(digests)
+    {
+        let report = &g.hello.initdata;
+        assert_eq!(report.verification, want);
+        assert_eq!(report.digest, want_digest);
+        // Nothing is handed to the attestation stack.
+        assert!(report.files.is_empty(), "{:?}", report.files);
+        let err = g
+            .client
+            .create_container(CreateContainer {
+                id: "c1".into(),
+                rootfs: "rootfs1".into(),
+                hostname: None,
+                process: shell("echo must not run"),
+            })
+            .await
+            .unwrap_err();
+        match err {
+            ClientError::Remote { op, message } => {
+                assert_eq!(op, "create_container");
+                assert_eq!(
+                    message,
+                    format!(
+                        "this guest refuses to run containers: {}",
+                        want.refusal().unwrap()
+                    )
+                );
+            }
+            other => panic!("expected a refusal, got {other}"),
+        }
+        let read = g.client.read_file("initdata.toml").await.unwrap_err();
+        assert!(read.to_string().contains("cannot read"), "{read}");
+        shutdown(g).await;
+    }
+}
