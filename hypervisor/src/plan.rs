@@ -245,22 +245,20 @@ fn qemu_args(
             push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
         }
         Tee::Tdx => {
-            let mut object = serde_json::json!({"qom-type": "tdx-guest", "id": "tdx0"});
-            if let Some(d) = digest {
-                object["mrconfigid"] = d.bind(TeeField::TdxMrConfigId).to_base64().into();
-            }
+            let mrconfigid = digest.map(|d| d.bind(TeeField::TdxMrConfigId).to_base64());
             let object = match config.tdx.quote_generation_socket_port {
-                // The socket needs QEMU's JSON syntax; the dotted form cannot express it.
+                // The socket is a nested struct: only QEMU's JSON syntax can express it.
                 Some(port) => {
-                    object["quote-generation-socket"] =
+                    let mut o = serde_json::json!({"qom-type": "tdx-guest", "id": "tdx0"});
+                    if let Some(m) = &mrconfigid {
+                        o["mrconfigid"] = m.as_str().into();
+                    }
+                    o["quote-generation-socket"] =
                         serde_json::json!({"type": "vsock", "cid": "2", "port": port.to_string()});
-                    object.to_string()
+                    o.to_string()
                 }
-                None => match digest {
-                    Some(d) => format!(
-                        "tdx-guest,id=tdx0,mrconfigid={}",
-                        d.bind(TeeField::TdxMrConfigId).to_base64()
-                    ),
+                None => match &mrconfigid {
+                    Some(m) => format!("tdx-guest,id=tdx0,mrconfigid={m}"),
                     None => "tdx-guest,id=tdx0".to_string(),
                 },
             };

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
 
 use kvm_ioctls::Kvm;
 use serde::Serialize;
@@ -138,8 +139,7 @@ impl HostCapabilities {
     }
 }
 
-/// A module parameter's content: `Ok(None)` when the module is loaded without that parameter,
-/// `Err` when the module is not loaded at all.
+/// What a kernel module parameter says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Param {
     /// The parameter's value, trimmed.
@@ -151,16 +151,14 @@ pub enum Param {
 }
 
 fn read_param(path: &str) -> Param {
+    let path = Path::new(path);
     match fs::read_to_string(path) {
         Ok(v) => Param::Value(v.trim().to_string()),
-        Err(_) => {
-            let module_dir = path.rsplitn(3, '/').nth(2).unwrap_or(path);
-            if fs::metadata(module_dir).is_ok() {
-                Param::Absent
-            } else {
-                Param::ModuleNotLoaded
-            }
-        }
+        // /sys/module/<module>/parameters/<name>: the module directory tells the two apart.
+        Err(_) => match path.parent().and_then(Path::parent) {
+            Some(module_dir) if module_dir.exists() => Param::Absent,
+            _ => Param::ModuleNotLoaded,
+        },
     }
 }
 

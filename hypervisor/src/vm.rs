@@ -28,7 +28,7 @@ pub const QMP_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of QEMU's stderr is kept (the end of it).
 const STDERR_KEEP: usize = 16 * 1024;
 
-/// A running VM.
+/// A running VM. Dropping it without [`Vm::stop`] kills QEMU (SIGKILL).
 #[derive(Debug)]
 pub struct Vm {
     child: Child,

@@ -368,3 +368,22 @@ fn prints_as_json_and_as_a_shell_line() {
         "{line}"
     );
 }
+
+#[test]
+fn without_initdata_no_register_is_set_and_no_disk_is_attached() {
+    let plan = LaunchPlan::build(
+        &config(),
+        Tee::Tdx,
+        &capable_host(false),
+        None,
+        &resources(),
+    )
+    .unwrap();
+    assert_eq!(plan.args[6], "tdx-guest,id=tdx0");
+    assert!(!plan.args.iter().any(|a| a.contains("initdata")), "{plan}");
+    let append = plan.args.iter().position(|a| a == "-append").unwrap();
+    assert_eq!(
+        plan.args[append + 1],
+        "console=ttyS0 panic=-1 quiet coffer.tee=tdx"
+    );
+}
