@@ -13,9 +13,10 @@ use std::time::Duration;
 use coffer_hypervisor::{
     Accel, HostCapabilities, LaunchPlan, StopStep, Tee, Vm, VmConfig, VmResources,
 };
-use coffer_initdata::{annotation, image, Limits};
+use coffer_initdata::image;
 
-const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
+mod common;
+
 const MARKER: &str = "COFFER-TEST-GUEST-UP";
 
 /// `/init`: no /dev/console exists in the archive, so the script mounts devtmpfs and only then
@@ -112,7 +113,7 @@ fn guest(extra_params: &str) -> Result<Guest, String> {
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = pack_initramfs(dir.path(), &busybox);
-    let doc = annotation::decode(KATA_ANNOTATION, &Limits::default()).map_err(|e| e.to_string())?;
+    let doc = common::kata_document();
     let resources = VmResources::in_dir(dir.path());
     if let Some(img) = &resources.initdata_image {
         fs::write(img, image::write(doc.as_bytes())).map_err(|e| e.to_string())?;
@@ -165,9 +166,11 @@ async fn boots_under_tcg_runs_and_stops_cleanly() {
     let mut vm = Vm::spawn(&g.plan, &g.resources).await.unwrap();
     let pid = vm.pid();
     let console = console_shows(&g.resources.console_log, MARKER, &mut vm).await;
-    let digest = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
     assert!(
-        console.contains(&format!("coffer.tee=none coffer.initdata_digest={digest}")),
+        console.contains(&format!(
+            "coffer.tee=none coffer.initdata_digest={}",
+            common::DIGEST_HEX
+        )),
         "{console}"
     );
 

@@ -5,20 +5,15 @@ use std::path::PathBuf;
 use coffer_hypervisor::{
     Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Support, Tee, VmConfig, VmResources,
 };
-use coffer_initdata::{annotation, Digest, Limits};
+use coffer_initdata::Digest;
 
-/// Kata's test annotation; its document's sha256 is c6694bb7...
-const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
-const DIGEST_HEX: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+mod common;
+use common::DIGEST_HEX;
 const SNP_HOST_DATA_B64: &str = "xmlLt6KdbzfscqFVguAEufMUIVloLbhQmjBEB0GaSeU=";
 const TDX_MRCONFIGID_B64: &str = "xmlLt6KdbzfscqFVguAEufMUIVloLbhQmjBEB0GaSeUAAAAAAAAAAAAAAAAAAAAA";
 
 fn digest() -> Digest {
-    let d = annotation::decode(KATA_ANNOTATION, &Limits::default())
-        .expect("the reference annotation decodes")
-        .digest();
-    assert_eq!(d.to_hex(), DIGEST_HEX);
-    d
+    common::kata_digest()
 }
 
 fn config() -> VmConfig {

@@ -15,9 +15,9 @@ use coffer_hypervisor::{
     Error, HostCapabilities, HypervisorKind, LaunchPlan, StopStep, Support, Tee, Vm, VmConfig,
     VmResources,
 };
-use coffer_initdata::{annotation, Limits};
 
-const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
+mod common;
+
 const QEMU: &str = "qemu-system-x86_64";
 
 fn qemu_has_snp() -> bool {
@@ -29,9 +29,7 @@ fn qemu_has_snp() -> bool {
 
 /// The `sev-snp-guest` object of a plan generated for the reference vector.
 fn snp_object_from_plan() -> String {
-    let digest = annotation::decode(KATA_ANNOTATION, &Limits::default())
-        .expect("the reference annotation decodes")
-        .digest();
+    let digest = common::kata_digest();
     let mut config = VmConfig::default();
     config.snp.cbitpos = Some(51);
     let host = HostCapabilities {
