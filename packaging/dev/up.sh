@@ -5,7 +5,7 @@
 #   DIR/root, DIR/state                 containerd's root and state
 #   DIR/cni/                            CNI config (bridge + host-local IPAM, loopback)
 #   DIR/coffer/<handler>.toml           the Coffer config of each handler (from packaging/config)
-#   DIR/coffer/state/                   the shim's per-sandbox state
+#   DIR/vm/                             the shim's per-sandbox state (short: sockets live there)
 #   DIR/images/                         the local busybox and pause images (packaging/dev/images.sh)
 #   DIR/containerd.log, DIR/containerd.pid
 # Runtime handlers: runc (the default), coffer-qemu, coffer-qemu-tdx, coffer-qemu-snp.
@@ -78,10 +78,18 @@ tag=$(printf '%s' "$dir" | sha256sum | cut -c1-8)
 bridge="cf$tag"
 subnet="10.213.$(( 0x${tag:0:4} % 250 )).0/24"
 
+# Each sandbox's agent socket is <state>/<64-char id>/agent.sock, and a socket path must fit in
+# 107 bytes: the state dir can have 31 at most.
+coffer_state="$dir/vm"
+if [ ${#coffer_state} -gt 31 ]; then
+  echo "up.sh: warning: $coffer_state is longer than 31 bytes, too long for the sandboxes' sockets;" \
+       "the coffer-* handlers will refuse pods. Use a shorter DIR (e.g. /tmp/coffer-dev)" >&2
+fi
+
 mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/cni/net.d" "$dir/cni/ipam" \
-         "$dir/coffer/state" "$dir/images"
+         "$dir/coffer" "$coffer_state" "$dir/images"
 chmod 0711 "$dir"
-chmod 0700 "$dir/coffer/state"
+chmod 0700 "$coffer_state"
 
 # Remember what down.sh must undo beyond DIR itself.
 cat > "$dir/up.env" <<ENV
@@ -93,7 +101,7 @@ ENV
 for src in "$repo"/packaging/config/*.toml; do
   name=$(basename "$src")
   sed -e "s#/usr/local/share/coffer/guest#$guest_dir#g" \
-      -e "s#^state_dir = .*#state_dir = \"$dir/coffer/state\"#" \
+      -e "s#^state_dir = .*#state_dir = \"$coffer_state\"#" \
       "$src" > "$dir/coffer/$name"
   if [ -n "${COFFER_ACCEL:-}" ] && [ "$name" = coffer-qemu.toml ]; then
     sed -i "s#^accel = .*#accel = \"$COFFER_ACCEL\"#" "$dir/coffer/$name"

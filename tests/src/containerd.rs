@@ -74,9 +74,10 @@ impl PrivateContainerd {
 
     /// Starts one with explicit options.
     pub fn start_with(options: &Options) -> Result<PrivateContainerd, StartError> {
-        // Short paths under /tmp: the socket path must fit a sockaddr_un.
+        // Short paths under /tmp: every socket path (containerd's, and each sandbox's under
+        // DIR/vm) must fit a sockaddr_un.
         let dir = tempfile::Builder::new()
-            .prefix("coffer-ctd-")
+            .prefix("cf-")
             .tempdir_in("/tmp")
             .map_err(StartError::TempDir)?
             .keep();
@@ -187,7 +188,7 @@ impl PrivateContainerd {
 
     /// The Coffer state directory the coffer-* handlers use (`state_dir` of their configs).
     pub fn coffer_state_dir(&self) -> PathBuf {
-        self.dir.join("coffer/state")
+        self.dir.join("vm")
     }
 
     /// Where pods of the tests keep their container logs.

@@ -320,32 +320,12 @@ fn example_digest(file: &Path) -> String {
         .to_hex()
 }
 
-/// `coffer inspect <id>` for a sandbox of the private containerd, pointing the CLI at the
-/// handler's state directory or config the way its `--help` says it takes one.
-fn inspect(
-    coffer: &Coffer,
-    ctd: &PrivateContainerd,
-    handler: &str,
-    id: &str,
-) -> std::process::Output {
-    let help = coffer
-        .run(&["inspect", "--help"])
-        .expect("coffer inspect --help");
-    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+/// `coffer inspect --state-dir <the private handlers' state_dir> <id>`.
+fn inspect(coffer: &Coffer, ctd: &PrivateContainerd, id: &str) -> std::process::Output {
     let state = ctd.coffer_state_dir().to_string_lossy().into_owned();
-    let config = ctd
-        .dir()
-        .join(format!("coffer/{handler}.toml"))
-        .to_string_lossy()
-        .into_owned();
-    let args: Vec<&str> = if help.contains("--state-dir") {
-        vec!["inspect", "--state-dir", &state, id]
-    } else if help.contains("--config") {
-        vec!["inspect", "--config", &config, id]
-    } else {
-        vec!["inspect", id]
-    };
-    coffer.run(&args).expect("run coffer inspect")
+    coffer
+        .run(&["inspect", "--state-dir", &state, id])
+        .expect("run coffer inspect")
 }
 
 /// The VMs (QEMU processes) belonging to this private containerd.
@@ -385,7 +365,7 @@ fn seed_initdata_pod(
     let pod = Pod::new(name, "coffer-qemu", &ctd.log_root()).annotation(key, &annotation);
     let running = start_busybox(driver, &pod);
 
-    let out = inspect(coffer, ctd, "coffer-qemu", &running.pod_id);
+    let out = inspect(coffer, ctd, &running.pod_id);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -420,7 +400,7 @@ fn seed_initdata_pod(
         "state left in {}",
         ctd.coffer_state_dir().display()
     );
-    let out = inspect(coffer, ctd, "coffer-qemu", &running.pod_id);
+    let out = inspect(coffer, ctd, &running.pod_id);
     assert!(
         !out.status.success(),
         "coffer inspect still finds the removed sandbox"
