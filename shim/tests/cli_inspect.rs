@@ -1,0 +1,119 @@
+//! `coffer inspect`: the contract scripts and tests rely on (output, exit codes).
+
+// Fixture helpers outside #[test] functions: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use coffer_shim::state::{InitDataRecord, LaunchCommand, SandboxState, StateDir};
+
+const DIGEST: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+
+fn coffer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(args)
+        .output()
+        .expect("run coffer")
+}
+
+fn write_sandbox(root: &Path, id: &str) {
+    let dir = StateDir::new(root, id).unwrap();
+    dir.create().unwrap();
+    dir.write_state(&SandboxState {
+        sandbox_id: id.into(),
+        tee: "none".into(),
+        measured: false,
+        initdata: Some(InitDataRecord {
+            algorithm: "sha256".into(),
+            digest: DIGEST.into(),
+            source: "annotation".into(),
+        }),
+        vm_pid: 4242,
+        launch: LaunchCommand {
+            program: "qemu-system-x86_64".into(),
+            args: vec!["-append".into(), "console=ttyS0 quiet".into()],
+        },
+        bundle: "/b".into(),
+        config_path: "/etc/coffer/coffer-qemu.toml".into(),
+        created_unix: 1_795_000_000,
+    })
+    .unwrap();
+}
+
+#[test]
+fn inspect_prints_the_digest_in_hex() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_sandbox(tmp.path(), "pod1");
+    let out = coffer(&[
+        "inspect",
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+        "pod1",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("digest:      {DIGEST}\n")), "{text}");
+    assert!(text.contains("tee:         none\n"), "{text}");
+    assert!(text.contains("measured:    no"), "{text}");
+    assert!(text.contains("vm pid:      4242\n"), "{text}");
+    assert!(
+        text.contains("created:     2026-11-18T11:06:40Z\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("launch:      qemu-system-x86_64 -append 'console=ttyS0 quiet'\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn inspect_json_is_the_state_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_sandbox(tmp.path(), "pod1");
+    let out = coffer(&[
+        "inspect",
+        "--json",
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+        "pod1",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["initdata"]["digest"], DIGEST);
+    assert_eq!(v["vm_pid"], 4242);
+    assert_eq!(v["sandbox_id"], "pod1");
+}
+
+#[test]
+fn inspect_of_an_absent_sandbox_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let out = coffer(&["inspect", "--state-dir", dir, "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("coffer: no sandbox nope under {dir}\n")
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn inspect_refuses_ids_that_are_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = coffer(&[
+        "inspect",
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+        "../etc",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with("coffer: invalid sandbox id \"../etc\""));
+}

@@ -1,0 +1,130 @@
+//! The shim's `delete` action: what containerd runs when a pod's shim died. It must kill the
+//! VM the shim left behind (and nothing else), unmount what is left in the share and remove the
+//! sandbox's state.
+//!
+//! A long-running `tail -f <state-dir>/console.log` stands in for the orphaned QEMU: what the
+//! cleanup checks is the program name and that the command line names the sandbox's state
+//! directory, exactly as it does for QEMU.
+
+// Fixture helpers outside #[test] functions: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command};
+
+use coffer_shim::sandbox::BUNDLE_RECORD;
+use coffer_shim::shim::cleanup_bundle;
+use coffer_shim::state::{LaunchCommand, SandboxState, StateDir};
+
+fn record(id: &str, pid: u32, program: &str) -> SandboxState {
+    SandboxState {
+        sandbox_id: id.into(),
+        tee: "none".into(),
+        measured: false,
+        initdata: None,
+        vm_pid: pid,
+        launch: LaunchCommand {
+            program: program.into(),
+            args: vec![],
+        },
+        bundle: "/unused".into(),
+        config_path: "/unused".into(),
+        created_unix: 0,
+    }
+}
+
+fn spawn_tail(file: &Path) -> Child {
+    Command::new("tail")
+        .arg("-f")
+        .arg(file)
+        .spawn()
+        .expect("spawn tail")
+}
+
+/// A sandbox state directory with a stand-in VM, and a bundle pointing at it.
+fn leftover(root: &Path, id: &str) -> (StateDir, std::path::PathBuf, Child) {
+    let dir = StateDir::new(&root.join("state"), id).unwrap();
+    dir.create().unwrap();
+    let console = dir.path().join("console.log");
+    std::fs::write(&console, b"").unwrap();
+    let vm = spawn_tail(&console);
+    dir.write_state(&record(id, vm.id(), "/usr/bin/tail"))
+        .unwrap();
+    let bundle = root.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    std::fs::write(bundle.join(BUNDLE_RECORD), dir.path().to_str().unwrap()).unwrap();
+    (dir, bundle, vm)
+}
+
+#[test]
+fn delete_kills_the_leftover_vm_and_removes_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, bundle, mut vm) = leftover(tmp.path(), "pod1");
+
+    // A container root filesystem still bound into the share, as a dead shim leaves it.
+    let mounted = nix::unistd::Uid::effective().is_root();
+    let shared = dir.path().join("share/c1/rootfs");
+    let lower = tmp.path().join("lower");
+    if mounted {
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::write(lower.join("keep"), b"container data").unwrap();
+        nix::mount::mount(
+            Some(&lower),
+            &shared,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    } else {
+        eprintln!("SKIP (part): not root, so no leftover mount to clean up");
+    }
+
+    cleanup_bundle(&bundle).unwrap();
+
+    let status = vm.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the leftover VM was not killed");
+    assert!(!dir.path().exists(), "state directory left behind");
+    assert!(!bundle.join(BUNDLE_RECORD).exists());
+    if mounted {
+        // Unmounted before removal: the container's files were not deleted through the mount.
+        assert_eq!(
+            std::fs::read(lower.join("keep")).unwrap(),
+            b"container data"
+        );
+    }
+    // Running it again (containerd retries) is harmless.
+    cleanup_bundle(&bundle).unwrap();
+}
+
+#[test]
+fn delete_does_not_kill_a_process_that_reused_the_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, bundle, mut vm) = leftover(tmp.path(), "pod2");
+    // The recorded pid now belongs to a process that is not this sandbox's VM.
+    let stranger_file = tmp.path().join("other.log");
+    std::fs::write(&stranger_file, b"").unwrap();
+    let mut stranger = spawn_tail(&stranger_file);
+    dir.write_state(&record("pod2", stranger.id(), "/usr/bin/tail"))
+        .unwrap();
+
+    cleanup_bundle(&bundle).unwrap();
+
+    assert!(!dir.path().exists());
+    assert_eq!(stranger.try_wait().unwrap(), None, "a stranger was killed");
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+}
+
+#[test]
+fn delete_of_a_container_bundle_only_unmounts_its_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("ctr");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    cleanup_bundle(&bundle).unwrap();
+    assert!(bundle.join("rootfs").exists());
+}
