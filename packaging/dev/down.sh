@@ -14,8 +14,12 @@ case "$dir" in
   / | /run | /run/containerd* | /var/run/containerd* | /var/lib/containerd* | /etc | /etc/containerd*)
     echo "down.sh: refusing $dir: not a directory up.sh made" >&2; exit 1 ;;
 esac
-[ -f "$dir/config.toml" ] || [ -f "$dir/up.env" ] || [ -f "$dir/containerd.pid" ] || {
-  echo "down.sh: $dir was not made by up.sh (no config.toml); leaving it alone" >&2; exit 1; }
+# An empty DIR (up.sh refused it before making anything) just goes.
+if [ -z "$(ls -A "$dir")" ]; then rmdir "$dir"; exit 0; fi
+[ -f "$dir/.coffer-private-containerd" ] || {
+  echo "down.sh: $dir was not made by up.sh (no .coffer-private-containerd in it); leaving it alone" >&2
+  exit 1
+}
 
 sock="$dir/containerd.sock"
 bridge=

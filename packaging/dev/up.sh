@@ -36,6 +36,13 @@ case "$dir" in
     die "refusing $dir: it belongs to the machine's own containerd; give a private directory" ;;
 esac
 
+# down.sh removes DIR wholesale, so only ever take an empty DIR or one this script made.
+marker="$dir/.coffer-private-containerd"
+if [ ! -f "$marker" ]; then
+  [ -z "$(ls -A "$dir")" ] || die "$dir is not empty and was not made by up.sh; give a new or empty DIR"
+  : > "$marker"
+fi
+
 sock="$dir/containerd.sock"
 # A unix socket path must fit in sun_path (108 bytes), including the ".ttrpc" containerd adds.
 [ ${#sock} -le 100 ] || die "DIR path too long for a unix socket ($sock); use a shorter DIR"
