@@ -45,6 +45,8 @@ cache=${COFFER_GUEST_CACHE:-$root/target/guest-cache}
 mkdir -p "$cache"
 epoch=${SOURCE_DATE_EPOCH:-0}
 export LC_ALL=C TZ=UTC
+# File modes go into the archive; the caller's umask must not.
+umask 022
 
 # Modules the agent loads, by name. Optional ones are skipped when the kernel lacks them (or has
 # them built in).
@@ -186,7 +188,7 @@ for m in "${order[@]}"; do
     echo "/lib/modules/$kver/${dest#"$stage/lib/modules/$kver/"}" >> "$stage/etc/coffer/modules"
 done
 chmod 0644 "$stage/etc/coffer/modules"
-chmod 0755 "$stage"/{bin,dev,etc,etc/coffer,proc,sys,run,lib}
+find "$stage" -type d -exec chmod 0755 {} +
 chmod 1777 "$stage/tmp"
 find "$stage" -exec touch -h -d "@$epoch" {} +
 
