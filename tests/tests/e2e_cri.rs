@@ -530,3 +530,35 @@ fn tee_handlers_refuse_on_a_host_without_tdx_or_snp() {
     }
     assert_nothing_left(&mut cri);
 }
+
+#[test]
+fn a_bad_handler_config_fails_run_pod_sandbox_naming_the_file_and_field() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    // containerd passes the handler's ConfigPath on every pod start: break the file in place.
+    let config = ctd.dir().join("coffer/coffer-qemu.toml");
+    let text = std::fs::read_to_string(&config).expect("the handler config");
+    let broken = text.replace("vcpus = 1", "vcpus = \"two\"");
+    assert_ne!(broken, text, "the packaged config has no `vcpus = 1` line");
+    std::fs::write(&config, broken).expect("write the handler config");
+
+    let pod = Pod::new("bad-config", "coffer-qemu", &ctd.log_root());
+    let err = cri
+        .run_pod_sandbox(&pod)
+        .expect_err("RunPodSandbox accepted a broken handler config");
+    let message = err.message();
+    assert!(
+        message.contains(&config.to_string_lossy().into_owned()) && message.contains("vcpus"),
+        "the error does not name the file and the field: {message}"
+    );
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}

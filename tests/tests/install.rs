@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use coffer_initdata::annotation::ANNOTATION;
 use coffer_tests::tools::{self, Coffer};
-use coffer_tests::{skip, Options, Pod, PrivateContainerd};
+use coffer_tests::{skip, Container, Driver, Options, Pod, PrivateContainerd};
 use serde_json::Value;
 
 const HANDLERS: [&str; 3] = ["coffer-qemu", "coffer-qemu-tdx", "coffer-qemu-snp"];
@@ -177,6 +178,29 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
         );
     }
     if guest.is_some() {
+        // A pod on the installed coffer-qemu handler runs, with the installed guest image.
+        let mut cri = ctd.cri().expect("connect");
+        let pod = Pod::new("installed", "coffer-qemu", &ctd.log_root());
+        let pod_id = cri
+            .run_pod_sandbox(&pod)
+            .expect("RunPodSandbox on coffer-qemu");
+        let line = "hello from the installed handler";
+        let container = Container::busybox_sh("main", &format!("echo '{line}'"));
+        let id = cri
+            .create_container(&pod_id, &pod, &container)
+            .expect("CreateContainer");
+        cri.start_container(&id).expect("StartContainer");
+        let code = cri
+            .wait_exited(&id, Duration::from_secs(120))
+            .expect("the container exits");
+        assert_eq!(code, 0);
+        assert_eq!(
+            cri.read_log(&id).expect("the CRI log"),
+            vec![line.to_owned()]
+        );
+        cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+        cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+
         // The TDX handler reaches the installed shim, which reads the installed config
         // (tee = "tdx") and refuses before starting anything on this host.
         let coffer = Coffer::in_dir(&prefix.join("bin"));
