@@ -49,6 +49,14 @@ pub enum Error {
     /// The guest agent did not answer or failed.
     #[error(transparent)]
     Agent(#[from] coffer_agent::protocol::client::ClientError),
+    /// The guest agent never answered; the console's last lines usually say why.
+    #[error("{detail}; last lines of the guest console: {console}")]
+    AgentTimeout {
+        /// The client's timeout message.
+        detail: String,
+        /// The end of the guest console, on one line.
+        console: String,
+    },
     /// The guest read other Init-Data than the host launched it with.
     #[error("Init-Data digest mismatch: the host launched the VM with {expected} but the guest read {found}")]
     DigestMismatch {
@@ -108,6 +116,7 @@ impl Error {
             Error::InitDataRequired
             | Error::DigestMismatch { .. }
             | Error::GuestRefused(_)
+            | Error::AgentTimeout { .. }
             | Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Hypervisor(e) => match e {
                 H::TeeUnavailable { .. }
@@ -119,10 +128,12 @@ impl Error {
                 H::InvalidConfig(_) | H::NonUtf8Path { .. } | H::SocketPathTooLong { .. } => {
                     Code::INVALID_ARGUMENT
                 }
-                _ => Code::INTERNAL,
+                // QEMU missing, dying at start or not answering: this host cannot run the VM
+                // as configured.
+                _ => Code::FAILED_PRECONDITION,
             },
             Error::Agent(e) => match e {
-                C::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+                C::Timeout { .. } => Code::FAILED_PRECONDITION,
                 C::VersionMismatch { .. } => Code::FAILED_PRECONDITION,
                 C::Remote { .. } => Code::FAILED_PRECONDITION,
                 _ => Code::UNAVAILABLE,

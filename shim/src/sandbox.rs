@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_agent::protocol::client::AgentClient;
+use coffer_agent::protocol::client::{AgentClient, ClientError};
 use coffer_agent::protocol::Event;
 use coffer_hypervisor::{HostCapabilities, LaunchPlan, Tee, Vm, VmResources};
 use coffer_initdata::{InitData, Limits};
@@ -166,6 +166,14 @@ impl Sandbox {
                     }
                 }
                 log_console_tail(&dir);
+                // The console goes with the state directory: keep its last words in the error.
+                let e = match e {
+                    Error::Agent(t @ ClientError::Timeout { .. }) => Error::AgentTimeout {
+                        detail: t.to_string(),
+                        console: console_last_lines(&dir, 3),
+                    },
+                    other => other,
+                };
                 let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
                 if let Err(rm) = dir.remove() {
                     tracing::warn!(sandbox = id, error = %rm, "removing the refused sandbox's state");
@@ -350,6 +358,30 @@ fn log_console_tail(dir: &StateDir) {
     };
     let tail = &bytes[bytes.len().saturating_sub(2048)..];
     tracing::warn!(console = %String::from_utf8_lossy(tail), "guest console (last 2 KiB)");
+}
+
+/// The last `n` non-empty lines of the guest console, joined with " | " (or a note that it is
+/// empty), bounded in size for an error message.
+fn console_last_lines(dir: &StateDir, n: usize) -> String {
+    let bytes = std::fs::read(dir.path().join("console.log")).unwrap_or_default();
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return "(empty)".into();
+    }
+    let mut joined = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if joined.len() > 400 {
+        let cut = (joined.len() - 400..joined.len())
+            .find(|i| joined.is_char_boundary(*i))
+            .unwrap_or(0);
+        joined = format!("...{}", &joined[cut..]);
+    }
+    joined
 }
 
 /// Cleans up after a sandbox whose shim died: kills its VM (only if the pid still is that VM's

@@ -504,3 +504,54 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         .lines()
         .all(|l| !l.contains(f.root.to_str().unwrap())));
 }
+
+#[tokio::test]
+async fn agent_timeout_is_refused_with_the_console_and_leaves_nothing() {
+    let guest = match vm_prerequisites() {
+        Ok(g) => g,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let f = Fixture::new(Some(&guest));
+    // The real kernel with an empty initramfs never reaches an agent: it panics, and with
+    // panic=-1 and -no-reboot QEMU exits. The agent's hello never comes, whatever the speed.
+    let empty = f.root.join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let config = f.root.join("timeout.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "agent_timeout_secs = 3\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\n",
+            f.state_root.display(),
+            guest.join("vmlinuz").display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let options = encode_config_path(config.to_str().unwrap());
+    let bundle = f.bundle("sb", &["/pause"], &f.sandbox_annotations("sb", None));
+    let spec = BundleSpec::load(&bundle).unwrap();
+    let e = Sandbox::create("sb", &bundle, &spec, Some(&options))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        containerd_shim_protos::ttrpc::Code::FAILED_PRECONDITION
+    );
+    let msg = e.to_string();
+    eprintln!("refusal: {msg}");
+    assert!(
+        msg.starts_with("the guest agent did not answer on "),
+        "{msg}"
+    );
+    assert!(msg.contains("last lines of the guest console: "), "{msg}");
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+    let qemu_left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(f.state_root.to_str().unwrap()));
+    assert!(!qemu_left, "a QEMU of the refused sandbox is still running");
+}
