@@ -4,6 +4,7 @@
 //!
 //! The image comes from `COFFER_GUEST_DIR`, else `<workspace>/target/guest` (built by
 //! `packaging/guest/build.sh target/guest`); without it, or without QEMU, the tests SKIP.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
