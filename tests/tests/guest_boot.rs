@@ -466,3 +466,84 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
         shutdown(g).await;
     }
 }
+
+/// Two builds of the guest image are byte-identical, and the manifest's hashes are the files'.
+/// (`packaging/guest/test-reproducible.sh` does the same with a from-scratch agent build.)
+#[test]
+fn guest_image_builds_are_reproducible() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let builder = root.join("packaging/guest/build.sh");
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("SKIP: building the guest image needs root (it makes /dev/console)");
+        return;
+    }
+    let have = |tool: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if let Some(missing) = ["apt-get", "dpkg-deb", "depmod", "cpio"]
+        .into_iter()
+        .find(|t| !have(t))
+    {
+        eprintln!("SKIP: {missing} is not installed (packaging/dev/deps.sh installs it)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    for (name, umask) in [("a", "022"), ("b", "077")] {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$1\""))
+            .arg(&builder)
+            .arg(out.path().join(name))
+            .status()
+            .unwrap();
+        assert!(status.success(), "build.sh {name} failed: {status}");
+    }
+    for file in ["vmlinuz", "initrd.img", "manifest.json"] {
+        let a = std::fs::read(out.path().join("a").join(file)).unwrap();
+        let b = std::fs::read(out.path().join("b").join(file)).unwrap();
+        assert!(a == b, "{file} differs between two builds");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("a/manifest.json")).unwrap())
+            .unwrap();
+    for file in ["vmlinuz", "initrd.img"] {
+        let sum = std::process::Command::new("sha256sum")
+            .arg(out.path().join("a").join(file))
+            .output()
+            .unwrap();
+        let sum = String::from_utf8(sum.stdout).unwrap();
+        assert_eq!(
+            manifest["files"][file]["sha256"].as_str(),
+            sum.split_whitespace().next(),
+            "{file}"
+        );
+    }
+    assert!(manifest["kernel_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("6."));
+    let modules: Vec<&str> = manifest["initrd"]["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let pos = |name: &str| {
+        modules
+            .iter()
+            .position(|m| m.ends_with(&format!("/{name}.ko")))
+            .unwrap_or_else(|| panic!("{name} missing from {modules:?}"))
+    };
+    // Dependencies come before the modules that need them.
+    assert!(pos("virtio_ring") < pos("virtio"));
+    assert!(pos("virtio") < pos("virtio_pci"));
+    assert!(pos("9pnet") < pos("9pnet_virtio"));
+    assert!(pos("netfs") < pos("9p"));
+    pos("virtio_blk");
+    pos("virtio_console");
+}
