@@ -7,6 +7,7 @@
 //! tells containerd the output is complete, so it happens even when nothing was written.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use coffer_agent::protocol::Stream;
 use tokio::io::AsyncWriteExt;
@@ -14,6 +15,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+
+/// How long closing waits for output to reach containerd. A FIFO nobody reads (containerd gone)
+/// would otherwise hold a process's exit, and the pod's teardown, forever.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
 
 /// The output side of one process.
 #[derive(Debug, Default)]
@@ -75,14 +80,30 @@ impl ProcessIo {
         }
     }
 
-    /// Closes both streams and waits until everything written so far reached the FIFOs.
+    /// Closes both streams and waits (boundedly) until everything written so far reached the
+    /// FIFOs.
     pub async fn close(mut self) {
         self.stdout = None;
         self.stderr = None;
-        for copier in self.copiers.drain(..) {
-            let _ = copier.await;
+        let copiers = std::mem::take(&mut self.copiers);
+        let all = async {
+            for copier in copiers {
+                let _ = copier.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_GRACE, all).await.is_err() {
+            tracing::warn!("process output did not drain into containerd's FIFOs within {CLOSE_GRACE:?}; the rest is dropped");
         }
     }
+}
+
+/// Closes several processes' output at once (each bounded as [`ProcessIo::close`] is).
+pub async fn close_all(ios: Vec<ProcessIo>) {
+    let mut set = tokio::task::JoinSet::new();
+    for io in ios {
+        set.spawn(io.close());
+    }
+    while set.join_next().await.is_some() {}
 }
 
 fn spawn_copier(path: PathBuf) -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()>) {

@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 
 use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
-use crate::io::ProcessIo;
+use crate::io::{close_all, ProcessIo};
 use crate::mount::Rootfs;
 use crate::process::{wait_exit, Exit, Phase, Process};
 use crate::sandbox::Sandbox;
@@ -174,9 +174,7 @@ impl Inner {
                 }
             }
         }
-        for io in ios {
-            io.close().await;
-        }
+        close_all(ios).await;
         exits
     }
 
@@ -246,9 +244,7 @@ impl Inner {
                 }
             }
         }
-        for io in ios {
-            io.close().await;
-        }
+        close_all(ios).await;
         for (id, exec_id, pid, exit) in exits {
             self.publish_exit(&id, exec_id.as_deref(), pid, exit).await;
         }
