@@ -21,4 +21,23 @@ echo "==> building Coffer"
 cargo build --workspace --bins
 
 echo "==> running the tests"
-cargo test --workspace --no-fail-fast "$@"
+# --show-output keeps what passing tests printed, so that tests which could not run (they print
+# `SKIP: <reason>` and return) are counted and named below instead of passing silently.
+log=$root/target/test.log
+set +e
+cargo test --workspace --no-fail-fast "$@" -- --show-output 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+passed=$(grep -Eo 'test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+skips=$(grep -E '^SKIP: ' "$log" | sort | uniq -c | sort -rn || true)
+skipped=$(grep -cE '^SKIP: ' "$log" || true)
+if [ "$skipped" -gt 0 ]; then
+  echo
+  echo "==> $skipped test(s) could not run here and were skipped:"
+  echo "$skips"
+fi
+echo
+echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped"
+exit "$rc"

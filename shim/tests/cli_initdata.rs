@@ -1,6 +1,8 @@
 //! The `coffer initdata` contract, exercised through the real binary: output bytes, exit codes
 //! and messages that users and scripts rely on.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

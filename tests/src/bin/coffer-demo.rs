@@ -24,11 +24,12 @@ struct Args {
     handler: String,
     initdata: PathBuf,
     log_root: PathBuf,
+    state_dir: Option<String>,
     keep: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--keep]".into()
+    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--keep]".into()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut handler = "coffer-qemu".to_owned();
     let mut initdata = tools::seed_initdata();
     let mut log_root = std::env::temp_dir().join("coffer-demo-logs");
+    let mut state_dir = None;
     let mut keep = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
             "--handler" => handler = value()?,
             "--initdata" => initdata = PathBuf::from(value()?),
             "--log-root" => log_root = PathBuf::from(value()?),
+            "--state-dir" => state_dir = Some(value()?),
             "--keep" => keep = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
@@ -61,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         handler,
         initdata,
         log_root,
+        state_dir,
         keep,
     })
 }
@@ -154,7 +158,7 @@ fn run(args: &Args) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     ));
 
-    let result = inside_the_pod(driver.as_mut(), &coffer, &pod, &pod_id, &digest);
+    let result = inside_the_pod(driver.as_mut(), &coffer, args, &pod, &pod_id, &digest);
 
     if args.keep {
         step("Keeping the pod running (--keep)");
@@ -182,19 +186,28 @@ fn run(args: &Args) -> Result<(), String> {
 fn inside_the_pod(
     driver: &mut dyn Driver,
     coffer: &Coffer,
+    args: &Args,
     pod: &Pod,
     pod_id: &str,
     digest: &str,
 ) -> Result<(), String> {
     step("What the guest confirmed (coffer inspect)");
-    let inspect = coffer.ok(&["inspect", pod_id])?;
-    for line in inspect.lines() {
-        say(line);
+    let mut inspect_args = vec!["inspect", pod_id, "--json"];
+    if let Some(dir) = &args.state_dir {
+        inspect_args.extend(["--state-dir", dir]);
     }
-    let seen = tools::first_hex_word(&inspect)
-        .ok_or_else(|| "coffer inspect printed no digest".to_owned())?;
+    let inspect: serde_json::Value = serde_json::from_str(&coffer.ok(&inspect_args)?)
+        .map_err(|e| format!("coffer inspect --json printed something else: {e}"))?;
+    let seen = inspect["initdata"]["digest"].as_str().unwrap_or_default();
+    say(&format!(
+        "tee {}, measured: {}, VM pid {}",
+        inspect["tee"].as_str().unwrap_or("?"),
+        inspect["measured"],
+        inspect["vm_pid"]
+    ));
+    say(&format!("digest {seen}"));
     if seen != digest {
-        return Err(format!("the guest confirmed {seen}, expected {digest}"));
+        return Err(format!("the guest confirmed {seen:?}, expected {digest}"));
     }
     say("the digest the guest read equals the one computed on the host");
 
