@@ -447,3 +447,234 @@ async fn read_one(read: &mut OwnedReadHalf) -> Result<GuestFrame, FrameError> {
     read.read_exact(&mut body).await?;
     decode(&body)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted guest on a unix socket: ordering, retries and failures that
+    //! a healthy guest in a VM does not produce on demand.
+
+    use super::*;
+    use crate::protocol::{InitDataReport, Stream, Verification};
+    use tokio::net::UnixListener;
+
+    async fn read_request(s: &mut UnixStream) -> RequestFrame {
+        let mut prefix = [0u8; 4];
+        s.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; frame_len(prefix).unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        decode(&body).unwrap()
+    }
+
+    async fn send(s: &mut UnixStream, frame: GuestFrame) {
+        s.write_all(&encode(&frame).unwrap()).await.unwrap();
+    }
+
+    fn hello(version: u32) -> Outcome {
+        Outcome::Ok(Response::Hello(Box::new(Hello {
+            agent_version: "test".into(),
+            protocol_version: version,
+            initdata: InitDataReport {
+                digest: Some("ab".into()),
+                verification: Verification::Unmeasured {
+                    matches_cmdline: true,
+                },
+                ..Default::default()
+            },
+        })))
+    }
+
+    /// Accepts one connection and answers its first hello.
+    async fn guest_answering_hello(listener: &UnixListener, version: u32) -> UnixStream {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let req = read_request(&mut s).await;
+        assert_eq!(
+            req.request,
+            Request::Hello {
+                protocol_version: PROTOCOL_VERSION
+            }
+        );
+        send(
+            &mut s,
+            GuestFrame::Response {
+                id: req.id,
+                outcome: hello(version),
+            },
+        )
+        .await;
+        s
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_socket_to_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let p = path.clone();
+        let guest = tokio::spawn(async move {
+            // QEMU creates the socket some time after the shim starts waiting.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let listener = UnixListener::bind(&p).unwrap();
+            guest_answering_hello(&listener, PROTOCOL_VERSION).await
+        });
+        let (_client, hello) = AgentClient::connect(&path, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(hello.initdata.digest.as_deref(), Some("ab"));
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn answers_are_matched_by_id_and_events_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let mut s = guest_answering_hello(&listener, PROTOCOL_VERSION).await;
+            let (a, b) = (read_request(&mut s).await, read_request(&mut s).await);
+            let (wait, signal) = match a.request {
+                Request::Wait { .. } => (a, b),
+                _ => (b, a),
+            };
+            assert!(matches!(wait.request, Request::Wait { .. }));
+            assert_eq!(
+                signal.request,
+                Request::Signal {
+                    id: "c1".into(),
+                    exec_id: None,
+                    signal: 9
+                }
+            );
+            // The signal is answered first, then output, then the wait.
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: signal.id,
+                    outcome: Outcome::Ok(Response::Ok),
+                },
+            )
+            .await;
+            send(
+                &mut s,
+                GuestFrame::Event {
+                    event: Event::Output {
+                        id: "c1".into(),
+                        exec_id: None,
+                        stream: Stream::Stdout,
+                        data: b"bye\n".to_vec(),
+                    },
+                },
+            )
+            .await;
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: wait.id,
+                    outcome: Outcome::Ok(Response::Exited {
+                        status: ExitStatus {
+                            code: 137,
+                            signal: Some(9),
+                        },
+                    }),
+                },
+            )
+            .await;
+            let create = read_request(&mut s).await;
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: create.id,
+                    outcome: Outcome::Err("this guest refuses to run containers: no".into()),
+                },
+            )
+            .await;
+            s
+        });
+        let (client, _) = AgentClient::connect(&path, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut events = client.take_events().unwrap();
+        assert!(client.take_events().is_none());
+        let wait = client.wait("c1", None);
+        // Both in flight at once; the signal is answered first.
+        let signal = client.signal("c1", None, 9);
+        let (status, signalled) = tokio::join!(wait, signal);
+        signalled.unwrap();
+        assert_eq!(
+            status.unwrap(),
+            ExitStatus {
+                code: 137,
+                signal: Some(9)
+            }
+        );
+        assert_eq!(
+            events.recv().await.unwrap(),
+            Event::Output {
+                id: "c1".into(),
+                exec_id: None,
+                stream: Stream::Stdout,
+                data: b"bye\n".to_vec()
+            }
+        );
+        let refused = client
+            .create_container(CreateContainer {
+                id: "c2".into(),
+                rootfs: "r".into(),
+                hostname: None,
+                process: Process::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "the guest agent refused create_container: this guest refuses to run containers: no"
+        );
+        // The guest goes away: a pending request fails instead of hanging.
+        drop(guest.await.unwrap());
+        assert!(matches!(
+            client.start("c2").await,
+            Err(ClientError::Disconnected) | Err(ClientError::Frame(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refuses_another_protocol_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move { guest_answering_hello(&listener, 99).await });
+        let err = AgentClient::connect(&path, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the guest agent speaks protocol version 99, this host speaks 1; use a guest image built from the same Coffer release"
+        );
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_deadline_when_the_guest_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Accepts, reads nothing, answers nothing: a guest that never booted.
+        let _guest = tokio::spawn(async move {
+            let conn = listener.accept().await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(conn);
+        });
+        let err = AgentClient::connect(&path, Duration::from_millis(1500))
+            .await
+            .unwrap_err();
+        match &err {
+            ClientError::Timeout { socket, last, .. } => {
+                assert_eq!(socket, &path);
+                assert_eq!(last.as_deref(), Some("connected, but no hello answer yet"));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().starts_with(&format!(
+            "the guest agent did not answer on {} within ",
+            path.display()
+        )));
+    }
+}
