@@ -121,7 +121,7 @@ else
     # Paths inside the binary (panic locations) must not depend on where the tree or the cargo
     # home lives, or two checkouts would build different images.
     RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/coffer --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-        cargo build --manifest-path "$root/Cargo.toml" --release --locked \
+        cargo build --manifest-path "$root/Cargo.toml" --release \
         --target x86_64-unknown-linux-gnu -p coffer-agent --bin coffer-agent \
         --target-dir "$target_dir" >&2
     agent=$target_dir/x86_64-unknown-linux-gnu/release/coffer-agent
