@@ -256,6 +256,7 @@ impl Sandbox {
             tee: config.tee.to_string(),
             measured: config.tee != Tee::None,
             initdata: record_initdata,
+            guest_report: describe_report(&hello.initdata.verification),
             vm_pid: pid,
             launch: LaunchCommand {
                 program: plan.program.clone(),
@@ -332,6 +333,26 @@ pub fn check_hello(
         });
     }
     Ok(())
+}
+
+/// One line on what the guest found, for `state.json` and `coffer inspect`.
+pub fn describe_report(v: &coffer_agent::protocol::Verification) -> String {
+    use coffer_agent::protocol::Verification as V;
+    match v {
+        V::Verified { tee, register } => {
+            format!("verified: the {tee} launch register holds the document's digest ({register})")
+        }
+        V::Unmeasured {
+            matches_cmdline: true,
+        } => "unmeasured (no TEE); the guest's digest matches the kernel command line".into(),
+        V::Unmeasured {
+            matches_cmdline: false,
+        } => {
+            "unmeasured (no TEE); the guest's digest does not match the kernel command line".into()
+        }
+        V::NoInitData => "no Init-Data".into(),
+        other => other.refusal().unwrap_or_else(|| format!("{other:?}")),
+    }
 }
 
 fn write_bundle_record(bundle: &Path, dir: &StateDir) -> Result<()> {
@@ -565,6 +586,7 @@ mod tests {
             tee: "none".into(),
             measured: false,
             initdata: None,
+            guest_report: String::new(),
             vm_pid: std::process::id(),
             launch: LaunchCommand {
                 program: "qemu-system-x86_64".into(),

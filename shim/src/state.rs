@@ -27,6 +27,9 @@ pub struct SandboxState {
     pub measured: bool,
     /// The Init-Data digest, if the pod has Init-Data.
     pub initdata: Option<InitDataRecord>,
+    /// What the guest agent reported about the Init-Data it read (one line).
+    #[serde(default)]
+    pub guest_report: String,
     /// Process id of the hypervisor.
     pub vm_pid: u32,
     /// The hypervisor command line as it was started.
@@ -262,6 +265,8 @@ mod tests {
                 digest: "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5".into(),
                 source: "annotation".into(),
             }),
+            guest_report: "unmeasured (no TEE); the guest's digest matches the kernel command line"
+                .into(),
             vm_pid: 4242,
             launch: LaunchCommand {
                 program: "qemu-system-x86_64".into(),

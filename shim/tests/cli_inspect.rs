@@ -29,6 +29,7 @@ fn write_sandbox(root: &Path, id: &str) {
             digest: DIGEST.into(),
             source: "annotation".into(),
         }),
+        guest_report: "no Init-Data".into(),
         vm_pid: 4242,
         launch: LaunchCommand {
             program: "qemu-system-x86_64".into(),

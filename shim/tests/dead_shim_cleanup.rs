@@ -23,6 +23,7 @@ fn record(id: &str, pid: u32, program: &str) -> SandboxState {
         tee: "none".into(),
         measured: false,
         initdata: None,
+        guest_report: String::new(),
         vm_pid: pid,
         launch: LaunchCommand {
             program: program.into(),

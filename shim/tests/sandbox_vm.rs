@@ -227,6 +227,10 @@ async fn sandbox_vm_starts_with_the_initdata_and_leaves_nothing() {
     assert_eq!(record.tee, "none");
     assert!(!record.measured);
     assert_eq!(record.vm_pid, pid);
+    assert_eq!(
+        record.guest_report,
+        "unmeasured (no TEE); the guest's digest matches the kernel command line"
+    );
     let initdata = record.initdata.expect("initdata in the record");
     assert_eq!(initdata.digest, digest);
     assert_eq!(initdata.algorithm, "sha256");

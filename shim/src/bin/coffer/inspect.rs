@@ -54,6 +54,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         None => println!("initdata:    none"),
     }
+    if !state.guest_report.is_empty() {
+        println!("guest:       {}", state.guest_report);
+    }
     println!("vm pid:      {}", state.vm_pid);
     println!("created:     {}", format_utc(state.created_unix));
     println!("config:      {}", state.config_path.display());
