@@ -29,7 +29,11 @@ netns_list="$dir/.netns-to-remove"
 
 pid=
 [ -s "$dir/containerd.pid" ] && pid=$(cat "$dir/containerd.pid")
-alive() { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# The pid must still be this DIR's containerd: a pid file can outlive its process, and the
+# number can since belong to anything else.
+alive() {
+  [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--config $dir/config.toml"
+}
 c() { timeout 60 ctr --address "$sock" "$@"; }
 
 # 1. While containerd runs, end every task through it, so each shim stops its own VM or
@@ -37,7 +41,8 @@ c() { timeout 60 ctr --address "$sock" "$@"; }
 if alive && c version >/dev/null 2>&1; then
   for ns in $(c namespaces ls -q 2>/dev/null); do
     for id in $(c -n "$ns" containers ls -q 2>/dev/null); do
-      # The CRI keeps the pod's network namespace at the path in the sandbox's spec.
+      # up.sh keeps pod network namespaces under DIR; a config without
+      # netns_mounts_under_state_dir puts them in /var/run/netns, named in the sandbox's spec.
       c -n "$ns" containers info "$id" 2>/dev/null |
         grep -o '/var/run/netns/cni-[0-9a-f-]*' >> "$netns_list" || true
     done
