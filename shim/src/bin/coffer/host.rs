@@ -1,10 +1,9 @@
 //! `coffer check-host` and `coffer launch-plan`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use coffer_hypervisor::{Accel, HostCapabilities, LaunchPlan, Support, Tee, VmConfig, VmResources};
-use coffer_initdata::{annotation, InitData, Limits};
+use coffer_initdata::InitData;
 use serde_json::json;
 
 use crate::Failure;
@@ -153,35 +152,8 @@ pub fn launch_plan(args: LaunchPlanArgs) -> Result<(), Failure> {
 }
 
 fn load_initdata(args: &LaunchPlanArgs) -> Result<InitData, Failure> {
-    let (bytes, name) = match (&args.annotation, &args.initdata) {
-        (Some(value), _) => {
-            let value = if value == "-" {
-                let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).map_err(|e| {
-                    Failure::Invalid(format!(
-                        "cannot read the annotation from standard input: {e}"
-                    ))
-                })?;
-                text
-            } else {
-                value.clone()
-            };
-            let bytes = annotation::decode_bytes(&value, &Limits::default())
-                .map_err(|e| Failure::Invalid(format!("annotation: {e}")))?;
-            (bytes, "annotation".to_string())
-        }
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| Failure::Invalid(format!("cannot read {}: {e}", path.display())))?;
-            (bytes, path.display().to_string())
-        }
-        (None, None) => {
-            return Err(Failure::Usage(
-                "give --annotation VALUE or --initdata FILE".into(),
-            ))
-        }
-    };
-    InitData::parse(bytes).map_err(|e| Failure::Invalid(format!("{name}: {e}")))
+    let file = args.initdata.as_deref().map(Path::to_string_lossy);
+    crate::initdata::load_document(args.annotation.as_deref(), file.as_deref()).map(|(doc, _)| doc)
 }
 
 /// Reads a `VmConfig` from the file's `[vm]` table when it has one, else from the whole file.

@@ -270,17 +270,27 @@ fn base64_of(bytes: &[u8]) -> String {
 
 /// Loads and validates the document an [`Input`] names; warnings go to stderr.
 fn load(input: &Input) -> Result<(InitData, String), Failure> {
-    match (&input.annotation, &input.file) {
+    load_document(input.annotation.as_deref(), input.file.as_deref())
+}
+
+/// Loads and validates a document from an annotation value or a file (`-`: standard input, for
+/// either); warnings go to stderr. Returns the document and a name for messages.
+pub(crate) fn load_document(
+    annotation: Option<&str>,
+    file: Option<&str>,
+) -> Result<(InitData, String), Failure> {
+    match (annotation, file) {
         (Some(value), _) => {
             let value = if value == "-" {
                 read_text_stdin()?
             } else {
-                value.clone()
+                value.to_owned()
             };
-            let bytes = annotation::decode_bytes(&value, &Limits::default())?;
+            let bytes = annotation::decode_bytes(&value, &Limits::default())
+                .map_err(|e| Failure::Invalid(format!("annotation: {e}")))?;
             Ok((validated(bytes, "annotation")?, "annotation".to_owned()))
         }
-        (None, Some(file)) => Ok((validated(read_source(file)?, file)?, file.clone())),
+        (None, Some(file)) => Ok((validated(read_source(file)?, file)?, file.to_owned())),
         (None, None) => Err(Failure::Usage(
             "give a FILE, - for standard input, or --annotation VALUE".into(),
         )),
