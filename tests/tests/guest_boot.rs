@@ -163,6 +163,26 @@ fn busybox_rootfs(root: &Path) {
     }
 }
 
+impl Guest {
+    /// Drops the connection and connects again, as a restarted shim would.
+    async fn reconnect(&mut self) -> Hello {
+        // QEMU serves one connection at a time: the old one must be gone before the new hello.
+        let (placeholder, _) = tokio::net::UnixStream::pair().unwrap();
+        drop(std::mem::replace(
+            &mut self.client,
+            AgentClient::from_stream(placeholder),
+        ));
+        while let Ok(e) = self.events.rx.try_recv() {
+            self.events.seen.push(e);
+        }
+        let socket = self.dir.path().join("agent.sock");
+        let (client, hello) = AgentClient::connect(&socket, HELLO_DEADLINE).await.unwrap();
+        self.events.rx = client.take_events().unwrap();
+        self.client = client;
+        hello
+    }
+}
+
 async fn shutdown(mut g: Guest) {
     g.client.shutdown().await.unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(120), g.vm.wait())
@@ -362,11 +382,17 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             id: "c2".into(),
             rootfs: "rootfs1".into(),
             hostname: None,
-            process: shell("echo done; exit 42"),
+            // Waits for the host to drop a file into the share, so it runs after the reconnect.
+            process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
         })
         .await
         .unwrap();
     g.client.start("c2").await.unwrap();
+    // The host goes away and comes back while c2 runs; its answers and events reach the new
+    // connection.
+    let again = g.reconnect().await;
+    assert_eq!(again.initdata, g.hello.initdata);
+    std::fs::write(g.dir.path().join("share/rootfs1/go"), b"").unwrap();
     assert_eq!(
         g.client.wait("c2", None).await.unwrap(),
         ExitStatus {
