@@ -411,7 +411,8 @@ impl Inner {
         };
         process.pid = pid;
         process.phase = Phase::Running;
-        drop(pod);
+        // Published while the pod is locked, so the start reaches containerd before an exit
+        // the guest may already have reported.
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
@@ -430,6 +431,7 @@ impl Inner {
             self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
                 .await;
         }
+        drop(pod);
         Ok(StartResponse {
             pid,
             ..Default::default()
