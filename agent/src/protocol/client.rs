@@ -124,7 +124,10 @@ impl AgentClient {
             let client = AgentClient::from_stream(stream);
             match client.hello_until(end).await {
                 Ok(hello) => return Ok((client, hello)),
-                Err(e @ ClientError::VersionMismatch { .. }) => return Err(e),
+                // The guest answered: retrying would get the same answer.
+                Err(e @ (ClientError::VersionMismatch { .. } | ClientError::Remote { .. })) => {
+                    return Err(e)
+                }
                 Err(ClientError::Timeout { last: l, .. }) => {
                     last = l.or(last);
                     break;
