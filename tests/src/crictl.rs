@@ -127,6 +127,13 @@ impl Crictl {
     }
 }
 
+/// N from crictl's "... exited with N: ..." message.
+fn exited_with(stderr: &str) -> Option<i32> {
+    let rest = &stderr[stderr.find("exited with ")? + "exited with ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn single_line(args: &[&str], out: &str) -> Result<String, CriError> {
     let id = out.trim();
     if id.is_empty() || id.contains(char::is_whitespace) {
@@ -244,17 +251,31 @@ impl Driver for Crictl {
                 program: self.bin.clone(),
                 source,
             })?;
-        // crictl exits with the command's exit code (and says so on stderr).
-        let exit_code = out.status.code().ok_or_else(|| CriError::Crictl {
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // crictl prints the command's stdout and then its stderr, each with a newline added,
+        // all on its own stdout, and only when the command exits 0. Otherwise it fails with
+        // "command '...' exited with N: <the command's stderr>" (recent releases exit with N
+        // and say "non-zero exit code" instead).
+        let exit_code = match out.status.code() {
+            Some(0) => 0,
+            Some(code) => exited_with(&stderr).unwrap_or(code),
+            None => {
+                return Err(CriError::Crictl {
+                    args: args.join(" "),
+                    status: out.status.to_string(),
+                    stderr,
+                })
+            }
+        };
         Ok(ExecResult {
             stdout: out.stdout,
             stderr: out.stderr,
             exit_code,
         })
+    }
+
+    fn exec_output_is_exact(&self) -> bool {
+        false
     }
 
     fn stop_pod(&mut self, pod_id: &str) -> Result<(), CriError> {
@@ -263,5 +284,32 @@ impl Driver for Crictl {
 
     fn remove_pod(&mut self, pod_id: &str) -> Result<(), CriError> {
         self.run(&["rmp", pod_id]).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_is_read_from_crictls_message() {
+        let msg = "time=\"...\" level=fatal msg=\"execing command in container abc synchronously: \
+                   command 'sh -c exit 7' exited with 7: oops\"";
+        assert_eq!(exited_with(msg), Some(7));
+        assert_eq!(exited_with("non-zero exit code"), None);
+    }
+
+    #[test]
+    fn pod_config_uses_the_cri_field_names() {
+        let pod = Pod::new("p", "coffer-qemu", Path::new("/logs")).annotation("k", "v");
+        let v = Crictl::pod_config(&pod);
+        assert_eq!(v["metadata"]["name"], "p");
+        assert_eq!(v["log_directory"], "/logs/p");
+        assert_eq!(v["annotations"]["k"], "v");
+        assert_eq!(
+            v["linux"]["security_context"]["namespace_options"]["network"],
+            2
+        );
+        assert!(v.get("hostname").is_none());
     }
 }

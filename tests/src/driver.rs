@@ -129,6 +129,11 @@ pub trait Driver {
     fn logs(&mut self, id: &str) -> Result<Vec<String>, CriError>;
     /// `crictl exec -s ID CMD...`.
     fn exec_sync(&mut self, id: &str, cmd: &[&str]) -> Result<ExecResult, CriError>;
+    /// Whether [`exec_sync`](Self::exec_sync) returns the command's stdout and stderr exactly
+    /// as the runtime sent them (true for the CRI client; crictl reformats them).
+    fn exec_output_is_exact(&self) -> bool {
+        true
+    }
     /// `crictl stopp ID`.
     fn stop_pod(&mut self, pod_id: &str) -> Result<(), CriError>;
     /// `crictl rmp ID`.
