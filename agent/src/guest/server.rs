@@ -114,23 +114,11 @@ fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
     let frame: RequestFrame = match decode(body) {
         Ok(f) => f,
         Err(e) => {
-            // Answer with the id if there is one, so the host does not wait forever.
-            #[derive(serde::Deserialize)]
-            struct JustId {
-                id: u64,
-            }
-            if let Ok(JustId { id }) = serde_json::from_slice(body) {
-                let _ = agent.out.send(
-                    GuestFrame::Response {
-                        id,
-                        outcome: Outcome::Err(format!(
-                            "this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: {e}"
-                        )),
-                    }
-                    .into(),
-                );
-            } else {
-                boot::log(&format!("ignoring a frame without an id: {e}"));
+            match refuse_malformed(body, &e) {
+                Some(answer) => {
+                    let _ = agent.out.send(answer.into());
+                }
+                None => boot::log(&format!("ignoring a frame without an id: {e}")),
             }
             return;
         }
@@ -158,6 +146,22 @@ fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
             boot::power_off();
         }
     });
+}
+
+/// The answer to a request this agent cannot decode (a newer host's operation, a bad field),
+/// when the frame at least carries an id, so the host does not wait forever.
+fn refuse_malformed(body: &[u8], error: &crate::protocol::FrameError) -> Option<GuestFrame> {
+    #[derive(serde::Deserialize)]
+    struct JustId {
+        id: u64,
+    }
+    let JustId { id } = serde_json::from_slice(body).ok()?;
+    Some(GuestFrame::Response {
+        id,
+        outcome: Outcome::Err(format!(
+            "this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: {error}"
+        )),
+    })
 }
 
 fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
@@ -253,6 +257,25 @@ pub fn read_initdata_file(dir: &Path, path: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undecodable_requests_with_an_id_are_answered() {
+        let body = br#"{"id":7,"request":{"op":"format_disk"}}"#;
+        let err = decode::<RequestFrame>(body).unwrap_err();
+        match refuse_malformed(body, &err) {
+            Some(GuestFrame::Response {
+                id: 7,
+                outcome: Outcome::Err(m),
+            }) => assert!(
+                m.starts_with("this agent (protocol version 1) does not understand the request: malformed frame: unknown variant `format_disk`"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let junk = b"[1,2]";
+        let err = decode::<RequestFrame>(junk).unwrap_err();
+        assert_eq!(refuse_malformed(junk, &err), None);
+    }
 
     #[test]
     fn read_file_stays_in_its_directory() {
