@@ -689,10 +689,6 @@ impl Prepared {
     }
 }
 
-// The raw pointers in `Prepared` point into its own CStrings, which it owns; they are only
-// dereferenced by execve in a child.
-unsafe impl Send for Prepared {}
-
 /// Steps a child can fail at, in the order it runs them; the index travels in the report.
 const STEPS: [&str; 16] = [
     "dup2 of the standard streams",
