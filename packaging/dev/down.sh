@@ -32,7 +32,7 @@ pid=
 # The pid must still be this DIR's containerd: a pid file can outlive its process, and the
 # number can since belong to anything else.
 alive() {
-  [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--config $dir/config.toml"
+  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF -- "--config $dir/config.toml"
 }
 c() { timeout 60 ctr --address "$sock" "$@"; }
 
@@ -73,7 +73,7 @@ owned() {
   local p=$1 root
   [ "$p" = "$$" ] && return 1
   [ "$p" = "$PPID" ] && return 1
-  if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF "$dir/"; then return 0; fi
+  if tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF "$dir/"; then return 0; fi
   root=$(readlink "/proc/$p/root" 2>/dev/null) || return 1
   case "$root" in "$dir"/*) return 0 ;; esac
   return 1

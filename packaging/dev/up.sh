@@ -56,7 +56,10 @@ command -v runc >/dev/null || die "runc not found (apt-get install runc)"
 answers() { ctr --address "$sock" version >/dev/null 2>&1; }
 
 pidfile="$dir/containerd.pid"
-if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && answers; then
+# Up already: the pid file names this DIR's containerd (not a stranger that got its pid).
+if [ -s "$pidfile" ] &&
+   tr '\0' ' ' 2>/dev/null < "/proc/$(cat "$pidfile")/cmdline" | grep -qF -- "--config $dir/config.toml" &&
+   answers; then
   echo "$sock"
   exit 0
 fi
