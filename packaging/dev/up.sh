@@ -86,7 +86,7 @@ fi
 # Per-directory names, so several private containerds can run side by side.
 tag=$(printf '%s' "$dir" | sha256sum | cut -c1-8)
 bridge="cf$tag"
-subnet="10.213.$(( 0x${tag:0:4} % 250 )).0/24"
+subnet="10.$(( 200 + 0x${tag:0:2} % 50 )).$(( 0x${tag:2:2} )).0/24"
 
 # Each sandbox's agent socket is <state>/<64-char id>/agent.sock, and a socket path must fit in
 # 107 bytes: the state dir can have 31 at most.
@@ -105,6 +105,7 @@ chmod 0700 "$coffer_state"
 cat > "$dir/up.env" <<ENV
 SOCK=$sock
 BRIDGE=$bridge
+SUBNET=$subnet
 ENV
 
 # The Coffer configs: the installed defaults, with the guest image and the state dir moved here.

@@ -216,9 +216,11 @@ fn runc_pod_gets_an_address_from_the_private_cni_network() {
         .pod_sandbox_status(&running.pod_id)
         .expect("PodSandboxStatus");
     let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    let subnet = up_env(&ctd, "SUBNET");
+    let net = subnet.trim_end_matches("0/24");
     assert!(
-        ip.starts_with("10.213."),
-        "pod address {ip:?} is not from up.sh's 10.213.x.0/24"
+        ip.starts_with(net),
+        "pod address {ip:?} is not from up.sh's {subnet}"
     );
     // The container sees the same address on its eth0.
     let exec = cri
@@ -281,11 +283,12 @@ fn assert_down_left_nothing(dir: &Path, bridge: &str) {
     );
 }
 
-fn bridge_of(ctd: &PrivateContainerd) -> String {
+/// A value up.sh recorded in DIR/up.env.
+fn up_env(ctd: &PrivateContainerd, key: &str) -> String {
     let env = std::fs::read_to_string(ctd.dir().join("up.env")).expect("up.env");
     env.lines()
-        .find_map(|l| l.strip_prefix("BRIDGE="))
-        .expect("BRIDGE= in up.env")
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in up.env"))
         .to_owned()
 }
 
@@ -310,7 +313,7 @@ fn down_cleans_up(containerd_alive: bool) {
     assert!(!tools::processes_of(ctd.dir()).is_empty(), "no processes");
 
     let dir = ctd.dir().to_path_buf();
-    let bridge = bridge_of(&ctd);
+    let bridge = up_env(&ctd, "BRIDGE");
     if !containerd_alive {
         ctd.kill_containerd().expect("kill containerd");
     }
