@@ -21,7 +21,7 @@
 #   --uninstall               undo the install recorded under PREFIX/share/coffer/install/
 #
 # How the handlers reach containerd, without clobbering any other setting:
-#   containerd 2.x: the drop-in SYSCONFDIR/containerd/conf.d/coffer.toml (from
+#   containerd 2.x: the drop-in conf.d/coffer.toml beside the containerd config (from
 #     packaging/containerd/coffer-v3.toml, or coffer-v2.toml for a version 2 config), listed in
 #     the config's top-level `imports`. containerd 2.x merges imports key by key.
 #   containerd 1.6/1.7: the handler tables (packaging/containerd/coffer-v2.toml) appended to the
