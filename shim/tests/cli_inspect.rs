@@ -118,3 +118,32 @@ fn inspect_refuses_ids_that_are_paths() {
         .unwrap()
         .starts_with("coffer: invalid sandbox id \"../etc\""));
 }
+
+#[test]
+fn inspect_takes_the_state_dir_from_a_handler_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    write_sandbox(&state, "pod1");
+    let config = tmp.path().join("handler.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", state.display())).unwrap();
+    let out = coffer(&["inspect", "--config", config.to_str().unwrap(), "pod1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains(DIGEST));
+
+    std::fs::write(&config, "state_dir = 7\n").unwrap();
+    let out = coffer(&["inspect", "--config", config.to_str().unwrap(), "pod1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "coffer: bad coffer config {}: line 1",
+            config.display()
+        )),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use coffer_shim::config::{Config, DEFAULT_STATE_DIR};
 use coffer_shim::state::{format_utc, StateDir};
 
 use crate::Failure;
@@ -15,21 +16,30 @@ use crate::Failure;
 pub struct Args {
     /// The sandbox (pod) id containerd gave the sandbox.
     sandbox_id: String,
-    /// Root of the per-sandbox state directories (the handler config's `state_dir`).
-    #[arg(long, value_name = "DIR", default_value = coffer_shim::config::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// Root of the per-sandbox state directories (the handler config's `state_dir`;
+    /// default /run/coffer).
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    /// Take the state directory from this runtime handler configuration instead.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Print the record as JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let dir = StateDir::new(&args.state_dir, &args.sandbox_id)?;
+    let root = match (args.state_dir, args.config) {
+        (Some(dir), _) => dir,
+        (None, Some(config)) => Config::load(&config)?.state_dir,
+        (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
+    };
+    let dir = StateDir::new(&root, &args.sandbox_id)?;
     let Some(state) = dir.read_state()? else {
         return Err(Failure::Invalid(format!(
             "no sandbox {} under {}",
             args.sandbox_id,
-            args.state_dir.display()
+            root.display()
         )));
     };
     if args.json {
