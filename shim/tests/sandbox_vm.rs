@@ -559,3 +559,93 @@ async fn agent_timeout_is_refused_with_the_console_and_leaves_nothing() {
         .any(|c| String::from_utf8_lossy(&c).contains(f.state_root.to_str().unwrap()));
     assert!(!qemu_left, "a QEMU of the refused sandbox is still running");
 }
+
+#[tokio::test]
+async fn a_vm_that_dies_ends_every_task_of_the_pod() {
+    let guest = match vm_prerequisites() {
+        Ok(g) => g,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let f = Fixture::new(Some(&guest));
+    let out = f.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let lower = f.root.join("busybox-root");
+    std::fs::create_dir_all(lower.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", lower.join("bin/sleep")).unwrap();
+
+    let service = Service::new("test", None, Arc::new(ExitSignal::default()));
+    let sb_bundle = f.bundle("pod", &["/pause"], &f.sandbox_annotations("pod", None));
+    let vm_pid = service
+        .create_task(req_create("pod", &sb_bundle, None, &out, &f.options))
+        .await
+        .unwrap_or_else(|e| panic!("sandbox create: {e}"))
+        .pid;
+    let mut annotations = HashMap::new();
+    annotations.insert(
+        "io.kubernetes.cri.sandbox-id".to_string(),
+        "pod".to_string(),
+    );
+    let c_bundle = f.bundle("c1", &["sleep", "3600"], &annotations);
+    for name in ["c1.out", "c1.err"] {
+        std::fs::write(out.join(name), b"").unwrap();
+    }
+    service
+        .create_task(req_create("c1", &c_bundle, Some(&lower), &out, &f.options))
+        .await
+        .unwrap();
+    service
+        .start_task(StartRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The VM dies under the pod (OOM killer, a crash): nothing asked for it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for id in ["c1", "pod"] {
+        let waited = service
+            .wait_task(WaitRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(waited.exit_status, 255, "{id}");
+        let state = service
+            .task_state(StateRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            state.status.enum_value_or_default(),
+            Status::STOPPED,
+            "{id}"
+        );
+    }
+    for id in ["c1", "pod"] {
+        service
+            .delete_task(DeleteRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+    }
+    service.shutdown_pod().await.unwrap();
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+    assert!(std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .all(|l| !l.contains(f.root.to_str().unwrap())));
+}
