@@ -314,7 +314,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             rootfs: "rootfs1".into(),
             hostname: Some("coffer-c1".into()),
             process: shell(
-                "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30",
+                "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
             ),
         })
         .await
@@ -322,7 +322,8 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
     g.client.start("c1").await.unwrap();
 
     // exec into the running container: same namespaces (hostname, PID 1 is the container's
-    // process), and the guest's Init-Data directory is not in its root.
+    // shell: busybox would exec a last simple command in place, hence the trailing echo), and
+    // the guest's Init-Data directory is not in its root.
     g.client
         .exec(
             "c1",
