@@ -141,6 +141,7 @@ impl Error {
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
+            Error::State(StateError::BadId(_)) => Code::INVALID_ARGUMENT,
             Error::State(_) | Error::Mount(_) | Error::Io { .. } => Code::INTERNAL,
         }
     }

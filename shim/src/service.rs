@@ -328,6 +328,8 @@ impl Inner {
         bundle: &std::path::Path,
         spec: &BundleSpec,
     ) -> Result<u32> {
+        // The id becomes a directory name in the share.
+        crate::state::check_id(&req.id)?;
         let sandbox_id = spec.sandbox_id(&req.id);
         let process = spec.process()?;
         let mut pod = self.pod.lock().await;

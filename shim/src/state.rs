@@ -66,7 +66,7 @@ pub struct LaunchCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The id cannot be a directory name.
-    #[error("invalid sandbox id {0:?}: ids are 1-128 characters of A-Z a-z 0-9 _ . - and do not start with . or -")]
+    #[error("invalid id {0:?}: ids are 1-128 characters of A-Z a-z 0-9 _ . - and do not start with . or -")]
     BadId(String),
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
@@ -288,7 +288,7 @@ mod tests {
         }
         assert_eq!(
             StateDir::new(Path::new("/run/coffer"), "../etc").unwrap_err().to_string(),
-            "invalid sandbox id \"../etc\": ids are 1-128 characters of A-Z a-z 0-9 _ . - and do not start with . or -"
+            "invalid id \"../etc\": ids are 1-128 characters of A-Z a-z 0-9 _ . - and do not start with . or -"
         );
     }
 

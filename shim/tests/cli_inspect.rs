@@ -116,7 +116,7 @@ fn inspect_refuses_ids_that_are_paths() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr)
         .unwrap()
-        .starts_with("coffer: invalid sandbox id \"../etc\""));
+        .starts_with("coffer: invalid id \"../etc\""));
 }
 
 #[test]
