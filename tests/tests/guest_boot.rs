@@ -200,6 +200,35 @@ struct Events {
 }
 
 impl Events {
+    /// Stdout of a process so far.
+    fn stdout(&self, id: &str, exec: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in &self.seen {
+            if let Event::Output {
+                id: i,
+                exec_id,
+                stream: Stream::Stdout,
+                data,
+            } = e
+            {
+                if i == id && exec_id.as_deref() == exec {
+                    out.extend(data);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until a process has printed `text` on stdout.
+    async fn until_stdout(&mut self, id: &str, exec: Option<&str>, text: &str) {
+        while !String::from_utf8_lossy(&self.stdout(id, exec)).contains(text) {
+            match self.rx.recv().await {
+                Some(e) => self.seen.push(e),
+                None => panic!("the event stream ended before {id}/{exec:?} printed {text:?}"),
+            }
+        }
+    }
+
     /// Stdout, stderr and exit status of a process, once its exit event arrived.
     async fn until_exit(&mut self, id: &str, exec: Option<&str>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
         let is_exit = |e: &Event| matches!(e, Event::Exit { id: i, exec_id, .. } if i == id && exec_id.as_deref() == exec);
@@ -363,6 +392,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
 
     // The container's process is PID 1 of its namespace: SIGKILL is the signal it cannot
     // ignore.
+    g.events.until_stdout("c1", None, "stdin:\n").await;
     g.client.signal("c1", None, 9).await.unwrap();
     let (out, err, status) = g.events.until_exit("c1", None).await;
     assert_eq!(
