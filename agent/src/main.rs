@@ -29,6 +29,7 @@ fn main() {
     boot::mount_early();
     boot::load_modules();
     boot::mount_configfs();
+    boot::watch_power_button();
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (cmdline, cmdline_error) = match boot::Cmdline::parse(&cmdline_text) {

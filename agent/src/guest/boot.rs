@@ -193,6 +193,63 @@ pub fn port_by_name(sys_ports: &Path, name: &str) -> Option<(String, (u64, u64))
     })
 }
 
+/// Name the kernel gives the ACPI power button's input device.
+const POWER_BUTTON: &str = "Power Button";
+
+/// Powers the VM off when the host presses the ACPI power button (QMP `system_powerdown`), so a
+/// host stopping the VM gets a clean poweroff instead of waiting for its timeout. Without the
+/// button's input device (no `button`/`evdev` modules) the host's fallback (QMP quit) applies.
+pub fn watch_power_button() {
+    let Some(dev) = find_power_button(Path::new("/sys/class/input")) else {
+        log("no ACPI power button input device; a powerdown request from the host will be ignored");
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut file = match fs::File::open(&dev) {
+            Ok(f) => f,
+            Err(e) => {
+                log(&format!("cannot open {}: {e}", dev.display()));
+                return;
+            }
+        };
+        let mut event = [0u8; INPUT_EVENT_LEN];
+        while std::io::Read::read_exact(&mut file, &mut event).is_ok() {
+            if is_power_press(&event) {
+                log("power button pressed: powering off");
+                power_off();
+            }
+        }
+    });
+}
+
+/// `/dev/input/eventN` of the power button, from `/sys/class/input/eventN/device/name`.
+fn find_power_button(sys_input: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<_> = fs::read_dir(sys_input).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    entries.into_iter().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("event") {
+            return None;
+        }
+        let device = fs::read_to_string(e.path().join("device/name")).ok()?;
+        (device.trim() == POWER_BUTTON).then(|| Path::new("/dev/input").join(name))
+    })
+}
+
+/// Size of `struct input_event` on x86_64: a 16-byte timeval, then type (u16), code (u16) and
+/// value (i32).
+const INPUT_EVENT_LEN: usize = 24;
+
+/// Whether an input event is the power key going down (`EV_KEY`, `KEY_POWER`, value 1).
+fn is_power_press(event: &[u8; INPUT_EVENT_LEN]) -> bool {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let kind = u16::from_ne_bytes([event[16], event[17]]);
+    let code = u16::from_ne_bytes([event[18], event[19]]);
+    let value = i32::from_ne_bytes([event[20], event[21], event[22], event[23]]);
+    kind == EV_KEY && code == KEY_POWER && value == 1
+}
+
 /// Syncs and powers the VM off. Never returns.
 pub fn power_off() -> ! {
     // Processes get a moment to die before the disks are synced; SIGKILL is enough since the
@@ -232,6 +289,40 @@ mod tests {
         assert_eq!(
             Cmdline::parse("coffer.tee=sev").unwrap_err(),
             "kernel command line has coffer.tee=sev; expected none, tdx or snp"
+        );
+    }
+
+    #[test]
+    fn recognises_the_power_key() {
+        let event = |kind: u16, code: u16, value: i32| {
+            let mut e = [0u8; INPUT_EVENT_LEN];
+            e[..8].copy_from_slice(&1_700_000_000u64.to_ne_bytes());
+            e[16..18].copy_from_slice(&kind.to_ne_bytes());
+            e[18..20].copy_from_slice(&code.to_ne_bytes());
+            e[20..24].copy_from_slice(&value.to_ne_bytes());
+            e
+        };
+        assert!(is_power_press(&event(1, 116, 1)));
+        assert!(!is_power_press(&event(1, 116, 0))); // release
+        assert!(!is_power_press(&event(0, 0, 0))); // EV_SYN
+        assert!(!is_power_press(&event(1, 30, 1))); // KEY_A
+    }
+
+    #[test]
+    fn finds_the_power_button() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (node, name) in [
+            ("event0", "AT Translated Set 2 keyboard"),
+            ("event1", POWER_BUTTON),
+            ("input1", POWER_BUTTON),
+        ] {
+            let d = tmp.path().join(node).join("device");
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(
+            find_power_button(tmp.path()),
+            Some(PathBuf::from("/dev/input/event1"))
         );
     }
 
