@@ -36,7 +36,7 @@ fn main() {
         Ok(c) => (c, None),
         Err(e) => (boot::Cmdline::default(), Some(e)),
     };
-    let mut report = initdata::process(cmdline.tee, &cmdline, &coffer_initdata::Limits::default());
+    let mut report = initdata::process(cmdline.tee, &cmdline, &cmdline.limits);
     if let Some(reason) = cmdline_error {
         report.verification = protocol::Verification::Error { reason };
     }

@@ -30,6 +30,25 @@ pub const INITDATA_DISK_SERIAL: &str = "initdata";
 pub const TEE_PARAM: &str = "coffer.tee";
 /// Kernel parameter carrying the hex digest of the Init-Data the host bound.
 pub const DIGEST_PARAM: &str = "coffer.initdata_digest";
+/// Kernel parameter carrying the handler's bound on the encoded Init-Data (the image's gzip
+/// stream), so the guest reads with the same limits the host validated with.
+pub const MAX_ENCODED_PARAM: &str = "coffer.initdata_max_encoded";
+/// Kernel parameter carrying the handler's bound on the inflated Init-Data document.
+pub const MAX_INFLATED_PARAM: &str = "coffer.initdata_max_inflated";
+
+/// The kernel parameters that tell the guest the host's Init-Data limits; empty for the
+/// defaults, which the guest assumes anyway.
+pub fn limits_params(limits: &coffer_initdata::Limits) -> String {
+    let default = coffer_initdata::Limits::default();
+    let mut params = Vec::new();
+    if limits.max_encoded != default.max_encoded {
+        params.push(format!("{MAX_ENCODED_PARAM}={}", limits.max_encoded));
+    }
+    if limits.max_inflated != default.max_inflated {
+        params.push(format!("{MAX_INFLATED_PARAM}={}", limits.max_inflated));
+    }
+    params.join(" ")
+}
 
 /// Longest unix socket path `sockaddr_un` holds (108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -434,4 +453,28 @@ fn cloud_hypervisor_args(
         ]);
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_initdata::Limits;
+
+    #[test]
+    fn limits_reach_the_guest_only_when_they_differ_from_the_defaults() {
+        assert_eq!(limits_params(&Limits::default()), "");
+        let l = Limits {
+            max_encoded: 1 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(limits_params(&l), "coffer.initdata_max_encoded=1048576");
+        let l = Limits {
+            max_encoded: 10,
+            max_inflated: 20,
+        };
+        assert_eq!(
+            limits_params(&l),
+            "coffer.initdata_max_encoded=10 coffer.initdata_max_inflated=20"
+        );
+    }
 }

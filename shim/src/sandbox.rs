@@ -232,7 +232,13 @@ impl Sandbox {
         let host = tokio::task::spawn_blocking(HostCapabilities::probe)
             .await
             .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
-        let plan = LaunchPlan::build(&config.vm, config.tee, &host, digest.as_ref(), &resources)?;
+        // The guest reads the Init-Data disk with the limits this handler validated it with.
+        let mut vm = config.vm.clone();
+        let limits = coffer_hypervisor::plan::limits_params(&config.initdata);
+        if !limits.is_empty() {
+            vm.kernel_params = format!("{} {limits}", vm.kernel_params);
+        }
+        let plan = LaunchPlan::build(&vm, config.tee, &host, digest.as_ref(), &resources)?;
         tracing::info!(sandbox = id, command = %plan, "launching the sandbox VM");
         let vm = Vm::spawn(&plan, &resources).await?;
         let pid = vm.pid();

@@ -22,6 +22,9 @@ pub struct Cmdline {
     pub tee: Tee,
     /// `coffer.initdata_digest=`: hex of the raw digest.
     pub initdata_digest: Option<String>,
+    /// `coffer.initdata_max_encoded=` and `coffer.initdata_max_inflated=`: the host's limits,
+    /// defaults when absent.
+    pub limits: coffer_initdata::Limits,
 }
 
 impl Cmdline {
@@ -45,10 +48,20 @@ impl Cmdline {
                 if !v.is_empty() {
                     out.initdata_digest = Some(v.to_string());
                 }
+            } else if let Some(v) = word.strip_prefix("coffer.initdata_max_encoded=") {
+                out.limits.max_encoded = parse_size("coffer.initdata_max_encoded", v)?;
+            } else if let Some(v) = word.strip_prefix("coffer.initdata_max_inflated=") {
+                out.limits.max_inflated = parse_size("coffer.initdata_max_inflated", v)?;
             }
         }
         Ok(out)
     }
+}
+
+fn parse_size(param: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("kernel command line has {param}={value}; expected a size in bytes"))
 }
 
 /// Mounts what PID 1 needs. Failures are logged, not fatal: the agent still answers the host,
@@ -282,13 +295,27 @@ mod tests {
             c,
             Cmdline {
                 tee: Tee::Snp,
-                initdata_digest: Some("abcd".into())
+                initdata_digest: Some("abcd".into()),
+                limits: coffer_initdata::Limits::default(),
             }
         );
         assert_eq!(Cmdline::parse("console=ttyS0").unwrap(), Cmdline::default());
         assert_eq!(
             Cmdline::parse("coffer.tee=sev").unwrap_err(),
             "kernel command line has coffer.tee=sev; expected none, tdx or snp"
+        );
+    }
+
+    #[test]
+    fn takes_the_hosts_limits() {
+        let c =
+            Cmdline::parse("coffer.initdata_max_encoded=1048576 coffer.initdata_max_inflated=9")
+                .unwrap();
+        assert_eq!(c.limits.max_encoded, 1 << 20);
+        assert_eq!(c.limits.max_inflated, 9);
+        assert_eq!(
+            Cmdline::parse("coffer.initdata_max_inflated=4M").unwrap_err(),
+            "kernel command line has coffer.initdata_max_inflated=4M; expected a size in bytes"
         );
     }
 

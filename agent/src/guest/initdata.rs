@@ -337,6 +337,7 @@ mod tests {
         Cmdline {
             tee: Tee::None,
             initdata_digest: digest.map(Into::into),
+            limits: Limits::default(),
         }
     }
 
