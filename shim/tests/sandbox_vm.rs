@@ -74,6 +74,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(guest: Option<&Path>) -> Fixture {
+        Fixture::with_config(guest, "")
+    }
+
+    /// A fixture whose handler config ends with `extra` (TOML tables after `[vm]`).
+    fn with_config(guest: Option<&Path>, extra: &str) -> Fixture {
         // Short paths: QEMU's sockets live in the state directory and sockaddr_un is small.
         let tmp = tempfile::Builder::new()
             .prefix("cs")
@@ -86,7 +91,7 @@ impl Fixture {
         std::fs::write(
             &config,
             format!(
-                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\n",
+                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\n{extra}",
                 state_root.display(),
                 guest.join("vmlinuz").display(),
                 guest.join("initrd.img").display()
@@ -253,6 +258,61 @@ async fn sandbox_vm_starts_with_the_initdata_and_leaves_nothing() {
     sandbox.remove_state().unwrap();
     assert_eq!(f.state_entries(), Vec::<String>::new());
     assert!(!bundle.join(coffer_shim::sandbox::BUNDLE_RECORD).exists());
+}
+
+/// A handler that allows documents larger than the default 4 MiB: the guest must read the disk
+/// with the same limit, or it would refuse what the host accepted.
+#[tokio::test]
+async fn the_guest_reads_with_the_handlers_limits() {
+    let guest = match vm_prerequisites() {
+        Ok(g) => g,
+        Err(reason) => {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+    };
+    let f = Fixture::with_config(Some(&guest), "[initdata]\nmax_encoded = 1048576\nmax_inflated = 8388608\n");
+    let mut document = concat!(
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n",
+        "\"policy.rego\" = '''\npackage agent_policy\n"
+    )
+    .as_bytes()
+    .to_vec();
+    let mut i = 0;
+    while document.len() < 5 << 20 {
+        document.extend_from_slice(format!("default Request{i} := true\n").as_bytes());
+        i += 1;
+    }
+    document.extend_from_slice(b"'''\n");
+    let digest = InitData::parse(document.clone()).unwrap().digest().to_hex();
+    let value = annotation::encode(&document);
+    let bundle = f.bundle(
+        "big",
+        &["/pause"],
+        &f.sandbox_annotations("big", Some(&value)),
+    );
+    let spec = BundleSpec::load(&bundle).unwrap();
+
+    let (mut sandbox, _events) = Sandbox::create("big", &bundle, &spec, Some(&f.options))
+        .await
+        .unwrap_or_else(|e| panic!("sandbox create with a 5 MiB document: {e}"));
+    let record = StateDir::new(&f.state_root, "big")
+        .unwrap()
+        .read_state()
+        .unwrap()
+        .expect("state.json");
+    assert_eq!(record.initdata.expect("initdata").digest, digest);
+    assert!(record
+        .launch
+        .args
+        .iter()
+        .any(|a| a.contains("coffer.initdata_max_inflated=8388608")));
+    assert_eq!(
+        record.guest_report,
+        "unmeasured (no TEE); the guest's digest matches the kernel command line"
+    );
+    sandbox.stop_vm().await;
+    sandbox.remove_state().unwrap();
 }
 
 fn req_create(
