@@ -206,6 +206,9 @@ fn inside_the_pod(
         inspect["vm_pid"]
     ));
     say(&format!("digest {seen}"));
+    if let Some(report) = inspect["guest_report"].as_str() {
+        say(&format!("guest: {report}"));
+    }
     if seen != digest {
         return Err(format!("the guest confirmed {seen:?}, expected {digest}"));
     }
