@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_agent::protocol;
-use guest::{boot, container, initdata, server};
+use guest::{boot, container, initdata, policy, server};
 
 /// How long to wait for the agent's port to appear before giving up and powering off.
 const PORT_WAIT: Duration = Duration::from_secs(10);
@@ -36,14 +36,24 @@ fn main() {
         Ok(c) => (c, None),
         Err(e) => (boot::Cmdline::default(), Some(e)),
     };
-    let mut report = initdata::process(cmdline.tee, &cmdline, &cmdline.limits);
+    let initdata::Processed {
+        mut report,
+        mut policy,
+    } = initdata::process(cmdline.tee, &cmdline, &cmdline.limits);
     if let Some(reason) = cmdline_error {
         report.verification = protocol::Verification::Error { reason };
+        // Containers are refused anyway; a policy from an unchecked launch is not applied.
+        policy = None;
     }
+    // Loaded before the host is served, so the first request is already gated and a policy that
+    // does not load is in the first hello.
+    let policy = policy::AgentPolicy::load(policy.as_deref());
+    report.policy = policy.status();
     boot::log(&format!(
-        "Init-Data digest {}, verification {:?}",
+        "Init-Data digest {}, verification {:?}, agent policy {:?}",
         report.digest.as_deref().unwrap_or("(none)"),
-        report.verification
+        report.verification,
+        report.policy
     ));
 
     let share_error = boot::mount_share().err();
@@ -74,6 +84,7 @@ fn main() {
         report,
         containers,
         out,
+        policy,
     });
     boot::log(&format!("serving the host on {}", port_path.display()));
     server::serve(read_port, agent)

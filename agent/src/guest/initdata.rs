@@ -267,8 +267,18 @@ fn start_service(name: &str, args: &[String]) -> Service {
     }
 }
 
+/// What the Init-Data step hands to the rest of the agent.
+#[derive(Debug)]
+pub struct Processed {
+    /// What hello reports (its `policy` is filled in by the caller).
+    pub report: InitDataReport,
+    /// `policy.rego` of a document that passed the check and was delivered; never that of a
+    /// document the launch was not bound to.
+    pub policy: Option<String>,
+}
+
 /// The whole step: find, read, verify, deliver, start services.
-pub fn process(tee_claim: Tee, cmdline: &Cmdline, limits: &Limits) -> InitDataReport {
+pub fn process(tee_claim: Tee, cmdline: &Cmdline, limits: &Limits) -> Processed {
     // The hardware decides which TEE this is; a command line that claims one the guest lacks is
     // an error rather than a silent downgrade.
     let detected = tee::detect();
@@ -307,11 +317,13 @@ pub fn process(tee_claim: Tee, cmdline: &Cmdline, limits: &Limits) -> InitDataRe
     };
     // The payload is delivered only when it may be used: a document the launch did not bind
     // must not reach the attestation stack.
+    let mut policy = None;
     if let (Found::Document(doc), true) = (&found, report.verification.allows_containers()) {
         match deliver(doc, Path::new(INITDATA_DIR)) {
             Ok(files) => {
                 report.services = start_services(&files);
                 report.files = files;
+                policy = doc.get("policy.rego").map(str::to_owned);
             }
             Err(e) => {
                 report.verification = Verification::Error {
@@ -320,7 +332,7 @@ pub fn process(tee_claim: Tee, cmdline: &Cmdline, limits: &Limits) -> InitDataRe
             }
         }
     }
-    report
+    Processed { report, policy }
 }
 
 #[cfg(test)]

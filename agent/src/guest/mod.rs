@@ -3,5 +3,6 @@
 pub mod boot;
 pub mod container;
 pub mod initdata;
+pub mod policy;
 pub mod server;
 pub mod tee;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::boot;
 use super::container::Containers;
+use super::policy::AgentPolicy;
 use crate::protocol::{
     decode, encode, frame_len, GuestFrame, Hello, InitDataReport, Outcome, Request, RequestFrame,
     Response, INITDATA_DIR, PROTOCOL_VERSION,
@@ -30,6 +31,8 @@ pub struct Agent {
     pub containers: Arc<Containers>,
     /// Frames to the host.
     pub out: SyncSender<Outgoing>,
+    /// The Init-Data's agent policy, checked before each request is served.
+    pub policy: AgentPolicy,
 }
 
 /// A frame to send, and who waits until it is written.
@@ -165,6 +168,7 @@ fn refuse_malformed(body: &[u8], error: &crate::protocol::FrameError) -> Option<
 }
 
 fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
+    agent.policy.check(&request).map_err(|e| e.to_string())?;
     let c = &agent.containers;
     match request {
         Request::Hello { protocol_version } => {

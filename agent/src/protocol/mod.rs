@@ -243,6 +243,41 @@ pub struct InitDataReport {
     pub services: Vec<Service>,
     /// Warnings about the document (unknown `[data]` keys, ...).
     pub warnings: Vec<String>,
+    /// The agent policy (`policy.rego` of a verified document) and whether it is enforced.
+    /// Absent from the JSON of agents that predate it, which enforced none.
+    pub policy: PolicyStatus,
+}
+
+/// The agent policy a guest enforces on the host's requests (see `agent/src/guest/policy.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PolicyStatus {
+    /// No `policy.rego` in a verified Init-Data document (or no document): every request is
+    /// allowed.
+    #[default]
+    None,
+    /// The policy is loaded and gates every request but hello.
+    Enforced {
+        /// Rule definitions in the policy (each `default` and each rule body counts).
+        rules: usize,
+    },
+    /// The policy does not load: containers are refused.
+    Invalid {
+        /// The parser's or compiler's error.
+        reason: String,
+    },
+}
+
+impl PolicyStatus {
+    /// Why containers are refused because of the policy, if they are.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            PolicyStatus::Invalid { reason } => Some(format!(
+                "the agent policy (policy.rego in the Init-Data) does not load: {reason}"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The TEE a guest runs in.
@@ -552,6 +587,28 @@ mod tests {
             serde_json::to_string(&outcome).unwrap(),
             r#"{"err":"no such container \"x\""}"#
         );
+    }
+
+    #[test]
+    fn policy_status_wire_format() {
+        let report = InitDataReport {
+            policy: PolicyStatus::Enforced { rules: 36 },
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["policy"],
+            serde_json::json!({"state": "enforced", "rules": 36})
+        );
+        // A report from an agent without the field reads as no policy.
+        let old: InitDataReport =
+            serde_json::from_str(r#"{"tee":"none","files":["initdata.toml"]}"#).unwrap();
+        assert_eq!(old.policy, PolicyStatus::None);
+        assert_eq!(
+            serde_json::to_string(&PolicyStatus::Invalid { reason: "x".into() }).unwrap(),
+            r#"{"state":"invalid","reason":"x"}"#
+        );
+        assert_eq!(PolicyStatus::None.refusal(), None);
     }
 
     #[test]

@@ -1,0 +1,491 @@
+//! The agent policy: the Init-Data's `policy.rego`, enforced on every request as kata-agent does.
+//!
+//! The model is Kata's: the policy is Rego in `package agent_policy`, and before serving a request
+//! the agent evaluates the rule named after the kata-agent request (`CreateContainerRequest`,
+//! `ExecProcessRequest`, ...) with the request as `input`. The request is served only when the rule
+//! evaluates to `true`; `false`, any other value, a rule the policy does not define and an
+//! evaluation error all deny. Policies are parsed as Rego v0, as kata-agent does, so Kata's
+//! policies (with `import future.keywords...` or `import rego.v1`) load unchanged.
+//!
+//! Coffer's requests map to Kata's rules:
+//!
+//! | Coffer request | rule |
+//! |---|---|
+//! | `create_container` | `CreateContainerRequest` |
+//! | `start` | `StartContainerRequest` |
+//! | `exec` | `ExecProcessRequest` |
+//! | `signal` | `SignalProcessRequest` |
+//! | `wait` | `WaitProcessRequest` |
+//! | `remove` | `RemoveContainerRequest` |
+//! | `shutdown` | `DestroySandboxRequest` |
+//! | `read_file` | `ReadInitDataRequest` (Coffer's own; allowed when the policy does not define it) |
+//! | `hello` | never gated: the host needs it to learn the guest's verdict |
+//!
+//! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
+//! `{"op": "exec", "id": "c1", "exec_id": "e1", "process": {"args": ["sh"], ...}}`. It is not
+//! kata-agent's protobuf JSON (`container_id`, `process.Args`, ...): policies that only allow or
+//! deny whole requests work unchanged, policies that inspect `input` must be written for Coffer.
+//!
+//! Only the policy of a document that passed the Init-Data check is applied; without one every
+//! request is allowed. A policy that does not load is reported in hello and containers are
+//! refused, as with an Init-Data document that fails its check.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Mutex;
+
+use regorus::{Engine, PolicyLengthConfig, Value};
+
+use crate::protocol::{PolicyStatus, Request};
+
+/// The Rego package the policy must declare, as in Kata.
+const PACKAGE: &str = "agent_policy";
+
+/// The source name errors refer to.
+const SOURCE: &str = "policy.rego";
+
+/// Coffer's rule for [`Request::ReadFile`]; Kata policies do not know it.
+pub const READ_INITDATA_RULE: &str = "ReadInitDataRequest";
+
+/// Why the policy did not load or denied a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The policy is not valid Rego, or not a Kata agent policy.
+    #[error("this guest refuses to run containers: the agent policy (policy.rego in the Init-Data) does not load: {0}; fix policy.rego and start the pod with the corrected Init-Data")]
+    Invalid(String),
+    /// The rule evaluated to something other than `true`.
+    #[error("the agent policy denies {rule}")]
+    Denied {
+        /// The kata-agent rule that was evaluated.
+        rule: &'static str,
+    },
+    /// The rule could not be evaluated (a builtin failed, conflicting values, ...).
+    #[error("the agent policy denies {rule}: evaluating it failed: {reason}")]
+    EvalFailed {
+        /// The kata-agent rule that was evaluated.
+        rule: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request could not be turned into the policy's `input`.
+    #[error("the agent policy denies {rule}: cannot pass the request as input: {reason}")]
+    Input {
+        /// The kata-agent rule that was evaluated.
+        rule: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The policy this guest enforces.
+#[derive(Debug)]
+pub enum AgentPolicy {
+    /// No policy in the Init-Data (or no Init-Data): everything is allowed.
+    AllowAll,
+    /// A loaded policy.
+    Enforced(Box<Enforcer>),
+    /// The policy did not load: containers are refused.
+    Invalid(String),
+}
+
+/// A loaded policy and what it declares.
+#[derive(Debug)]
+pub struct Enforcer {
+    /// Evaluation needs `&mut`; requests run on their own threads, so they take turns.
+    engine: Mutex<Engine>,
+    /// Rule definitions in the policy (each `default` and each rule body counts).
+    rules: usize,
+    /// Whether the policy has its own say on [`Request::ReadFile`].
+    defines_read_initdata: bool,
+}
+
+impl AgentPolicy {
+    /// The policy of a verified Init-Data document (`None`: the document has no `policy.rego`,
+    /// or there is no document).
+    pub fn load(rego: Option<&str>) -> AgentPolicy {
+        match rego {
+            None => AgentPolicy::AllowAll,
+            Some(text) => match Enforcer::load(text) {
+                Ok(e) => AgentPolicy::Enforced(Box::new(e)),
+                Err(PolicyError::Invalid(reason)) => AgentPolicy::Invalid(reason),
+                Err(other) => AgentPolicy::Invalid(other.to_string()),
+            },
+        }
+    }
+
+    /// What hello reports.
+    pub fn status(&self) -> PolicyStatus {
+        match self {
+            AgentPolicy::AllowAll => PolicyStatus::None,
+            AgentPolicy::Enforced(e) => PolicyStatus::Enforced { rules: e.rules },
+            AgentPolicy::Invalid(reason) => PolicyStatus::Invalid {
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    /// Whether `request` may be served.
+    pub fn check(&self, request: &Request) -> Result<(), PolicyError> {
+        let Some(rule) = rule_for(request) else {
+            return Ok(());
+        };
+        match self {
+            AgentPolicy::AllowAll => Ok(()),
+            // Reading back the delivered files and powering off stay possible, so the host can
+            // show what is wrong and stop the VM cleanly; nothing else is served.
+            AgentPolicy::Invalid(_)
+                if matches!(request, Request::ReadFile { .. } | Request::Shutdown) =>
+            {
+                Ok(())
+            }
+            AgentPolicy::Invalid(reason) => Err(PolicyError::Invalid(reason.clone())),
+            AgentPolicy::Enforced(e) => e.check(rule, request),
+        }
+    }
+}
+
+/// The kata-agent rule that gates `request`; `None` for hello, which is never gated.
+///
+/// Exhaustive on purpose: a new request must be given its rule here.
+pub fn rule_for(request: &Request) -> Option<&'static str> {
+    Some(match request {
+        Request::Hello { .. } => return None,
+        Request::CreateContainer(_) => "CreateContainerRequest",
+        Request::Start { .. } => "StartContainerRequest",
+        Request::Exec { .. } => "ExecProcessRequest",
+        Request::Wait { .. } => "WaitProcessRequest",
+        Request::Signal { .. } => "SignalProcessRequest",
+        Request::Remove { .. } => "RemoveContainerRequest",
+        Request::ReadFile { .. } => READ_INITDATA_RULE,
+        Request::Shutdown => "DestroySandboxRequest",
+    })
+}
+
+impl Enforcer {
+    /// Parses and prepares `rego`, so that errors show at boot rather than at the first request.
+    pub fn load(rego: &str) -> Result<Enforcer, PolicyError> {
+        let invalid = |e| PolicyError::Invalid(chain(e));
+        let mut engine = Engine::new();
+        // What kata-agent's regorus parses: Rego v0, where `import rego.v1` opts into v1.
+        engine.set_rego_v0(true);
+        // regorus caps policy files (1 MiB, 20 000 lines, 1 024 columns) against pathological
+        // input; here the Init-Data limits the host validated with already bound the size, and
+        // generated Kata policies exceed those caps.
+        engine.set_policy_length_config(PolicyLengthConfig {
+            max_col: NonZeroU32::MAX,
+            max_file_bytes: NonZeroUsize::new(rego.len().max(1)).unwrap_or(NonZeroUsize::MIN),
+            max_lines: NonZeroUsize::MAX,
+        });
+        let package = engine
+            .add_policy(SOURCE.into(), rego.into())
+            .map_err(invalid)?;
+        if package != format!("data.{PACKAGE}") {
+            return Err(PolicyError::Invalid(format!(
+                "it declares {}, but an agent policy must be `package {PACKAGE}`",
+                package.trim_start_matches("data.")
+            )));
+        }
+        // Evaluating a trivial query prepares the engine: unknown functions, unsafe variables and
+        // the like are found now.
+        engine.eval_query("true".into(), false).map_err(invalid)?;
+        let rules = engine.get_modules().iter().map(|m| m.policy.len()).sum();
+        let defines_read_initdata = engine
+            .has_declared_rule_rooted_at(SOURCE, READ_INITDATA_RULE)
+            .map_err(invalid)?;
+        Ok(Enforcer {
+            engine: Mutex::new(engine),
+            rules,
+            defines_read_initdata,
+        })
+    }
+
+    fn check(&self, rule: &'static str, request: &Request) -> Result<(), PolicyError> {
+        if rule == READ_INITDATA_RULE && !self.defines_read_initdata {
+            return Ok(());
+        }
+        let input = serde_json::to_string(request).map_err(|e| PolicyError::Input {
+            rule,
+            reason: e.to_string(),
+        })?;
+        // A thread that panicked mid-evaluation leaves nothing half done that matters: input and
+        // evaluation state are reset below.
+        let mut engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engine
+            .set_input_json(&input)
+            .map_err(|e| PolicyError::Input {
+                rule,
+                reason: chain(e),
+            })?;
+        let declared = engine
+            .has_declared_rule_rooted_at(SOURCE, rule)
+            .map_err(|e| PolicyError::EvalFailed {
+                rule,
+                reason: chain(e),
+            })?;
+        if !declared {
+            return Err(PolicyError::Denied { rule });
+        }
+        let value = engine
+            .eval_rule(format!("data.{PACKAGE}.{rule}"))
+            .map_err(|e| PolicyError::EvalFailed {
+                rule,
+                reason: chain(e),
+            })?;
+        if value == Value::Bool(true) {
+            Ok(())
+        } else {
+            Err(PolicyError::Denied { rule })
+        }
+    }
+}
+
+/// An error with its causes (regorus returns `anyhow` errors), on one line: regorus renders
+/// source errors as a multi-line snippet (`--> policy.rego:3:1`, the line, a caret, `error: ...`),
+/// which would reach the user through crictl; keep the location and the message.
+fn chain(e: impl std::fmt::Display) -> String {
+    let text = format!("{e:#}");
+    let location = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("--> "))
+        .map(str::trim);
+    let message = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::trim);
+    match (location, message) {
+        (Some(at), Some(what)) => format!("{at}: {what}"),
+        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{CreateContainer, Process};
+
+    /// The policy of the Init-Data example (`shared/testdata/seed-initdata.toml`).
+    const SEED: &str = include_str!("../../../initdata/tests/data/seed-initdata.toml");
+
+    fn seed_policy() -> String {
+        let doc = coffer_initdata::InitData::parse(SEED.as_bytes().to_vec()).unwrap();
+        doc.get("policy.rego").unwrap().to_string()
+    }
+
+    fn exec(args: &[&str]) -> Request {
+        Request::Exec {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            process: Process {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..Process::default()
+            },
+        }
+    }
+
+    fn every_request() -> Vec<Request> {
+        vec![
+            Request::Hello {
+                protocol_version: 1,
+            },
+            Request::CreateContainer(CreateContainer {
+                id: "c1".into(),
+                rootfs: "c1/rootfs".into(),
+                hostname: None,
+                process: Process::default(),
+            }),
+            Request::Start { id: "c1".into() },
+            exec(&["ls"]),
+            Request::Wait {
+                id: "c1".into(),
+                exec_id: None,
+            },
+            Request::Signal {
+                id: "c1".into(),
+                exec_id: Some("e1".into()),
+                signal: 15,
+            },
+            Request::Remove { id: "c1".into() },
+            Request::ReadFile {
+                path: "aa.toml".into(),
+            },
+            Request::Shutdown,
+        ]
+    }
+
+    fn load(rego: &str) -> AgentPolicy {
+        let p = AgentPolicy::load(Some(rego));
+        assert!(matches!(p, AgentPolicy::Enforced(_)), "{:?}", p.status());
+        p
+    }
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let p = AgentPolicy::load(None);
+        assert_eq!(p.status(), PolicyStatus::None);
+        for r in every_request() {
+            assert_eq!(p.check(&r), Ok(()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn the_seed_policy_allows_every_request() {
+        let p = load(&seed_policy());
+        assert_eq!(p.status(), PolicyStatus::Enforced { rules: 36 });
+        for r in every_request() {
+            assert_eq!(p.check(&r), Ok(()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_default_false_rule_denies_and_names_the_rule() {
+        let p = load(&seed_policy().replace(
+            "default ExecProcessRequest := true",
+            "default ExecProcessRequest := false",
+        ));
+        let err = p.check(&exec(&["ls"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the agent policy denies ExecProcessRequest"
+        );
+        assert_eq!(p.check(&Request::Start { id: "c1".into() }), Ok(()));
+    }
+
+    #[test]
+    fn rules_see_coffers_request_as_input() {
+        let p = load(
+            r#"package agent_policy
+import future.keywords.if
+default ExecProcessRequest := false
+ExecProcessRequest if {
+    input.op == "exec"
+    input.process.args[0] != "sh"
+}
+default WaitProcessRequest := false
+WaitProcessRequest if { input.id == "c1"; not input.exec_id }
+"#,
+        );
+        assert_eq!(p.status(), PolicyStatus::Enforced { rules: 4 });
+        assert_eq!(p.check(&exec(&["ls", "/"])), Ok(()));
+        assert_eq!(
+            p.check(&exec(&["sh", "-c", "id"])),
+            Err(PolicyError::Denied {
+                rule: "ExecProcessRequest"
+            })
+        );
+        let wait = |id: &str, exec_id: Option<&str>| Request::Wait {
+            id: id.into(),
+            exec_id: exec_id.map(Into::into),
+        };
+        assert_eq!(p.check(&wait("c1", None)), Ok(()));
+        assert!(p.check(&wait("c1", Some("e1"))).is_err());
+        assert!(p.check(&wait("c2", None)).is_err());
+        // The policy evaluates again for each request: an earlier input does not leak.
+        assert_eq!(p.check(&exec(&["ls", "/"])), Ok(()));
+    }
+
+    #[test]
+    fn undefined_rules_deny_except_coffers_own() {
+        let p = load("package agent_policy\ndefault CreateContainerRequest := true\n");
+        assert_eq!(p.status(), PolicyStatus::Enforced { rules: 1 });
+        let create = &every_request()[1];
+        assert_eq!(p.check(create), Ok(()));
+        assert_eq!(
+            p.check(&Request::Start { id: "c1".into() })
+                .unwrap_err()
+                .to_string(),
+            "the agent policy denies StartContainerRequest"
+        );
+        assert_eq!(
+            p.check(&Request::Shutdown).unwrap_err().to_string(),
+            "the agent policy denies DestroySandboxRequest"
+        );
+        // Not a Kata rule: allowed unless the policy speaks about it.
+        let read = Request::ReadFile {
+            path: "policy.rego".into(),
+        };
+        assert_eq!(p.check(&read), Ok(()));
+        let p = load("package agent_policy\ndefault ReadInitDataRequest := false\n");
+        assert_eq!(
+            p.check(&read),
+            Err(PolicyError::Denied {
+                rule: "ReadInitDataRequest"
+            })
+        );
+        // A rule whose body does not hold and that has no default is undefined: denied.
+        let p = load("package agent_policy\nimport rego.v1\nRemoveContainerRequest if input.id == \"keep\"\n");
+        assert!(p.check(&Request::Remove { id: "c1".into() }).is_err());
+        assert_eq!(p.check(&Request::Remove { id: "keep".into() }), Ok(()));
+        // Hello is never gated, even by a policy that allows nothing.
+        assert_eq!(
+            p.check(&Request::Hello {
+                protocol_version: 1
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_rule_that_is_not_true_denies() {
+        let p = load("package agent_policy\nStartContainerRequest := \"yes\"\n");
+        assert!(p.check(&Request::Start { id: "c1".into() }).is_err());
+    }
+
+    #[test]
+    fn policies_that_do_not_load_refuse_containers() {
+        let cases = [
+            // A syntax error.
+            "package agent_policy\ndefault ExecProcessRequest := \n",
+            // Another package.
+            "package other\ndefault ExecProcessRequest := true\n",
+            // A variable bound nowhere.
+            "package agent_policy\nExecProcessRequest { x == input.id }\n",
+        ];
+        let mut reasons = Vec::new();
+        for rego in cases {
+            let p = AgentPolicy::load(Some(rego));
+            let PolicyStatus::Invalid { reason } = p.status() else {
+                panic!("{rego:?} loaded: {:?}", p.status());
+            };
+            let refused = p.check(&every_request()[1]).unwrap_err().to_string();
+            assert_eq!(
+                refused,
+                format!(
+                    "this guest refuses to run containers: {}; fix policy.rego and start the pod with the corrected Init-Data",
+                    p.status().refusal().unwrap()
+                )
+            );
+            assert_eq!(p.check(&Request::Shutdown), Ok(()));
+            assert_eq!(
+                p.check(&Request::ReadFile {
+                    path: "policy.rego".into()
+                }),
+                Ok(())
+            );
+            reasons.push(reason);
+        }
+        assert_eq!(
+            reasons,
+            [
+                "policy.rego:3:1: expecting expression",
+                "it declares other, but an agent policy must be `package agent_policy`",
+                "policy.rego:2:22: use of undefined variable `x` is unsafe",
+            ]
+        );
+    }
+
+    #[test]
+    fn evaluation_errors_deny() {
+        // regorus resolves functions when it evaluates a rule, not when it loads the policy.
+        let p = load("package agent_policy\nExecProcessRequest { no_such_function(input) }\n");
+        let err = p.check(&exec(&["ls"])).unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::EvalFailed { rule: "ExecProcessRequest", reason } if reason.contains("no_such_function")),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("the agent policy denies ExecProcessRequest: evaluating it failed: "));
+    }
+}
