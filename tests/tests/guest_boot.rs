@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use coffer_agent::protocol::client::{AgentClient, ClientError};
 use coffer_agent::protocol::{
-    CreateContainer, Event, ExitStatus, Hello, Process, Stream, Tee as GuestTee, Verification,
+    CreateContainer, Event, ExitStatus, Hello, PolicyStatus, Process, Stream, Tee as GuestTee,
+    Verification,
 };
 use coffer_hypervisor::{
     Accel, HostCapabilities, LaunchPlan, StopStep, Tee, Vm, VmConfig, VmResources,
@@ -19,7 +20,8 @@ use coffer_hypervisor::{
 use coffer_initdata::{image, Digest, InitData};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// A document with every entry the guest delivers, and one it only warns about.
+/// A document with every entry the guest delivers, and one it only warns about. Its agent policy
+/// allows what the tests do and refuses an exec of anything but `sh`.
 const DOCUMENT: &str = r#"version = "0.1.0"
 algorithm = "sha384"
 
@@ -35,7 +37,16 @@ url = "http://127.0.0.1:8080"
 '''
 "policy.rego" = '''
 package agent_policy
+import rego.v1
 default CreateContainerRequest := true
+default StartContainerRequest := true
+default WaitProcessRequest := true
+default SignalProcessRequest := true
+default RemoveContainerRequest := true
+default DestroySandboxRequest := true
+# exec only through a shell: anything else is refused.
+default ExecProcessRequest := false
+ExecProcessRequest if input.process.args[0] == "sh"
 '''
 "note.txt" = "not for the guest"
 "#;
@@ -316,6 +327,8 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         absent,
         [("attestation-agent", None), ("confidential-data-hub", None)]
     );
+    // Eight rule definitions: seven defaults and the exec rule.
+    assert_eq!(report.policy, PolicyStatus::Enforced { rules: 8 });
 
     // The delivered files hold exactly the document and its entries.
     assert_eq!(
@@ -366,6 +379,26 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         .await
         .unwrap();
     let (out, _, status) = g.events.until_exit("c1", Some("e1")).await;
+    // The policy refuses an exec that is not a shell, in the words the user will see.
+    let denied = g
+        .client
+        .exec(
+            "c1",
+            "e2",
+            Process {
+                args: vec!["cat".into(), "/etc/hostname".into()],
+                ..shell("")
+            },
+        )
+        .await
+        .unwrap_err();
+    match &denied {
+        ClientError::Remote { op, message } => {
+            assert_eq!(*op, "exec");
+            assert_eq!(message, "the agent policy denies ExecProcessRequest");
+        }
+        other => panic!("expected the policy to refuse the exec, got {other}"),
+    }
     let out = String::from_utf8(out).unwrap();
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("coffer-c1"));
@@ -495,8 +528,9 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
         let report = &g.hello.initdata;
         assert_eq!(report.verification, want);
         assert_eq!(report.digest, want_digest);
-        // Nothing is handed to the attestation stack.
+        // Nothing is handed to the attestation stack, and the document's policy is not applied.
         assert!(report.files.is_empty(), "{:?}", report.files);
+        assert_eq!(report.policy, PolicyStatus::None);
         let err = g
             .client
             .create_container(CreateContainer {
