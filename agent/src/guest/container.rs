@@ -7,6 +7,13 @@
 //! before the clone; the child reports a failed step through a close-on-exec pipe as
 //! `b'E', step, errno`.
 //!
+//! A process started with `terminal` runs on a pty of its container's own devpts instance
+//! (mounted on the container's `/dev/pts`, as runc does), so `tty` inside shows `/dev/pts/N`
+//! and no container sees another's terminals. The agent opens the master through
+//! `/proc/<container pid>/root/dev/pts/ptmx`; the process gets the slave as its controlling
+//! terminal (`setsid` + `TIOCSCTTY`) and as its stdin, stdout and stderr. A process started
+//! with `stdin` and no terminal reads a pipe the agent writes into.
+//!
 //! The initramfs root cannot be `pivot_root`ed away from, so the child bind-mounts its rootfs,
 //! moves it over `/` and `chroot`s into it (what runc does with `--no-pivot`) in its private
 //! mount namespace.
@@ -14,9 +21,10 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Component, Path};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -97,6 +105,20 @@ struct Proc {
     exited: Condvar,
     /// One receiver per output stream; each gets a message (or hangs up) when the stream closes.
     outputs: Mutex<Vec<Receiver<()>>>,
+    /// Where the host's stdin bytes go (a pipe, or the pty master); `None` once closed.
+    stdin: Mutex<Option<File>>,
+    /// The pty master of a process on a terminal, for resizing.
+    tty: Mutex<Option<File>>,
+}
+
+impl Proc {
+    /// How messages name this process.
+    fn name(&self) -> String {
+        match &self.exec_id {
+            Some(e) => format!("process \"{e}\" of container \"{}\"", self.id),
+            None => format!("the process of container \"{}\"", self.id),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +129,8 @@ struct Container {
     start: Option<File>,
     /// Read end of the child's report pipe, kept until start.
     report: Option<File>,
+    /// The pty index in the container's devpts the process takes as its terminal at start.
+    tty_index: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +195,13 @@ impl Containers {
         let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?;
         let (start_r, start_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
-        let io = ChildIo::new()?;
+        // A terminal lives in the container's own devpts, which exists only once the child has
+        // mounted it: the child starts on /dev/null and takes the terminal at start.
+        let (io, agent_io) = if req.process.terminal {
+            (ChildIo::null()?, AgentIo::default())
+        } else {
+            ChildIo::pipes(req.process.stdin)?
+        };
 
         let mut state = self.lock();
         if state.containers.contains_key(&req.id) {
@@ -197,14 +227,18 @@ impl Containers {
             });
         }
         let pid = pid as i32;
-        let proc = self.register(&mut state, pid, &req.id, None, io);
+        // The child has its copies: the agent keeps only its own ends, so output reaches
+        // end-of-file when the process closes it.
+        drop(io);
+        let proc = self.register(&mut state, pid, &req.id, None, agent_io);
         state.containers.insert(
             req.id.clone(),
             Container {
-                init: proc,
+                init: proc.clone(),
                 execs: HashMap::new(),
                 start: Some(File::from(start_w)),
                 report: None,
+                tty_index: None,
             },
         );
         drop(state);
@@ -215,8 +249,21 @@ impl Containers {
         let mut report = File::from(report_r);
         match read_report(&mut report) {
             Report::Ready => {
+                let tty_index = if req.process.terminal {
+                    match self.container_terminal(&proc, req.process.stdin) {
+                        Ok(index) => Some(index),
+                        Err(e) => {
+                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                            self.lock().containers.remove(&req.id);
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
                 if let Some(c) = self.lock().containers.get_mut(&req.id) {
                     c.report = Some(report);
+                    c.tty_index = tty_index;
                 }
                 Ok(())
             }
@@ -229,16 +276,26 @@ impl Containers {
         }
     }
 
+    /// Allocates the terminal of a created container's process in its devpts and starts
+    /// streaming it; returns the pty index the process opens at start.
+    fn container_terminal(&self, proc: &Arc<Proc>, stdin: bool) -> Result<u32, ContainerError> {
+        let pts = container_pts(proc.pid);
+        let pty = Pty::open(&pts.join("ptmx"))?;
+        let index = pty.index;
+        self.attach(proc, AgentIo::terminal(pty.master, stdin)?);
+        Ok(index)
+    }
+
     /// Lets a created container's process exec.
     pub fn start(&self, id: &str) -> Result<u32, ContainerError> {
-        let (proc, start, report) = {
+        let (proc, start, report, tty_index) = {
             let mut state = self.lock();
             let c = state
                 .containers
                 .get_mut(id)
                 .ok_or_else(|| ContainerError::NoContainer(id.into()))?;
             match (c.start.take(), c.report.take()) {
-                (Some(s), Some(r)) => (c.init.clone(), s, r),
+                (Some(s), Some(r)) => (c.init.clone(), s, r, c.tty_index),
                 _ => {
                     return Err(ContainerError::State {
                         id: id.into(),
@@ -250,7 +307,10 @@ impl Containers {
         };
         proc.started.store(true, Ordering::SeqCst);
         let mut start = start;
-        std::io::Write::write_all(&mut start, b"S").map_err(|e| ContainerError::Sys {
+        // `S` and the pty index to take as the terminal (NO_TTY: none), in one pipe write.
+        let mut msg = [b'S', 0, 0, 0, 0];
+        msg[1..].copy_from_slice(&tty_index.unwrap_or(NO_TTY).to_le_bytes());
+        start.write_all(&msg).map_err(|e| ContainerError::Sys {
             step: "waking the container process".into(),
             source: io_errno(&e),
         })?;
@@ -297,7 +357,17 @@ impl Containers {
         }
         let ns_fds: Vec<RawFd> = ns.iter().map(|f| f.as_raw_fd()).collect();
         let (report_r, report_w) = pipe()?;
-        let io = ChildIo::new()?;
+        let (io, agent_io) = if process.terminal {
+            let pts = container_pts(init_pid);
+            let pty = Pty::open(&pts.join("ptmx"))?;
+            let slave = pty.open_slave(&pts)?;
+            (
+                ChildIo::terminal(slave)?,
+                AgentIo::terminal(pty.master, process.stdin)?,
+            )
+        } else {
+            ChildIo::pipes(process.stdin)?
+        };
         // SAFETY: as in `create`: fork semantics, raw system calls only in the child.
         let helper = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
         if helper == 0 {
@@ -312,6 +382,7 @@ impl Containers {
         }
         drop(report_w);
         drop(ns);
+        drop(io);
         let mut report = File::from(report_r);
         let pid = match read_report(&mut report) {
             Report::Pid(pid) => pid,
@@ -319,7 +390,7 @@ impl Containers {
         };
         let proc = {
             let mut state = self.lock();
-            let proc = self.register(&mut state, pid, id, Some(exec_id), io);
+            let proc = self.register(&mut state, pid, id, Some(exec_id), agent_io);
             proc.started.store(true, Ordering::SeqCst);
             if let Some(c) = state.containers.get_mut(id) {
                 c.execs.insert(exec_id.into(), proc.clone());
@@ -344,7 +415,7 @@ impl Containers {
         pid: i32,
         id: &str,
         exec_id: Option<&str>,
-        io: ChildIo,
+        io: AgentIo,
     ) -> Arc<Proc> {
         let proc = Arc::new(Proc {
             pid,
@@ -354,27 +425,91 @@ impl Containers {
             exit: Mutex::new(None),
             exited: Condvar::new(),
             outputs: Mutex::new(Vec::new()),
+            stdin: Mutex::new(None),
+            tty: Mutex::new(None),
         });
-        let ChildIo {
-            stdout_r, stderr_r, ..
-        } = io;
-        let mut done = Vec::new();
-        for (stream, fd) in [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)] {
-            let (tx, rx) = mpsc::channel();
-            done.push(rx);
-            let events = self.events.clone();
-            let (id, exec_id) = (proc.id.clone(), proc.exec_id.clone());
-            std::thread::spawn(move || {
-                forward_output(File::from(fd), stream, id, exec_id, events, tx)
-            });
-        }
-        *lock(&proc.outputs) = done;
+        self.attach(&proc, io);
         if let Some(status) = state.early_exits.remove(&pid) {
             self.finish(proc.clone(), status);
         } else {
             state.by_pid.insert(pid, proc.clone());
         }
         proc
+    }
+
+    /// Streams a process's output to the host and keeps its stdin and terminal.
+    fn attach(&self, proc: &Arc<Proc>, io: AgentIo) {
+        let AgentIo {
+            stdin,
+            outputs,
+            tty,
+        } = io;
+        let mut done = Vec::new();
+        for (stream, file) in outputs {
+            let (tx, rx) = mpsc::channel();
+            done.push(rx);
+            let events = self.events.clone();
+            let (id, exec_id) = (proc.id.clone(), proc.exec_id.clone());
+            std::thread::spawn(move || forward_output(file, stream, id, exec_id, events, tx));
+        }
+        lock(&proc.outputs).extend(done);
+        *lock(&proc.stdin) = stdin;
+        *lock(&proc.tty) = tty;
+    }
+
+    /// Writes bytes to a process's stdin (its pipe or terminal).
+    pub fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        data: &[u8],
+    ) -> Result<(), ContainerError> {
+        let proc = self.find(id, exec_id)?;
+        // A clone, so a write that blocks on a full pipe does not hold the lock a close needs.
+        let mut stdin = match lock(&proc.stdin).as_ref() {
+            Some(f) => f.try_clone().map_err(|e| ContainerError::Sys {
+                step: format!("dup of the stdin of {}", proc.name()),
+                source: io_errno(&e),
+            })?,
+            None => {
+                return Err(ContainerError::Invalid(format!(
+                    "{} has no open stdin: it was started without stdin, or its stdin was closed",
+                    proc.name()
+                )))
+            }
+        };
+        stdin.write_all(data).map_err(|e| ContainerError::Sys {
+            step: format!("writing to the stdin of {}", proc.name()),
+            source: io_errno(&e),
+        })
+    }
+
+    /// Closes a process's stdin: a pipe reads end-of-file; a terminal takes no more writes.
+    /// Closing twice is not an error.
+    pub fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<(), ContainerError> {
+        let proc = self.find(id, exec_id)?;
+        drop(lock(&proc.stdin).take());
+        Ok(())
+    }
+
+    /// Sets the window size of a process's terminal.
+    pub fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        width: u16,
+        height: u16,
+    ) -> Result<(), ContainerError> {
+        let proc = self.find(id, exec_id)?;
+        let tty = lock(&proc.tty);
+        let Some(master) = tty.as_ref() else {
+            return Err(ContainerError::Invalid(format!(
+                "{} has no terminal to resize; start it with terminal: true",
+                proc.name()
+            )));
+        };
+        set_window_size(master, width, height)
+            .map_err(sys(format!("resizing the terminal of {}", proc.name())))
     }
 
     /// Waits for a process to exit.
@@ -575,33 +710,217 @@ fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// The child's end of its standard streams.
+/// The pty index a container's process is told at start when it has no terminal.
+const NO_TTY: u32 = u32::MAX;
+
+/// Options of a container's devpts: its own instance (runc's), group `tty` (5).
+const DEVPTS_OPTIONS: &[u8] = b"newinstance,ptmxmode=0666,mode=0620,gid=5\0";
+
+/// The child's ends of its standard streams: what it makes its 0, 1 and 2.
 #[derive(Debug)]
 struct ChildIo {
     stdin: OwnedFd,
-    stdout_w: OwnedFd,
-    stderr_w: OwnedFd,
-    stdout_r: OwnedFd,
-    stderr_r: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// The streams are a terminal's slave: the child makes it its controlling terminal.
+    controlling_tty: bool,
+}
+
+/// The agent's ends of a process's standard streams.
+#[derive(Debug, Default)]
+struct AgentIo {
+    /// Where stdin bytes are written, if the process has stdin.
+    stdin: Option<File>,
+    /// Output to stream to the host.
+    outputs: Vec<(Stream, File)>,
+    /// The pty master, if the process runs on a terminal.
+    tty: Option<File>,
+}
+
+fn dev_null() -> Result<OwnedFd, ContainerError> {
+    File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| ContainerError::Sys {
+            step: "open /dev/null".into(),
+            source: io_errno(&e),
+        })
+}
+
+fn dup(fd: &impl std::os::fd::AsFd, what: &str) -> Result<OwnedFd, ContainerError> {
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| ContainerError::Sys {
+            step: format!("dup of {what}"),
+            source: io_errno(&e),
+        })
 }
 
 impl ChildIo {
-    fn new() -> Result<ChildIo, ContainerError> {
-        // No stdin streaming: the process reads end-of-file.
-        let stdin = File::open("/dev/null").map_err(|e| ContainerError::Sys {
-            step: "open /dev/null".into(),
-            source: io_errno(&e),
-        })?;
+    /// Pipes for stdout and stderr; a pipe for stdin when `stdin`, else /dev/null (the
+    /// process reads end-of-file).
+    fn pipes(stdin: bool) -> Result<(ChildIo, AgentIo), ContainerError> {
+        let (child_stdin, agent_stdin) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(File::from(w)))
+        } else {
+            (dev_null()?, None)
+        };
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
+        Ok((
+            ChildIo {
+                stdin: child_stdin,
+                stdout: stdout_w,
+                stderr: stderr_w,
+                controlling_tty: false,
+            },
+            AgentIo {
+                stdin: agent_stdin,
+                outputs: vec![
+                    (Stream::Stdout, File::from(stdout_r)),
+                    (Stream::Stderr, File::from(stderr_r)),
+                ],
+                tty: None,
+            },
+        ))
+    }
+
+    /// /dev/null for all three.
+    fn null() -> Result<ChildIo, ContainerError> {
         Ok(ChildIo {
-            stdin: stdin.into(),
-            stdout_w,
-            stderr_w,
-            stdout_r,
-            stderr_r,
+            stdin: dev_null()?,
+            stdout: dev_null()?,
+            stderr: dev_null()?,
+            controlling_tty: false,
         })
     }
+
+    /// A terminal's slave for all three, made the controlling terminal.
+    fn terminal(slave: OwnedFd) -> Result<ChildIo, ContainerError> {
+        Ok(ChildIo {
+            stdout: dup(&slave, "the terminal")?,
+            stderr: dup(&slave, "the terminal")?,
+            stdin: slave,
+            controlling_tty: true,
+        })
+    }
+}
+
+impl AgentIo {
+    /// The master of a terminal: read as stdout (a terminal has one output stream), written
+    /// to for stdin when `stdin`.
+    fn terminal(master: OwnedFd, stdin: bool) -> Result<AgentIo, ContainerError> {
+        let output = File::from(dup(&master, "the terminal master")?);
+        let stdin = if stdin {
+            Some(File::from(dup(&master, "the terminal master")?))
+        } else {
+            None
+        };
+        Ok(AgentIo {
+            stdin,
+            outputs: vec![(Stream::Stdout, output)],
+            tty: Some(File::from(master)),
+        })
+    }
+}
+
+/// The devpts of the container whose first process is `pid`, as the agent reaches it.
+fn container_pts(pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root/dev/pts"))
+}
+
+/// A pseudo-terminal's master and its index in its devpts instance.
+#[derive(Debug)]
+struct Pty {
+    master: OwnedFd,
+    index: u32,
+}
+
+impl Pty {
+    /// Allocates a pty through the `ptmx` node of a devpts instance and unlocks its slave.
+    fn open(ptmx: &Path) -> Result<Pty, ContainerError> {
+        let master: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(ptmx)
+            .map_err(|e| ContainerError::Sys {
+                step: format!(
+                    "allocating a terminal through {} (is devpts mounted in the container?)",
+                    ptmx.display()
+                ),
+                source: io_errno(&e),
+            })?
+            .into();
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK reads an int from a valid pointer; the fd is a ptmx master.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+            return Err(sys("unlocking the terminal (TIOCSPTLCK)")(
+                nix::Error::last(),
+            ));
+        }
+        let mut index: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes an unsigned int through a valid pointer.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut index) } < 0 {
+            return Err(sys("reading the terminal's number (TIOCGPTN)")(
+                nix::Error::last(),
+            ));
+        }
+        Ok(Pty { master, index })
+    }
+
+    /// Opens the slave in `pts` (the devpts the master came from), without making it the
+    /// agent's controlling terminal.
+    fn open_slave(&self, pts: &Path) -> Result<OwnedFd, ContainerError> {
+        let path = pts.join(self.index.to_string());
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| ContainerError::Sys {
+                step: format!("opening the terminal {}", path.display()),
+                source: io_errno(&e),
+            })
+    }
+}
+
+/// `TIOCSWINSZ`: the terminal's size in columns and rows.
+fn set_window_size(master: &File, width: u16, height: u16) -> Result<(), nix::Error> {
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// `/dev/pts/<index>` as a NUL-terminated path, without allocating (the child builds it).
+fn pts_path(index: u32) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    let prefix = b"/dev/pts/";
+    out[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut n = index;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[prefix.len() + i] = digits[len - 1 - i];
+    }
+    out
 }
 
 /// What a child needs, as C data made before the clone.
@@ -619,6 +938,8 @@ struct Prepared {
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
+    /// The process runs on a terminal (a container's child then needs its devpts).
+    terminal: bool,
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, ContainerError> {
@@ -685,12 +1006,13 @@ impl Prepared {
             uid: p.uid,
             gid: p.gid,
             groups: p.additional_gids.clone(),
+            terminal: p.terminal,
         })
     }
 }
 
 /// Steps a child can fail at, in the order it runs them; the index travels in the report.
-const STEPS: [&str; 16] = [
+const STEPS: [&str; 18] = [
     "dup2 of the standard streams",
     "making the mounts private",
     "bind-mounting the rootfs",
@@ -707,6 +1029,8 @@ const STEPS: [&str; 16] = [
     "chdir to the process's cwd",
     "execve",
     "setns",
+    "mounting /dev/pts",
+    "taking the terminal (setsid, TIOCSCTTY)",
 ];
 
 enum Report {
@@ -804,16 +1128,48 @@ unsafe fn fail(report: RawFd, step: u8) -> ! {
 /// # Safety
 /// Child-only.
 unsafe fn setup_stdio(io: &ChildIo, report: RawFd) {
+    if io.controlling_tty {
+        // SAFETY: child-only; a new session can take a terminal.
+        unsafe { new_session(report) }
+    }
     for (from, to) in [
         (io.stdin.as_raw_fd(), 0),
-        (io.stdout_w.as_raw_fd(), 1),
-        (io.stderr_w.as_raw_fd(), 2),
+        (io.stdout.as_raw_fd(), 1),
+        (io.stderr.as_raw_fd(), 2),
     ] {
         // SAFETY: plain dup2 on descriptors this process owns.
         if unsafe { libc::dup2(from, to) } < 0 {
             // SAFETY: child-only.
             unsafe { fail(report, 0) }
         }
+    }
+    if io.controlling_tty {
+        // SAFETY: child-only; fd 0 is the terminal's slave.
+        unsafe { take_terminal(0, report) }
+    }
+}
+
+/// Leaves the agent's session, so the process can have a controlling terminal of its own.
+///
+/// # Safety
+/// Child-only.
+unsafe fn new_session(report: RawFd) {
+    // SAFETY: setsid has no memory effects.
+    if unsafe { libc::setsid() } < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, 17) }
+    }
+}
+
+/// Makes the terminal open on `fd` the controlling terminal of the session just made.
+///
+/// # Safety
+/// Child-only, after [`new_session`].
+unsafe fn take_terminal(fd: RawFd, report: RawFd) {
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal it from another session).
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, 17) }
     }
 }
 
@@ -934,6 +1290,22 @@ unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: R
             }
         }
         libc::umask(old);
+        // The container's own devpts instance, for terminals; only a process that needs one
+        // fails without it.
+        libc::mkdir(c(b"/dev/pts\0"), 0o755);
+        let devpts = libc::mount(
+            c(b"devpts\0"),
+            c(b"/dev/pts\0"),
+            c(b"devpts\0"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            DEVPTS_OPTIONS.as_ptr().cast(),
+        );
+        if devpts < 0 && prep.terminal {
+            fail(report, 16)
+        }
+        if devpts == 0 {
+            libc::symlink(c(b"pts/ptmx\0"), c(b"/dev/ptmx\0"));
+        }
         if let Some(h) = &prep.hostname {
             if libc::sethostname(h.as_ptr(), h.as_bytes().len()) < 0 {
                 fail(report, 8)
@@ -942,10 +1314,29 @@ unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: R
         if libc::write(report, c(b"R\0").cast(), 1) != 1 {
             libc::_exit(127)
         }
-        let mut byte = 0u8;
-        if libc::read(start, std::ptr::addr_of_mut!(byte).cast(), 1) != 1 {
+        let mut msg = [0u8; 5];
+        if libc::read(start, msg.as_mut_ptr().cast(), msg.len()) != msg.len() as isize {
             // The agent dropped the container before starting it.
             libc::_exit(127)
+        }
+        let tty = u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+        if tty != NO_TTY {
+            // The pty the agent allocated in this container's devpts while it waited.
+            let path = pts_path(tty);
+            new_session(report);
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_NOCTTY);
+            if fd < 0 {
+                fail(report, 17)
+            }
+            take_terminal(fd, report);
+            for to in 0..3 {
+                if libc::dup2(fd, to) < 0 {
+                    fail(report, 0)
+                }
+            }
+            if fd > 2 {
+                libc::close(fd);
+            }
         }
         become_process(prep, report)
     }
@@ -1027,6 +1418,140 @@ mod tests {
             ..Default::default()
         };
         assert!(Prepared::new(&nul, None, None).is_err());
+    }
+
+    #[test]
+    fn pts_paths_are_built_without_allocating() {
+        let text = |i| {
+            let p = pts_path(i);
+            let end = p.iter().position(|&b| b == 0).unwrap();
+            String::from_utf8(p[..end].to_vec()).unwrap()
+        };
+        assert_eq!(text(0), "/dev/pts/0");
+        assert_eq!(text(17), "/dev/pts/17");
+        assert_eq!(text(NO_TTY - 1), "/dev/pts/4294967294");
+        assert_eq!(pts_path(NO_TTY - 1)[23], 0);
+    }
+
+    #[test]
+    fn stdin_pipe_carries_bytes_then_end_of_file() {
+        let (child, agent) = ChildIo::pipes(true).unwrap();
+        let mut w = agent.stdin.unwrap();
+        w.write_all(b"got this\n").unwrap();
+        drop(w);
+        let mut r = File::from(child.stdin);
+        let mut text = String::new();
+        r.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "got this\n");
+        assert!(!child.controlling_tty);
+        let streams: Vec<_> = agent.outputs.iter().map(|(s, _)| *s).collect();
+        assert_eq!(streams, [Stream::Stdout, Stream::Stderr]);
+
+        // Without stdin the process reads /dev/null, and the agent has nothing to write to.
+        let (child, agent) = ChildIo::pipes(false).unwrap();
+        assert!(agent.stdin.is_none());
+        let mut buf = Vec::new();
+        File::from(child.stdin).read_to_end(&mut buf).unwrap();
+        assert!(buf.is_empty());
+    }
+
+    /// The pty of the machine running the tests stands in for a container's devpts.
+    fn host_pty() -> Option<Pty> {
+        match Pty::open(Path::new("/dev/ptmx")) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("SKIP: no pty on this machine: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn pty_carries_both_ways_and_resizes() {
+        let Some(pty) = host_pty() else { return };
+        let slave = File::from(pty.open_slave(Path::new("/dev/pts")).unwrap());
+        let agent = AgentIo::terminal(pty.master, true).unwrap();
+        assert_eq!(agent.outputs.len(), 1);
+        assert_eq!(agent.outputs[0].0, Stream::Stdout);
+        // Typed into the master, read by the process as a line (canonical mode).
+        agent.stdin.as_ref().unwrap().write_all(b"hello\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = (&slave).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello\n");
+        // Written by the process, read as its output (with the terminal's CR before LF).
+        (&slave).write_all(b"out\n").unwrap();
+        let mut out = &agent.outputs[0].1;
+        let mut got = Vec::new();
+        while !got.ends_with(b"out\r\n") {
+            let n = out.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The echo of the typed line comes first.
+        assert_eq!(got, b"hello\r\nout\r\n");
+
+        set_window_size(agent.tty.as_ref().unwrap(), 132, 43).unwrap();
+        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) },
+            0
+        );
+        assert_eq!((size.ws_col, size.ws_row), (132, 43));
+    }
+
+    #[test]
+    fn a_child_on_a_terminal_has_it_as_controlling_tty() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root (the child sets its groups)");
+            return;
+        }
+        let Some(pty) = host_pty() else { return };
+        let slave = pty.open_slave(Path::new("/dev/pts")).unwrap();
+        let index = pty.index;
+        let agent = AgentIo::terminal(pty.master, true).unwrap();
+        let io = ChildIo::terminal(slave).unwrap();
+        let p = Process {
+            // `tty` fails unless stdin is a terminal; the `-t 0` test checks the same for sh.
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "[ -t 0 ] && ps -o tty= -p $$ >/dev/null 2>&1; tty; read x; echo got $x".into(),
+            ],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            ..Default::default()
+        };
+        let prep = Prepared::new(&p, None, None).unwrap();
+        let (report_r, report_w) = pipe().unwrap();
+        // SAFETY: as in `exec`: fork semantics, raw system calls only in the child.
+        let pid = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+        if pid == 0 {
+            // SAFETY: in the child.
+            unsafe {
+                setup_stdio(&io, report_w.as_raw_fd());
+                become_process(&prep, report_w.as_raw_fd())
+            }
+        }
+        assert!(pid > 0);
+        drop(io);
+        drop(report_w);
+        assert!(matches!(
+            read_report(&mut File::from(report_r)),
+            Report::Exec
+        ));
+        agent.stdin.as_ref().unwrap().write_all(b"typed\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        // Read until the slave's last holder exits (EIO).
+        while let Ok(n) = (&agent.outputs[0].1).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let status = waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid as i32), 0));
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(&format!("/dev/pts/{index}\r\n")), "{text:?}");
+        assert!(text.ends_with("got typed\r\n"), "{text:?}");
     }
 
     #[test]

@@ -218,6 +218,23 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
         Request::ReadFile { path } => {
             read_initdata_file(Path::new(INITDATA_DIR), &path).map(|data| Response::File { data })
         }
+        Request::WriteStdin { id, exec_id, data } => c
+            .write_stdin(&id, exec_id.as_deref(), &data)
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
+        Request::CloseStdin { id, exec_id } => c
+            .close_stdin(&id, exec_id.as_deref())
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
+        Request::ResizePty {
+            id,
+            exec_id,
+            width,
+            height,
+        } => c
+            .resize_pty(&id, exec_id.as_deref(), width, height)
+            .map(|()| Response::Ok)
+            .map_err(|e| e.to_string()),
         Request::Shutdown => Ok(Response::Ok),
     }
 }

@@ -275,6 +275,64 @@ impl AgentClient {
         started("exec", r)
     }
 
+    /// Writes bytes to a process's stdin (the container's own when `exec_id` is `None`).
+    /// Returns once the guest has them: await each write before sending the next, so they
+    /// arrive in order.
+    pub async fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        data: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .expect(
+                "write_stdin",
+                Request::WriteStdin {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                    data,
+                },
+            )
+            .await?;
+        ok("write_stdin", r)
+    }
+
+    /// Closes a process's stdin (end-of-file for a pipe).
+    pub async fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<(), ClientError> {
+        let r = self
+            .expect(
+                "close_stdin",
+                Request::CloseStdin {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                },
+            )
+            .await?;
+        ok("close_stdin", r)
+    }
+
+    /// Sets the window size (columns, rows) of a process's terminal.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        width: u16,
+        height: u16,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .expect(
+                "resize_pty",
+                Request::ResizePty {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                    width,
+                    height,
+                },
+            )
+            .await?;
+        ok("resize_pty", r)
+    }
+
     /// Waits for a process (the container's own when `exec_id` is `None`) to exit.
     pub async fn wait(&self, id: &str, exec_id: Option<&str>) -> Result<ExitStatus, ClientError> {
         let r = self

@@ -125,6 +125,42 @@ pub enum Request {
     },
     /// Sync the disks and power the guest off. Answered with [`Response::Ok`] just before.
     Shutdown,
+    /// Bytes for the standard input of a process started with [`Process::stdin`] (or
+    /// [`Process::terminal`]). The guest handles requests concurrently, so the host sends the
+    /// next write of a process only once this one is answered: that keeps the bytes in order.
+    /// Answered with [`Response::Ok`] once the bytes are in the pipe or terminal.
+    WriteStdin {
+        /// Container id.
+        id: String,
+        /// The exec'd process, or the container's own process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        /// The bytes.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// Close a process's standard input: a pipe reads end-of-file; a terminal stays open (it
+    /// carries the output too) and takes no more writes. Answered with [`Response::Ok`].
+    CloseStdin {
+        /// Container id.
+        id: String,
+        /// The exec'd process, or the container's own process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+    },
+    /// Set the window size of a process's terminal (`TIOCSWINSZ`; the process gets `SIGWINCH`).
+    /// Answered with [`Response::Ok`].
+    ResizePty {
+        /// Container id.
+        id: String,
+        /// The exec'd process, or the container's own process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<String>,
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
 }
 
 /// A container to create.
@@ -158,6 +194,21 @@ pub struct Process {
     pub gid: u32,
     /// Supplementary groups.
     pub additional_gids: Vec<u32>,
+    /// Run the process on a new terminal (a pty whose slave is its controlling terminal and its
+    /// stdin, stdout and stderr). Its output then comes as [`Stream::Stdout`] only, and
+    /// [`Request::WriteStdin`] types into the terminal.
+    #[serde(skip_serializing_if = "is_false")]
+    pub terminal: bool,
+    /// Give the process a standard input fed by [`Request::WriteStdin`] (a pipe, or the
+    /// terminal). Without it the process reads end-of-file at once.
+    #[serde(skip_serializing_if = "is_false")]
+    pub stdin: bool,
+}
+
+// Unset flags stay off the wire, so a request without a terminal or stdin reads exactly as it
+// did before these fields existed.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A message from the guest.
@@ -544,6 +595,62 @@ mod tests {
         assert_eq!(&bytes[4..], json);
         let back: RequestFrame = read_frame(&mut &bytes[..]).unwrap();
         assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn stdin_and_terminal_requests_wire_format() {
+        let write = RequestFrame {
+            id: 3,
+            request: Request::WriteStdin {
+                id: "c1".into(),
+                exec_id: Some("e1".into()),
+                data: b"ls\n".to_vec(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&write).unwrap(),
+            r#"{"id":3,"request":{"op":"write_stdin","id":"c1","exec_id":"e1","data":"bHMK"}}"#
+        );
+        let close = Request::CloseStdin {
+            id: "c1".into(),
+            exec_id: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&close).unwrap(),
+            r#"{"op":"close_stdin","id":"c1"}"#
+        );
+        let resize = Request::ResizePty {
+            id: "c1".into(),
+            exec_id: Some("e1".into()),
+            width: 80,
+            height: 24,
+        };
+        assert_eq!(
+            serde_json::to_string(&resize).unwrap(),
+            r#"{"op":"resize_pty","id":"c1","exec_id":"e1","width":80,"height":24}"#
+        );
+        for r in [write.request, close, resize] {
+            let json = serde_json::to_vec(&r).unwrap();
+            assert_eq!(decode::<Request>(&json).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn process_flags_are_off_the_wire_unless_set() {
+        let plain = Process {
+            args: vec!["sh".into()],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("terminal") && !json.contains("stdin"),
+            "{json}"
+        );
+        // A process from a host that knows nothing of the flags has neither.
+        let old: Process = decode(br#"{"args":["sh"]}"#).unwrap();
+        assert_eq!(old, plain);
+        let tty: Process = decode(br#"{"args":["sh"],"terminal":true,"stdin":true}"#).unwrap();
+        assert!(tty.terminal && tty.stdin);
     }
 
     #[test]
