@@ -1,17 +1,28 @@
-//! A process's standard output and error: from the guest's output events into containerd's FIFOs.
+//! A process's standard streams: containerd's FIFOs to and from the guest.
 //!
 //! containerd (the CRI plugin) creates one FIFO per stream and reads it into the container log
 //! (`crictl logs`) or into an exec's result (`ExecSync`). The guest sends output as events; each
 //! stream gets a copier task that opens its FIFO for writing, writes the chunks in order, and
 //! closes the FIFO when the guest says the stream ended or the process exited. Closing is what
 //! tells containerd the output is complete, so it happens even when nothing was written.
+//!
+//! Standard input goes the other way: once the process runs in the guest, a copier reads
+//! containerd's stdin FIFO and sends each chunk as a `WriteStdin` request, one at a time (the
+//! guest serves requests concurrently; waiting for each answer keeps the bytes in order). At the
+//! FIFO's end of file, or when containerd asks to close stdin (`CloseIO`), what is left in the
+//! FIFO is sent and then `CloseStdin`, so the process reads end-of-file. A process on a terminal
+//! has one output stream, stdout, and its stdin is typed into the terminal.
 
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use coffer_agent::protocol::client::AgentClient;
 use coffer_agent::protocol::Stream;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -20,12 +31,74 @@ use crate::error::{Error, Result};
 /// would otherwise hold a process's exit, and the pod's teardown, forever.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
 
-/// The output side of one process.
+/// Largest chunk of stdin sent in one request.
+const STDIN_CHUNK: usize = 32 * 1024;
+
+/// The standard streams of one process.
 #[derive(Debug, Default)]
 pub struct ProcessIo {
     stdout: Option<mpsc::UnboundedSender<Vec<u8>>>,
     stderr: Option<mpsc::UnboundedSender<Vec<u8>>>,
     copiers: Vec<JoinHandle<()>>,
+    stdin: Option<StdinCopier>,
+    /// containerd closed stdin before the copier started.
+    stdin_closed: bool,
+}
+
+/// Where a process's stdin goes: the process in the guest.
+#[derive(Debug, Clone)]
+pub struct StdinTarget {
+    /// The pod's agent.
+    pub agent: Arc<AgentClient>,
+    /// Container id.
+    pub id: String,
+    /// Exec id, `None` for the container's own process.
+    pub exec_id: Option<String>,
+}
+
+impl StdinTarget {
+    async fn write(&self, data: Vec<u8>) -> Result<()> {
+        Ok(self
+            .agent
+            .write_stdin(&self.id, self.exec_id.as_deref(), data)
+            .await?)
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self
+            .agent
+            .close_stdin(&self.id, self.exec_id.as_deref())
+            .await
+        {
+            // The process may have exited already; then there is nothing to close.
+            tracing::debug!(container = %self.id, exec = ?self.exec_id, error = %e, "closing stdin");
+        }
+    }
+}
+
+/// The copier of one process's stdin FIFO.
+#[derive(Debug)]
+struct StdinCopier {
+    path: PathBuf,
+    /// Asks the copier to send what is left and close stdin (containerd's `CloseIO`).
+    close: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl StdinCopier {
+    /// Ends the copier at once (the process is gone).
+    fn stop(self) {
+        self.task.abort();
+        // An open for reading that still waits for containerd's writer sits in a blocking
+        // thread the abort cannot reach; a writer that comes and goes releases it.
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+        {
+            drop(f);
+        }
+    }
 }
 
 /// Turns a stdio path from containerd into a filesystem path; empty means "not wanted".
@@ -64,6 +137,34 @@ impl ProcessIo {
         Ok(io)
     }
 
+    /// Starts copying containerd's stdin FIFO (`stdin`, empty when the process has none) into
+    /// the process, which must run in the guest by now.
+    pub fn start_stdin(&mut self, stdin: &str, target: StdinTarget) -> Result<()> {
+        let Some(path) = stdio_path(stdin)? else {
+            return Ok(());
+        };
+        let (close, closed) = oneshot::channel();
+        let close = if self.stdin_closed {
+            let _ = close.send(());
+            None
+        } else {
+            Some(close)
+        };
+        let task = tokio::spawn(copy_stdin(path.clone(), target, closed));
+        if let Some(old) = self.stdin.replace(StdinCopier { path, close, task }) {
+            old.stop();
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin once what containerd wrote so far is sent (`CloseIO`).
+    pub fn close_stdin(&mut self) {
+        self.stdin_closed = true;
+        if let Some(close) = self.stdin.as_mut().and_then(|s| s.close.take()) {
+            let _ = close.send(());
+        }
+    }
+
     /// Hands a chunk of output to its stream; an empty chunk closes the stream.
     pub fn write(&mut self, stream: Stream, data: Vec<u8>) {
         let slot = match stream {
@@ -83,6 +184,9 @@ impl ProcessIo {
     /// Closes both streams and waits (boundedly) until everything written so far reached the
     /// FIFOs.
     pub async fn close(mut self) {
+        if let Some(stdin) = self.stdin.take() {
+            stdin.stop();
+        }
         self.stdout = None;
         self.stderr = None;
         let copiers = std::mem::take(&mut self.copiers);
@@ -127,6 +231,82 @@ fn spawn_copier(path: PathBuf) -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()
         let _ = file.flush().await;
     });
     (tx, handle)
+}
+
+/// Copies a stdin FIFO into the guest until its end of file or a close request, then closes
+/// the process's stdin.
+async fn copy_stdin(path: PathBuf, target: StdinTarget, mut close: oneshot::Receiver<()>) {
+    let opened = tokio::select! {
+        f = open_for_reading(&path) => f,
+        // Closed before containerd ever wrote: the process reads end-of-file.
+        _ = &mut close => {
+            target.close().await;
+            return;
+        }
+    };
+    let mut fifo = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open stdin; the process reads end-of-file");
+            target.close().await;
+            return;
+        }
+    };
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    let mut closing = false;
+    loop {
+        let n = if closing {
+            // Only what is already in the FIFO still goes in.
+            fifo.try_read(&mut buf).unwrap_or(0)
+        } else {
+            tokio::select! {
+                r = fifo.read(&mut buf) => r.unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "reading stdin; closing it");
+                    0
+                }),
+                // A dropped sender (the process's IO went away) also ends the copy.
+                _ = &mut close => {
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = target.write(buf[..n].to_vec()).await {
+            // The process exited or closed its stdin: nothing more can go in.
+            tracing::debug!(container = %target.id, exec = ?target.exec_id, error = %e, "stdin not delivered");
+            return;
+        }
+    }
+    target.close().await;
+}
+
+/// Opens a stdin FIFO for reading. The open waits (in a blocking thread) until containerd
+/// has the writing end open; then reads are asynchronous.
+async fn open_for_reading(path: &Path) -> Result<pipe::Receiver> {
+    let p = path.to_path_buf();
+    let io_err = |source| Error::Io {
+        what: "cannot open stdin",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = tokio::task::spawn_blocking(move || std::fs::File::open(&p))
+        .await
+        .map_err(|e| io_err(std::io::Error::other(e)))?
+        .map_err(io_err)?;
+    let is_fifo = file
+        .metadata()
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    if !is_fifo {
+        return Err(Error::InvalidArgument(format!(
+            "stdin {} is not a FIFO; the coffer runtime reads stdin from a FIFO only",
+            path.display()
+        )));
+    }
+    pipe::Receiver::from_file(file).map_err(io_err)
 }
 
 /// Opens a FIFO (or file) for writing. Opening a FIFO blocks until containerd has the reading

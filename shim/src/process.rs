@@ -71,6 +71,8 @@ pub struct Process {
     pub stdout: String,
     /// See `stdin`.
     pub stderr: String,
+    /// Whether it runs on a terminal (then its only output is stdout).
+    pub terminal: bool,
     /// Where it is in its life.
     pub phase: Phase,
     /// The process to run in the guest (exec'd processes are sent at start).
@@ -89,6 +91,7 @@ impl Process {
             stdin: stdin.to_string(),
             stdout: stdout.to_string(),
             stderr: stderr.to_string(),
+            terminal: false,
             phase: Phase::Created,
             guest: None,
             io: None,
@@ -132,7 +135,7 @@ impl Process {
             stdin: self.stdin.clone(),
             stdout: self.stdout.clone(),
             stderr: self.stderr.clone(),
-            terminal: false,
+            terminal: self.terminal,
             exit_status: exit.map_or(0, |e| e.code),
             exited_at: exit.map_or_else(MessageField::none, |e| MessageField::some(e.timestamp())),
             exec_id: self.exec_id.clone().unwrap_or_default(),

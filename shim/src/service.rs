@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 
 use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
-use crate::io::{close_all, ProcessIo};
+use crate::io::{close_all, ProcessIo, StdinTarget};
 use crate::mount::Rootfs;
 use crate::process::{wait_exit, Exit, Phase, Process};
 use crate::sandbox::Sandbox;
@@ -253,9 +253,6 @@ impl Inner {
     async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
         let spec = BundleSpec::load(&bundle)?;
-        if req.terminal {
-            return Err(Error::Unsupported("a terminal (tty)"));
-        }
         let pid = if spec.is_sandbox() {
             self.create_sandbox(&req, &bundle, &spec).await?
         } else {
@@ -331,7 +328,10 @@ impl Inner {
         // The id becomes a directory name in the share.
         crate::state::check_id(&req.id)?;
         let sandbox_id = spec.sandbox_id(&req.id);
-        let process = spec.process()?;
+        let mut process = spec.process()?;
+        process.terminal |= req.terminal;
+        process.stdin = !req.stdin.is_empty();
+        let terminal = process.terminal;
         let mut pod = self.pod.lock().await;
         let Some(sandbox) = pod.sandbox.as_ref().filter(|s| s.id == sandbox_id) else {
             return Err(Error::FailedPrecondition(format!(
@@ -361,6 +361,7 @@ impl Inner {
         }
         let mut init = Process::new(None, &req.stdin, &req.stdout, &req.stderr);
         init.io = Some(io);
+        init.terminal = terminal;
         pod.containers.insert(
             req.id.clone(),
             Container {
@@ -401,14 +402,24 @@ impl Inner {
                 let agent = agent.ok_or_else(|| {
                     Error::FailedPrecondition("the sandbox VM is not running".into())
                 })?;
-                if exec {
+                let pid = if exec {
                     agent.start(&req.id).await?
                 } else {
                     let guest = process.guest.take().ok_or_else(|| {
                         Error::FailedPrecondition(format!("exec {} has no process", req.exec_id))
                     })?;
                     agent.exec(&req.id, &req.exec_id, guest).await?
+                };
+                // Only now does the guest know the process its stdin goes to.
+                let target = StdinTarget {
+                    agent,
+                    id: req.id.clone(),
+                    exec_id: (!exec).then(|| req.exec_id.clone()),
+                };
+                if let Some(io) = process.io.as_mut() {
+                    io.start_stdin(&process.stdin, target)?;
                 }
+                pid
             }
         };
         process.pid = pid;
@@ -441,15 +452,14 @@ impl Inner {
     }
 
     async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
-        if req.terminal {
-            return Err(Error::Unsupported("a terminal (tty) for exec"));
-        }
         let json = req
             .spec
             .as_ref()
             .map(|any| any.value.clone())
             .ok_or_else(|| Error::InvalidArgument("exec request without a process spec".into()))?;
-        let guest = spec::exec_process(&json)?;
+        let mut guest = spec::exec_process(&json)?;
+        guest.terminal |= req.terminal;
+        guest.stdin = !req.stdin.is_empty();
         let mut pod = self.pod.lock().await;
         let container = pod
             .containers
@@ -470,6 +480,7 @@ impl Inner {
             &req.stdout,
             &req.stderr,
         );
+        process.terminal = guest.terminal;
         process.guest = Some(guest);
         process.io = Some(ProcessIo::open(&req.stdout, &req.stderr)?);
         container.execs.insert(req.exec_id.clone(), process);
@@ -611,6 +622,56 @@ impl Inner {
         Ok(delete_response(pid, exit))
     }
 
+    async fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let pod = self.pod.lock().await;
+        let container = pod
+            .containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(format!("task {}", req.id)))?;
+        let process = container.process(&req.exec_id)?;
+        if !process.terminal {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} {} has no terminal to resize; create it with terminal: true",
+                req.id, req.exec_id
+            )));
+        }
+        if process.phase != Phase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} {} is not running",
+                req.id, req.exec_id
+            )));
+        }
+        let agent = pod
+            .sandbox
+            .as_ref()
+            .map(|s| s.agent.clone())
+            .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))?;
+        drop(pod);
+        // Sizes past u16 are no terminal's; the kernel's field is 16 bits.
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        let exec_id = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
+        agent
+            .resize_pty(&req.id, exec_id, clamp(req.width), clamp(req.height))
+            .await?;
+        Ok(())
+    }
+
+    async fn close_io(&self, req: CloseIORequest) -> Result<()> {
+        if !req.stdin {
+            return Ok(());
+        }
+        let mut pod = self.pod.lock().await;
+        let container = pod
+            .containers
+            .get_mut(&req.id)
+            .ok_or_else(|| Error::NotFound(format!("task {}", req.id)))?;
+        let process = container.process_mut(&req.exec_id)?;
+        if let Some(io) = process.io.as_mut() {
+            io.close_stdin();
+        }
+        Ok(())
+    }
+
     async fn state(&self, req: StateRequest) -> Result<StateResponse> {
         let pod = self.pod.lock().await;
         let container = pod
@@ -731,16 +792,21 @@ impl Task for Service {
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let id = req.id.clone();
         answer(
             "resize_pty",
-            &req.id,
-            Err(Error::Unsupported("a terminal (tty)")),
+            &id,
+            self.resize_pty_task(req).await.map(|()| Empty::new()),
         )
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> TtrpcResult<Empty> {
-        // No stdin is forwarded into the guest, so there is nothing to close.
-        Ok(Empty::new())
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        let id = req.id.clone();
+        answer(
+            "close_io",
+            &id,
+            self.close_io_task(req).await.map(|()| Empty::new()),
+        )
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
@@ -815,6 +881,16 @@ impl Service {
     /// `Delete` a task or exec'd process.
     pub async fn delete_task(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         self.inner.delete(req).await
+    }
+
+    /// `ResizePty`: the window size of a process's terminal.
+    pub async fn resize_pty_task(&self, req: ResizePtyRequest) -> Result<()> {
+        self.inner.resize_pty(req).await
+    }
+
+    /// `CloseIO`: closes a process's stdin once what was written so far is delivered.
+    pub async fn close_io_task(&self, req: CloseIORequest) -> Result<()> {
+        self.inner.close_io(req).await
     }
 
     /// `State` of a task or exec'd process.

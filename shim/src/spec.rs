@@ -101,13 +101,8 @@ impl BundleSpec {
 }
 
 /// Converts an OCI process into what the guest runs; refuses what the guest cannot honour.
+/// Whether it has stdin is not in the OCI process: the caller sets it from containerd's request.
 pub fn guest_process(p: &oci_spec::runtime::Process) -> std::result::Result<Process, String> {
-    if p.terminal().unwrap_or(false) {
-        return Err(
-            "a terminal (tty) was requested; the coffer runtime does not support terminals yet"
-                .into(),
-        );
-    }
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err("process.args is empty; give the container a command".into());
@@ -120,6 +115,8 @@ pub fn guest_process(p: &oci_spec::runtime::Process) -> std::result::Result<Proc
         uid: user.uid(),
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        terminal: p.terminal().unwrap_or(false),
+        stdin: false,
     })
 }
 
@@ -215,12 +212,12 @@ mod tests {
     }
 
     #[test]
-    fn terminal_and_empty_args_are_refused_with_reason() {
-        let e =
+    fn terminal_is_carried_and_empty_args_are_refused_with_reason() {
+        let p =
             exec_process(br#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#)
-                .unwrap_err()
-                .to_string();
-        assert_eq!(e, "exec refused: a terminal (tty) was requested; the coffer runtime does not support terminals yet");
+                .unwrap();
+        assert!(p.terminal);
+        assert!(!p.stdin);
         let e = exec_process(br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#)
             .unwrap_err()
             .to_string();

@@ -271,7 +271,10 @@ async fn the_guest_reads_with_the_handlers_limits() {
             return;
         }
     };
-    let f = Fixture::with_config(Some(&guest), "[initdata]\nmax_encoded = 1048576\nmax_inflated = 8388608\n");
+    let f = Fixture::with_config(
+        Some(&guest),
+        "[initdata]\nmax_encoded = 1048576\nmax_inflated = 8388608\n",
+    );
     let mut document = concat!(
         "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n",
         "\"policy.rego\" = '''\npackage agent_policy\n"
