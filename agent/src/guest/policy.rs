@@ -19,6 +19,7 @@
 //! | `remove` | `RemoveContainerRequest` |
 //! | `shutdown` | `DestroySandboxRequest` |
 //! | `read_file` | `ReadInitDataRequest` (Coffer's own; allowed when the policy does not define it) |
+//! | `write_stdin`, `close_stdin`, `resize_pty` | `WriteStreamRequest`, `CloseStdinRequest`, `TtyWinResizeRequest` |
 //! | `hello` | never gated: the host needs it to learn the guest's verdict |
 //!
 //! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
@@ -157,6 +158,9 @@ pub fn rule_for(request: &Request) -> Option<&'static str> {
         Request::Remove { .. } => "RemoveContainerRequest",
         Request::ReadFile { .. } => READ_INITDATA_RULE,
         Request::Shutdown => "DestroySandboxRequest",
+        Request::WriteStdin { .. } => "WriteStreamRequest",
+        Request::CloseStdin { .. } => "CloseStdinRequest",
+        Request::ResizePty { .. } => "TtyWinResizeRequest",
     })
 }
 
@@ -423,6 +427,35 @@ WaitProcessRequest if { input.id == "c1"; not input.exec_id }
                 protocol_version: 1
             }),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn stdin_and_terminal_requests_use_kata_rules() {
+        let p = load("package agent_policy\ndefault WriteStreamRequest := true\n");
+        let write = Request::WriteStdin {
+            id: "c1".into(),
+            exec_id: None,
+            data: b"ls\n".to_vec(),
+        };
+        assert_eq!(p.check(&write), Ok(()));
+        let close = Request::CloseStdin {
+            id: "c1".into(),
+            exec_id: None,
+        };
+        assert_eq!(
+            p.check(&close).unwrap_err().to_string(),
+            "the agent policy denies CloseStdinRequest"
+        );
+        let resize = Request::ResizePty {
+            id: "c1".into(),
+            exec_id: None,
+            width: 80,
+            height: 24,
+        };
+        assert_eq!(
+            p.check(&resize).unwrap_err().to_string(),
+            "the agent policy denies TtyWinResizeRequest"
         );
     }
 
