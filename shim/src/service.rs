@@ -629,17 +629,18 @@ impl Inner {
             .get(&req.id)
             .ok_or_else(|| Error::NotFound(format!("task {}", req.id)))?;
         let process = container.process(&req.exec_id)?;
+        let name = if req.exec_id.is_empty() {
+            format!("task {}", req.id)
+        } else {
+            format!("exec {} in task {}", req.exec_id, req.id)
+        };
         if !process.terminal {
             return Err(Error::FailedPrecondition(format!(
-                "task {} {} has no terminal to resize; create it with terminal: true",
-                req.id, req.exec_id
+                "{name} has no terminal to resize; create it with terminal: true"
             )));
         }
         if process.phase != Phase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "task {} {} is not running",
-                req.id, req.exec_id
-            )));
+            return Err(Error::FailedPrecondition(format!("{name} is not running")));
         }
         let agent = pod
             .sandbox

@@ -21,8 +21,8 @@ use coffer_shim::spec::BundleSpec;
 use coffer_shim::state::StateDir;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim_protos::api::{
-    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
-    Status, WaitRequest,
+    CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ResizePtyRequest,
+    StartRequest, StateRequest, Status, WaitRequest,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
@@ -346,6 +346,69 @@ fn req_create(
     }
 }
 
+/// Writes `data` into a FIFO as containerd does for a client's stdin, then closes it (the
+/// open waits until the shim reads the FIFO).
+fn feed_fifo(fifo: &Path, data: &'static [u8]) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let fifo = fifo.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)?
+            .write_all(data)
+    })
+}
+
+/// Execs and starts `args` in container c2 with stdin from `stdin`, output to
+/// `out/<exec_id>.out` (and `.err` without a terminal).
+async fn run_exec(
+    service: &Service,
+    out: &Path,
+    exec_id: &str,
+    args: serde_json::Value,
+    stdin: &Path,
+    terminal: bool,
+) {
+    let stdout = out.join(format!("{exec_id}.out"));
+    std::fs::write(&stdout, b"").unwrap();
+    let stderr = if terminal {
+        String::new()
+    } else {
+        let p = out.join(format!("{exec_id}.err"));
+        std::fs::write(&p, b"").unwrap();
+        p.to_string_lossy().into()
+    };
+    let process = serde_json::json!({
+        "args": args, "terminal": terminal,
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}
+    });
+    service
+        .exec_process(ExecProcessRequest {
+            id: "c2".into(),
+            exec_id: exec_id.into(),
+            stdin: stdin.to_string_lossy().into(),
+            stdout: stdout.to_string_lossy().into(),
+            stderr,
+            terminal,
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: process.to_string().into_bytes(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {exec_id}: {e}"));
+    service
+        .start_task(StartRequest {
+            id: "c2".into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec start {exec_id}: {e}"));
+}
+
 #[tokio::test]
 async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
     let guest = match vm_prerequisites() {
@@ -362,7 +425,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
     let lower = f.root.join("busybox-root");
     std::fs::create_dir_all(lower.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep"] {
+    for applet in ["sh", "echo", "cat", "sleep", "tty", "stty"] {
         std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
     }
 
@@ -514,6 +577,95 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
     assert_eq!(
         std::fs::read(out.join("e1.err")).unwrap(),
         b"cat\0/proc/self/cmdline\0"
+    );
+
+    // Stdin from containerd's FIFO, in order, then end-of-file (cat ends).
+    let stdin_fifo = out.join("e2.in");
+    nix::unistd::mkfifo(&stdin_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let typed = feed_fifo(&stdin_fifo, b"line one\nline two\n");
+    run_exec(
+        &service,
+        &out,
+        "e2",
+        serde_json::json!(["sh", "-c", "read x; echo got $x; cat"]),
+        &stdin_fifo,
+        false,
+    )
+    .await;
+    typed.await.unwrap().unwrap();
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c2".into(),
+            exec_id: "e2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 0);
+    assert_eq!(
+        std::fs::read_to_string(out.join("e2.out")).unwrap(),
+        "got line one\nline two\n"
+    );
+
+    // A terminal: the process's own /dev/pts (the container's devpts, so index 0), resized
+    // before it reads, its input echoed, and stdout its only stream.
+    let tty_fifo = out.join("e3.in");
+    nix::unistd::mkfifo(&tty_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    run_exec(
+        &service,
+        &out,
+        "e3",
+        serde_json::json!(["sh", "-c", "read x; stty size; tty; echo got $x"]),
+        &tty_fifo,
+        true,
+    )
+    .await;
+    let state = service
+        .task_state(StateRequest {
+            id: "c2".into(),
+            exec_id: "e3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(state.terminal);
+    service
+        .resize_pty_task(ResizePtyRequest {
+            id: "c2".into(),
+            exec_id: "e3".into(),
+            width: 100,
+            height: 30,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("resize: {e}"));
+    feed_fifo(&tty_fifo, b"typed\n").await.unwrap().unwrap();
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c2".into(),
+            exec_id: "e3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 0);
+    assert_eq!(
+        std::fs::read_to_string(out.join("e3.out")).unwrap(),
+        "typed\r\n30 100\r\n/dev/pts/0\r\ngot typed\r\n"
+    );
+    // A process without a terminal has nothing to resize.
+    let err = service
+        .resize_pty_task(ResizePtyRequest {
+            id: "c2".into(),
+            width: 80,
+            height: 24,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task c2 has no terminal to resize; create it with terminal: true"
     );
     service
         .kill_task(KillRequest {
