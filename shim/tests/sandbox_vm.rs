@@ -691,6 +691,61 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         .await
         .unwrap();
 
+    // A container whose own process runs on a terminal with stdin (`kubectl run -it`): it
+    // takes the pty the agent allocated in its devpts at start.
+    let c3_bundle = f.bundle(
+        "c3",
+        &["sh", "-c", "read x; tty; echo got $x; exit 4"],
+        &ctr_annotations,
+    );
+    let c3_fifo = out.join("c3.in");
+    nix::unistd::mkfifo(&c3_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(out.join("c3.out"), b"").unwrap();
+    let mut c3 = req_create("c3", &c3_bundle, Some(&lower), &out, &f.options);
+    c3.terminal = true;
+    c3.stdin = c3_fifo.to_string_lossy().into();
+    c3.stderr = String::new();
+    service
+        .create_task(c3)
+        .await
+        .unwrap_or_else(|e| panic!("terminal container create: {e}"));
+    service
+        .start_task(StartRequest {
+            id: "c3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("terminal container start: {e}"));
+    service
+        .resize_pty_task(ResizePtyRequest {
+            id: "c3".into(),
+            width: 80,
+            height: 24,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("resize: {e}"));
+    feed_fifo(&c3_fifo, b"hi\n").await.unwrap().unwrap();
+    let waited = service
+        .wait_task(WaitRequest {
+            id: "c3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 4);
+    assert_eq!(
+        std::fs::read_to_string(out.join("c3.out")).unwrap(),
+        "hi\r\n/dev/pts/0\r\ngot hi\r\n"
+    );
+    service
+        .delete_task(DeleteRequest {
+            id: "c3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     // Sandbox teardown as containerd does it: kill, wait, delete, shutdown.
     service
         .kill_task(KillRequest {
