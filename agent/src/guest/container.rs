@@ -131,6 +131,9 @@ struct Container {
     report: Option<File>,
     /// The pty index in the container's devpts the process takes as its terminal at start.
     tty_index: Option<u32>,
+    /// The agent's hold on that pty's slave until the process has it: if the container is
+    /// removed unstarted, closing this hangs the terminal up and ends its output reader.
+    tty_slave: Option<OwnedFd>,
 }
 
 #[derive(Debug, Default)]
@@ -239,6 +242,7 @@ impl Containers {
                 start: Some(File::from(start_w)),
                 report: None,
                 tty_index: None,
+                tty_slave: None,
             },
         );
         drop(state);
@@ -249,9 +253,9 @@ impl Containers {
         let mut report = File::from(report_r);
         match read_report(&mut report) {
             Report::Ready => {
-                let tty_index = if req.process.terminal {
+                let tty = if req.process.terminal {
                     match self.container_terminal(&proc, req.process.stdin) {
-                        Ok(index) => Some(index),
+                        Ok(tty) => Some(tty),
                         Err(e) => {
                             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                             self.lock().containers.remove(&req.id);
@@ -263,7 +267,10 @@ impl Containers {
                 };
                 if let Some(c) = self.lock().containers.get_mut(&req.id) {
                     c.report = Some(report);
-                    c.tty_index = tty_index;
+                    if let Some((index, slave)) = tty {
+                        c.tty_index = Some(index);
+                        c.tty_slave = Some(slave);
+                    }
                 }
                 Ok(())
             }
@@ -277,25 +284,31 @@ impl Containers {
     }
 
     /// Allocates the terminal of a created container's process in its devpts and starts
-    /// streaming it; returns the pty index the process opens at start.
-    fn container_terminal(&self, proc: &Arc<Proc>, stdin: bool) -> Result<u32, ContainerError> {
+    /// streaming it; returns the pty index the process opens at start, and the agent's hold on
+    /// the slave.
+    fn container_terminal(
+        &self,
+        proc: &Arc<Proc>,
+        stdin: bool,
+    ) -> Result<(u32, OwnedFd), ContainerError> {
         let pts = container_pts(proc.pid);
         let pty = Pty::open(&pts.join("ptmx"))?;
+        let slave = pty.open_slave(&pts)?;
         let index = pty.index;
         self.attach(proc, AgentIo::terminal(pty.master, stdin)?);
-        Ok(index)
+        Ok((index, slave))
     }
 
     /// Lets a created container's process exec.
     pub fn start(&self, id: &str) -> Result<u32, ContainerError> {
-        let (proc, start, report, tty_index) = {
+        let (proc, start, report, tty_index, tty_slave) = {
             let mut state = self.lock();
             let c = state
                 .containers
                 .get_mut(id)
                 .ok_or_else(|| ContainerError::NoContainer(id.into()))?;
             match (c.start.take(), c.report.take()) {
-                (Some(s), Some(r)) => (c.init.clone(), s, r, c.tty_index),
+                (Some(s), Some(r)) => (c.init.clone(), s, r, c.tty_index, c.tty_slave.take()),
                 _ => {
                     return Err(ContainerError::State {
                         id: id.into(),
@@ -316,7 +329,11 @@ impl Containers {
         })?;
         drop(start);
         let mut report = report;
-        match read_report(&mut report) {
+        let started = read_report(&mut report);
+        // The process holds the terminal now (or never will): the terminal hangs up when it
+        // exits.
+        drop(tty_slave);
+        match started {
             Report::Exec => Ok(proc.pid as u32),
             other => Err(other.into_error("starting the container process")),
         }
