@@ -256,8 +256,10 @@ async fn copy_stdin(path: PathBuf, target: StdinTarget, mut close: oneshot::Rece
     let mut closing = false;
     loop {
         let n = if closing {
-            // Only what is already in the FIFO still goes in.
-            fifo.try_read(&mut buf).unwrap_or(0)
+            // Only what is already in the FIFO still goes in. A plain non-blocking read: the
+            // reactor may not have seen the FIFO become readable yet, and `try_read` would then
+            // report nothing without asking the kernel.
+            read_now(&fifo, &mut buf)
         } else {
             tokio::select! {
                 r = fifo.read(&mut buf) => r.unwrap_or_else(|e| {
@@ -281,6 +283,19 @@ async fn copy_stdin(path: PathBuf, target: StdinTarget, mut close: oneshot::Rece
         }
     }
     target.close().await;
+}
+
+/// Reads what the FIFO holds right now (0 when it is empty or at its end).
+fn read_now(fifo: &pipe::Receiver, buf: &mut [u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    loop {
+        match nix::unistd::read(fifo.as_raw_fd(), buf) {
+            Ok(n) => return n,
+            Err(nix::Error::EINTR) => continue,
+            // EAGAIN: empty (the receiver's descriptor is non-blocking).
+            Err(_) => return 0,
+        }
+    }
 }
 
 /// Opens a stdin FIFO for reading. The open waits (in a blocking thread) until containerd
@@ -362,6 +377,135 @@ mod tests {
         io.close().await;
         assert_eq!(out_reader.await.unwrap(), b"hello world\n");
         assert_eq!(err_reader.await.unwrap(), b"oops\n");
+    }
+
+    use coffer_agent::protocol::{
+        decode, encode, frame_len, GuestFrame, Outcome, Request, RequestFrame, Response,
+    };
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixStream;
+
+    /// The guest's side of the agent channel: answers every request with ok and passes each
+    /// stdin request on (the agent itself runs only in a VM; the VM tests drive it).
+    fn guest(mut s: UnixStream) -> mpsc::UnboundedReceiver<Request> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let mut prefix = [0u8; 4];
+                if s.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; frame_len(prefix).unwrap()];
+                s.read_exact(&mut body).await.unwrap();
+                let frame: RequestFrame = decode(&body).unwrap();
+                let answer = GuestFrame::Response {
+                    id: frame.id,
+                    outcome: Outcome::Ok(Response::Ok),
+                };
+                s.write_all(&encode(&answer).unwrap()).await.unwrap();
+                let _ = tx.send(frame.request);
+            }
+        });
+        rx
+    }
+
+    fn stdin_setup(dir: &Path) -> (PathBuf, StdinTarget, mpsc::UnboundedReceiver<Request>) {
+        let fifo = dir.join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (host, guest_end) = UnixStream::pair().unwrap();
+        let target = StdinTarget {
+            agent: Arc::new(AgentClient::from_stream(host)),
+            id: "c1".into(),
+            exec_id: Some("e1".into()),
+        };
+        (fifo, target, guest(guest_end))
+    }
+
+    fn write_req(data: &[u8]) -> Request {
+        Request::WriteStdin {
+            id: "c1".into(),
+            exec_id: Some("e1".into()),
+            data: data.to_vec(),
+        }
+    }
+
+    fn close_req() -> Request {
+        Request::CloseStdin {
+            id: "c1".into(),
+            exec_id: Some("e1".into()),
+        }
+    }
+
+    /// Collects the stdin bytes the guest got until the close.
+    async fn received(requests: &mut mpsc::UnboundedReceiver<Request>) -> Vec<u8> {
+        let mut data = Vec::new();
+        loop {
+            match requests.recv().await.unwrap() {
+                Request::WriteStdin { data: d, .. } => data.extend_from_slice(&d),
+                r => {
+                    assert_eq!(r, close_req());
+                    return data;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stdin_reaches_the_guest_in_order_then_closes_at_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fifo, target, mut requests) = stdin_setup(dir.path());
+        let mut io = ProcessIo::default();
+        io.start_stdin(fifo.to_str().unwrap(), target).unwrap();
+        // containerd's side: 100 KiB (several chunks), then close.
+        let payload: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .unwrap()
+                .write_all(&payload)
+                .unwrap();
+        });
+        assert_eq!(received(&mut requests).await, expected);
+        writer.await.unwrap();
+        io.close().await;
+    }
+
+    #[tokio::test]
+    async fn close_io_sends_what_is_in_the_fifo_then_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fifo, target, mut requests) = stdin_setup(dir.path());
+        let mut io = ProcessIo::default();
+        io.start_stdin(fifo.to_str().unwrap(), target).unwrap();
+        let p = fifo.clone();
+        let mut w = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new().write(true).open(&p).unwrap()
+        })
+        .await
+        .unwrap();
+        use std::io::Write;
+        w.write_all(b"first\n").unwrap();
+        assert_eq!(requests.recv().await.unwrap(), write_req(b"first\n"));
+        // The writer stays open, as containerd's does until the client detaches.
+        w.write_all(b"kept\n").unwrap();
+        io.close_stdin();
+        assert_eq!(received(&mut requests).await, b"kept\n");
+        drop(w);
+        io.close().await;
+    }
+
+    #[tokio::test]
+    async fn stdin_closed_before_anything_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fifo, target, mut requests) = stdin_setup(dir.path());
+        let mut io = ProcessIo::default();
+        // CloseIO before start: the copier closes at once, without waiting for a writer.
+        io.close_stdin();
+        io.start_stdin(fifo.to_str().unwrap(), target).unwrap();
+        assert_eq!(requests.recv().await.unwrap(), close_req());
+        io.close().await;
     }
 
     #[tokio::test]
