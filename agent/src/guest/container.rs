@@ -1527,12 +1527,8 @@ mod tests {
         let agent = AgentIo::terminal(pty.master, true).unwrap();
         let io = ChildIo::terminal(slave).unwrap();
         let p = Process {
-            // `tty` fails unless stdin is a terminal; the `-t 0` test checks the same for sh.
-            args: vec![
-                "sh".into(),
-                "-c".into(),
-                "[ -t 0 ] && ps -o tty= -p $$ >/dev/null 2>&1; tty; read x; echo got $x".into(),
-            ],
+            // `tty` prints the terminal on stdin, or fails with "not a tty".
+            args: vec!["sh".into(), "-c".into(), "tty; read x; echo got $x".into()],
             env: vec!["PATH=/usr/bin:/bin".into()],
             ..Default::default()
         };
@@ -1554,6 +1550,21 @@ mod tests {
             read_report(&mut File::from(report_r)),
             Report::Exec
         ));
+        // Its own session, with the pty as controlling terminal (`/proc/PID/stat`: state,
+        // ppid, pgrp, session, tty_nr after the command name).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[3], pid.to_string(), "session: {stat}");
+        let slave = std::fs::metadata(format!("/dev/pts/{index}")).unwrap();
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&slave);
+        let (major, minor) = (u64::from(libc::major(rdev)), u64::from(libc::minor(rdev)));
+        let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        assert_eq!(fields[4], tty_nr.to_string(), "tty_nr: {stat}");
         agent.stdin.as_ref().unwrap().write_all(b"typed\n").unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
