@@ -344,6 +344,8 @@ impl Inner {
         }
         let agent = sandbox.agent.clone();
         let share_dir = sandbox.share_dir.clone();
+        // Checked now: stdin is only opened once the process runs, too late to refuse it.
+        crate::io::stdio_path(&req.stdin)?;
         let io = ProcessIo::open(&req.stdout, &req.stderr)?;
         let rootfs = Rootfs::mount(&req.rootfs, bundle, &share_dir, &req.id).await?;
         let create = CreateContainer {
@@ -417,7 +419,11 @@ impl Inner {
                     exec_id: (!exec).then(|| req.exec_id.clone()),
                 };
                 if let Some(io) = process.io.as_mut() {
-                    io.start_stdin(&process.stdin, target)?;
+                    // The path was checked at create or exec, and the process runs now: a
+                    // failure here leaves it reading nothing rather than failing its start.
+                    if let Err(e) = io.start_stdin(&process.stdin, target) {
+                        tracing::warn!(container = %req.id, exec = %req.exec_id, error = %e, "stdin not forwarded");
+                    }
                 }
                 pid
             }
@@ -482,6 +488,7 @@ impl Inner {
         );
         process.terminal = guest.terminal;
         process.guest = Some(guest);
+        crate::io::stdio_path(&req.stdin)?;
         process.io = Some(ProcessIo::open(&req.stdout, &req.stderr)?);
         container.execs.insert(req.exec_id.clone(), process);
         drop(pod);
