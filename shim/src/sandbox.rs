@@ -338,6 +338,11 @@ pub fn check_hello(
                 .unwrap_or_else(|| "no Init-Data".into()),
         });
     }
+    // A policy the guest cannot load would refuse every container: refuse the pod now, with
+    // the reason, instead of at its first container.
+    if let Some(refusal) = report.policy.refusal() {
+        return Err(Error::GuestRefused(refusal));
+    }
     Ok(())
 }
 
@@ -582,6 +587,18 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "the Init-Data could not be verified: no disk with serial initdata"
+        );
+        let broken_policy = InitDataReport {
+            policy: coffer_agent::protocol::PolicyStatus::Invalid {
+                reason: "policy.rego:3:1: expecting expression".into(),
+            },
+            ..report(Some("aa"), ok)
+        };
+        assert_eq!(
+            check_hello(Some("aa".into()), &broken_policy)
+                .unwrap_err()
+                .to_string(),
+            "the agent policy (policy.rego in the Init-Data) does not load: policy.rego:3:1: expecting expression"
         );
     }
 
