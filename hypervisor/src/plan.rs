@@ -184,7 +184,8 @@ impl fmt::Display for LaunchPlan {
     }
 }
 
-fn shell_quote(word: &str) -> String {
+/// Quotes a word for a POSIX shell when it needs it, so a printed command line can be pasted.
+pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .bytes()

@@ -75,22 +75,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "launch:      {}",
         std::iter::once(state.launch.program.to_string_lossy().into_owned())
             .chain(state.launch.args.iter().cloned())
-            .map(|a| shell_quote(&a))
+            .map(|a| coffer_hypervisor::plan::shell_quote(&a))
             .collect::<Vec<_>>()
             .join(" ")
     );
     Ok(())
-}
-
-/// Quotes an argument for a shell when it needs it, so the printed line can be pasted.
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=./,:@+%".contains(&b));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
