@@ -142,6 +142,19 @@ impl Fixture {
     }
 }
 
+/// Waits for a process (`exec_id` "": the container's own) and returns its exit status.
+async fn exit_status(service: &Service, id: &str, exec_id: &str) -> u32 {
+    service
+        .wait_task(WaitRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("wait for {id} {exec_id}: {e}"))
+        .exit_status
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(')')
@@ -492,14 +505,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         })
         .await
         .unwrap_or_else(|e| panic!("container start: {e}"));
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 3);
+    assert_eq!(exit_status(&service, "c1", "").await, 3);
     assert_eq!(
         std::fs::read_to_string(out.join("c1.out")).unwrap(),
         "hello from the guest\n"
@@ -561,15 +567,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         })
         .await
         .unwrap_or_else(|e| panic!("exec start: {e}"));
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c2".into(),
-            exec_id: "e1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 7);
+    assert_eq!(exit_status(&service, "c2", "e1").await, 7);
     assert_eq!(
         std::fs::read_to_string(out.join("e1.out")).unwrap(),
         "exec-out\n"
@@ -593,15 +591,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
     )
     .await;
     typed.await.unwrap().unwrap();
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c2".into(),
-            exec_id: "e2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 0);
+    assert_eq!(exit_status(&service, "c2", "e2").await, 0);
     assert_eq!(
         std::fs::read_to_string(out.join("e2.out")).unwrap(),
         "got line one\nline two\n"
@@ -640,15 +630,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         .await
         .unwrap_or_else(|e| panic!("resize: {e}"));
     feed_fifo(&tty_fifo, b"typed\n").await.unwrap().unwrap();
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c2".into(),
-            exec_id: "e3".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 0);
+    assert_eq!(exit_status(&service, "c2", "e3").await, 0);
     assert_eq!(
         std::fs::read_to_string(out.join("e3.out")).unwrap(),
         "typed\r\n30 100\r\n/dev/pts/0\r\ngot typed\r\n"
@@ -675,14 +657,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         })
         .await
         .unwrap();
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 137);
+    assert_eq!(exit_status(&service, "c2", "").await, 137);
     service
         .delete_task(DeleteRequest {
             id: "c2".into(),
@@ -726,14 +701,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         .await
         .unwrap_or_else(|e| panic!("resize: {e}"));
     feed_fifo(&c3_fifo, b"hi\n").await.unwrap().unwrap();
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "c3".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 4);
+    assert_eq!(exit_status(&service, "c3", "").await, 4);
     assert_eq!(
         std::fs::read_to_string(out.join("c3.out")).unwrap(),
         "hi\r\n/dev/pts/0\r\ngot hi\r\n"
@@ -755,14 +723,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         })
         .await
         .unwrap();
-    let waited = service
-        .wait_task(WaitRequest {
-            id: "pod".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(waited.exit_status, 137);
+    assert_eq!(exit_status(&service, "pod", "").await, 137);
     assert!(!alive(vm_pid), "QEMU outlived the sandbox kill");
     service
         .delete_task(DeleteRequest {
@@ -882,14 +843,7 @@ async fn a_vm_that_dies_ends_every_task_of_the_pod() {
     )
     .unwrap();
     for id in ["c1", "pod"] {
-        let waited = service
-            .wait_task(WaitRequest {
-                id: id.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(waited.exit_status, 255, "{id}");
+        assert_eq!(exit_status(&service, id, "").await, 255, "{id}");
         let state = service
             .task_state(StateRequest {
                 id: id.into(),
