@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coffer_hypervisor::{
     Accel, HostCapabilities, LaunchPlan, StopStep, Tee, Vm, VmConfig, VmResources,
@@ -140,18 +140,25 @@ fn guest(extra_params: &str) -> Result<Guest, String> {
     })
 }
 
-/// Waits for `needle` in the console log; bounded so a broken guest fails instead of hanging.
-async fn console_shows(log: &Path, needle: &str, vm: &mut Vm) -> String {
-    for _ in 0..1200 {
+/// Waits until the console log holds a whole line (newline included) that starts with `prefix`,
+/// and returns that line: the guest prints line by line, so a line without its newline may still
+/// be growing. Bounded so a broken guest fails instead of hanging.
+async fn console_line(log: &Path, prefix: &str, vm: &mut Vm) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
         let text = fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
+        let whole = text
+            .split_inclusive('\n')
+            .find(|l| l.starts_with(prefix) && l.ends_with('\n'));
+        if let Some(line) = whole {
+            return line.trim_end().to_owned();
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() > deadline {
+            let _ = vm.stop(Duration::from_secs(1)).await;
+            panic!("the guest never printed a line starting with {prefix:?}; console:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let _ = vm.stop(Duration::from_secs(1)).await;
-    panic!("the guest never printed {needle:?}; console:\n{text}");
 }
 
 #[tokio::test]
@@ -165,13 +172,14 @@ async fn boots_under_tcg_runs_and_stops_cleanly() {
     };
     let mut vm = Vm::spawn(&g.plan, &g.resources).await.unwrap();
     let pid = vm.pid();
-    let console = console_shows(&g.resources.console_log, MARKER, &mut vm).await;
+    // The marker comes first, the command line after it: wait for the line asserted on.
+    let cmdline = console_line(&g.resources.console_log, "cmdline: ", &mut vm).await;
     assert!(
-        console.contains(&format!(
-            "coffer.tee=none coffer.initdata_digest={}",
+        cmdline.contains(&format!(
+            " coffer.tee=none coffer.initdata_digest={}",
             common::DIGEST_HEX
         )),
-        "{console}"
+        "{cmdline}"
     );
 
     let status = vm.status().await.unwrap();

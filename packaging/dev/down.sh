@@ -90,7 +90,7 @@ for sig in TERM KILL; do
   [ -z "$pids" ] && break
   # shellcheck disable=SC2086
   kill -"$sig" $pids 2>/dev/null
-  for _ in $(seq 1 50); do [ -z "$(leftovers)" ] && break; sleep 0.1; done
+  for _ in $(seq 1 300); do [ -z "$(leftovers)" ] && break; sleep 0.1; done
 done
 
 # 4. runc's records of DIR's containers, and their cgroups: left behind when containerd and the
