@@ -32,9 +32,8 @@ fn workspace() -> PathBuf {
 }
 
 fn seed_initdata() -> Vec<u8> {
-    std::fs::read(workspace().join("../shared/testdata/seed-initdata.toml"))
-        .or_else(|_| std::fs::read("/work/shared/testdata/seed-initdata.toml"))
-        .expect("the seed Init-Data example")
+    std::fs::read(workspace().join("initdata/tests/data/seed-initdata.toml"))
+        .expect("the Init-Data example in initdata/tests/data")
 }
 
 /// The guest image, or why the VM tests cannot run.

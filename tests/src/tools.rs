@@ -65,14 +65,14 @@ pub fn bin_dir() -> Result<PathBuf, String> {
         })
 }
 
-/// The guest image directory (vmlinuz, initrd.img): env `COFFER_GUEST_DIR`, else
+/// The guest image directory (vmlinuz, vmlinux, initrd.img): env `COFFER_GUEST_DIR`, else
 /// `<workspace>/target/guest`. Err says what is missing and how to build it.
 pub fn guest_dir() -> Result<PathBuf, String> {
     let dir = std::env::var_os("COFFER_GUEST_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/guest"));
-    for file in ["vmlinuz", "initrd.img"] {
+    for file in ["vmlinuz", "vmlinux", "initrd.img"] {
         if !dir.join(file).is_file() {
             return Err(format!(
                 "no guest image in {} (missing {file}; packaging/guest/build.sh {} builds it, \
@@ -193,14 +193,9 @@ pub fn processes(program: &str, needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The Init-Data example every scenario uses (a copy of the shared example lives in the repo).
+/// The Init-Data example every scenario uses, from the repository's own test data.
 pub fn seed_initdata() -> PathBuf {
-    let shared = workspace().join("../shared/testdata/seed-initdata.toml");
-    if shared.is_file() {
-        shared
-    } else {
-        workspace().join("initdata/tests/data/seed-initdata.toml")
-    }
+    workspace().join("initdata/tests/data/seed-initdata.toml")
 }
 
 /// The pids of processes that belong to `dir`: their command line mentions it or their root

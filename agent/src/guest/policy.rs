@@ -269,7 +269,7 @@ mod tests {
     use super::*;
     use crate::protocol::{CreateContainer, Process};
 
-    /// The policy of the Init-Data example (`shared/testdata/seed-initdata.toml`).
+    /// The policy of the Init-Data example (`initdata/tests/data/seed-initdata.toml`).
     const SEED: &str = include_str!("../../../initdata/tests/data/seed-initdata.toml");
 
     fn seed_policy() -> String {
