@@ -8,7 +8,7 @@
 #
 #   --prefix DIR              where the shim, the CLI and the guest image go (default /usr/local):
 #                               DIR/bin/containerd-shim-coffer-v2, DIR/bin/coffer,
-#                               DIR/share/coffer/guest/{vmlinuz,initrd.img,manifest.json}
+#                               DIR/share/coffer/guest/{vmlinuz,vmlinux,initrd.img,manifest.json}
 #   --sysconfdir DIR          where coffer/<handler>.toml go (default /etc for the prefixes
 #                               /usr/local and /usr, else PREFIX/etc)
 #   --state-dir DIR           the shim's per-sandbox state root written into those configs
@@ -153,7 +153,7 @@ for b in containerd-shim-coffer-v2 coffer; do
 done
 guest_dir=${guest_dir:-$repo/target/guest}
 have_guest=1
-for f in vmlinuz initrd.img; do [ -f "$guest_dir/$f" ] || have_guest=0; done
+for f in vmlinuz vmlinux initrd.img; do [ -f "$guest_dir/$f" ] || have_guest=0; done
 [ "$have_guest" -eq 1 ] || echo "install.sh: warning: no guest image in $guest_dir" \
   "(packaging/guest/build.sh $guest_dir builds it); pods cannot start until" \
   "$prefix/share/coffer/guest holds one" >&2
@@ -227,7 +227,7 @@ trap 'rm -rf "$work"' EXIT
 install_file "$bin_dir/containerd-shim-coffer-v2" "$prefix/bin/containerd-shim-coffer-v2" 0755
 install_file "$bin_dir/coffer" "$prefix/bin/coffer" 0755
 if [ "$have_guest" -eq 1 ]; then
-  for f in vmlinuz initrd.img manifest.json; do
+  for f in vmlinuz vmlinux initrd.img manifest.json; do
     if [ -f "$guest_dir/$f" ]; then install_file "$guest_dir/$f" "$prefix/share/coffer/guest/$f" 0644; fi
   done
 fi

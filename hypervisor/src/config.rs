@@ -19,6 +19,11 @@ pub const DEFAULT_TDX_FIRMWARE: &str = "/usr/share/ovmf/OVMF.fd";
 /// OVMF's AmdSev build (measured direct boot, `kernel-hashes=on`), as Debian and Ubuntu ship it.
 pub const DEFAULT_SNP_FIRMWARE: &str = "/usr/share/ovmf/OVMF.amdsev.fd";
 
+/// qboot, QEMU's minimal firmware (Debian's qemu-system-data): with an uncompressed kernel ELF
+/// it jumps straight to the kernel's PVH entry point, skipping SeaBIOS, the real-mode setup and
+/// the decompressor. The `coffer-qemu` handler boots this way.
+pub const QBOOT_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
+
 /// Which VMM runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -50,12 +55,14 @@ pub struct VmConfig {
     pub path: Option<PathBuf>,
     /// `auto` (default), `kvm` or `tcg`. Used for TEE `none`; TDX and SNP always need KVM.
     pub accel: Accel,
-    /// The guest kernel.
+    /// The guest kernel: a bzImage (`vmlinuz`), which every firmware boots, or for TEE `none`
+    /// the uncompressed ELF (`vmlinux`), which QEMU starts through its PVH entry point.
     pub kernel: PathBuf,
     /// The guest initramfs (its `/init` is the agent).
     pub initrd: PathBuf,
     /// Firmware: TDVF for TDX, OVMF's AmdSev build for SNP (`-bios`), the IGVM file for Cloud
-    /// Hypervisor. Unused by `none`. Default: [`DEFAULT_TDX_FIRMWARE`] / [`DEFAULT_SNP_FIRMWARE`].
+    /// Hypervisor. Default: [`DEFAULT_TDX_FIRMWARE`] / [`DEFAULT_SNP_FIRMWARE`]. Optional for
+    /// `none` (QEMU's SeaBIOS by default; [`QBOOT_FIRMWARE`] for the fast PVH boot).
     pub firmware: Option<PathBuf>,
     /// Extra kernel parameters appended to Coffer's own.
     pub kernel_params: String,
@@ -98,10 +105,11 @@ impl VmConfig {
 }
 
 impl VmConfig {
-    /// The QEMU firmware for `tee`: the configured one, else the distribution's default.
+    /// The QEMU firmware for `tee`: the configured one, else the distribution's default (none
+    /// for TEE `none`: QEMU's own).
     pub fn qemu_firmware(&self, tee: crate::Tee) -> Option<PathBuf> {
         let default = match tee {
-            crate::Tee::None => return None,
+            crate::Tee::None => return self.firmware.clone(),
             crate::Tee::Tdx => DEFAULT_TDX_FIRMWARE,
             crate::Tee::Snp => DEFAULT_SNP_FIRMWARE,
         };

@@ -7,8 +7,8 @@
 //! - the agent channel: virtio-serial port `coffer.agent` on a unix socket;
 //! - the container root filesystems: 9p share with mount tag `coffer`;
 //! - the Init-Data disk: raw, read-only, virtio-blk with `serial=initdata`;
-//! - the kernel command line: `console=ttyS0 panic=-1 quiet coffer.tee=<tee>` and, with Init-Data,
-//!   `coffer.initdata_digest=<hex>`.
+//! - the kernel command line: `console=ttyS0 panic=-1 quiet coffer.tee=<tee>`, with Init-Data
+//!   `coffer.initdata_digest=<hex>`, and for TEE `none` the [`FAST_BOOT_PARAMS`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -213,10 +213,24 @@ fn check_config(config: &VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// Kernel parameters that cut a plain guest's boot time, most of them Kata's own defaults: trust
+/// the TSC (no calibration, no watchdog), no timer and APIC-timer checks, no self-tests of the
+/// crypto API, one UART, no PS/2 probing beyond the keyboard, expedited RCU, PCI bus 0 only.
+/// Under TCG they take about 0.8 s off the boot. Only TEE `none` uses them: each one's effect on
+/// a TEE guest's trust (a TSC, an entropy source taken on faith) is for the TEE handlers to
+/// decide.
+pub const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check noapictimer \
+    rcupdate.rcu_expedited=1 cryptomgr.notests random.trust_cpu=on 8250.nr_uarts=1 \
+    i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 pci=lastbus=0";
+
 fn kernel_cmdline(config: &VmConfig, tee: Tee, digest: Option<&Digest>) -> String {
     let mut cmdline = format!("console=ttyS0 panic=-1 quiet {TEE_PARAM}={tee}");
     if let Some(d) = digest {
         cmdline.push_str(&format!(" {DIGEST_PARAM}={}", d.to_hex()));
+    }
+    if tee == Tee::None {
+        cmdline.push(' ');
+        cmdline.push_str(FAST_BOOT_PARAMS);
     }
     let extra = config.kernel_params.trim();
     if !extra.is_empty() {

@@ -54,6 +54,13 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
     if with_initdata {
         cmdline.push_str(&format!(" coffer.initdata_digest={DIGEST_HEX}"));
     }
+    if tee == "none" {
+        cmdline.push_str(
+            " tsc=reliable no_timer_check noapictimer rcupdate.rcu_expedited=1 cryptomgr.notests \
+             random.trust_cpu=on 8250.nr_uarts=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 \
+             i8042.noaux=1 pci=lastbus=0",
+        );
+    }
     let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
     v.push(cmdline);
     v.extend(words(
@@ -159,6 +166,26 @@ fn none_golden_argv_with_and_without_initdata() {
     );
     expected.extend(common_tail("none", false));
     assert_eq!(plan.args, expected);
+}
+
+/// The `coffer-qemu` handler's fast boot: an uncompressed kernel started by qboot through the
+/// PVH entry point. The firmware is the configured one; without one QEMU uses its own.
+#[test]
+fn none_boots_through_the_configured_firmware() {
+    let mut c = config();
+    c.kernel = "/g/vmlinux".into();
+    c.firmware = Some(coffer_hypervisor::config::QBOOT_FIRMWARE.into());
+    let plan = LaunchPlan::build(&c, Tee::None, &capable_host(false), None, &resources()).unwrap();
+    let line = plan.to_string();
+    assert!(
+        line.contains(
+            " -cpu max -bios /usr/share/qemu/qboot.rom -smp 1 -m 512M -kernel /g/vmlinux "
+        ),
+        "{line}"
+    );
+    c.firmware = None;
+    let plan = LaunchPlan::build(&c, Tee::None, &capable_host(false), None, &resources()).unwrap();
+    assert!(!plan.args.iter().any(|a| a == "-bios"), "{plan}");
 }
 
 #[test]
@@ -359,7 +386,10 @@ fn prints_as_json_and_as_a_shell_line() {
     let line = plan.to_string();
     assert!(line.starts_with("qemu-system-x86_64 -nodefaults -no-user-config -display none"));
     assert!(
-        line.contains(" -append 'console=ttyS0 panic=-1 quiet coffer.tee=none' "),
+        line.contains(&format!(
+            " -append 'console=ttyS0 panic=-1 quiet coffer.tee=none {}' ",
+            coffer_hypervisor::plan::FAST_BOOT_PARAMS
+        )),
         "{line}"
     );
 }

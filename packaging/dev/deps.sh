@@ -18,7 +18,7 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 want=(containerd runc containernetworking-plugins protobuf-compiler busybox-static
-      gcc libc6-dev cpio kmod iproute2 hyperfine ca-certificates)
+      gcc libc6-dev cpio kmod iproute2 hyperfine ca-certificates xz-utils zstd)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Builds the Coffer guest image from Debian packages: OUTDIR/{vmlinuz,initrd.img,manifest.json}.
+# Builds the Coffer guest image from Debian packages:
+# OUTDIR/{vmlinuz,vmlinux,initrd.img,manifest.json}.
 #
 #   packaging/guest/build.sh OUTDIR
 #
-# - vmlinuz: Debian's kernel, extracted from its .deb (never installed on the build host).
+# - vmlinuz: Debian's kernel, extracted from its .deb (never installed on the build host). The
+#   TEE handlers boot it through their firmware (TDVF, OVMF's AmdSev build).
+# - vmlinux: the same kernel uncompressed, taken out of vmlinuz; the plain `coffer-qemu` handler
+#   boots it through the PVH entry point with qboot, which skips the BIOS, the real-mode setup and
+#   the decompression (seconds under TCG).
 # - initrd.img: /init = the static coffer-agent, /bin/busybox from busybox-static, the kernel
 #   modules the guest needs (with their dependencies, from modules.dep), /dev/console.
 # - manifest.json: sha256 and size of both files, the kernel version and the packages used.
@@ -132,6 +137,32 @@ if ! file_type=$(od -An -c -N4 "$agent" 2>/dev/null) || [ "$(echo $file_type)" !
     exit 1
 fi
 
+# bzImage -> the uncompressed kernel ELF inside it, which QEMU boots through the PVH entry point
+# with no decompressor and no real-mode setup. The payload's place is in the boot protocol's
+# setup header (setup_sects at 0x1f1, payload_offset/payload_length at 0x248/0x24c); the
+# compressor's last 4 bytes are the uncompressed size, not part of the stream.
+le32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+payload() { dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none; }
+extract_vmlinux() {
+    local bz=$1 elf=$2 sects offset length start
+    sects=$(od -An -tu1 -j $((0x1f1)) -N1 "$bz" | tr -d ' ')
+    [ "$sects" -eq 0 ] && sects=4
+    offset=$(le32 "$bz" $((0x248)))
+    length=$(le32 "$bz" $((0x24c)))
+    start=$(( (sects + 1) * 512 + offset ))
+    local magic
+    magic=$(od -An -tx1 -j "$start" -N4 "$bz" | tr -d ' ')
+    case $magic in
+        fd377a58) payload "$bz" "$start" $((length - 4)) | xz -dc > "$elf" ;;
+        28b52ffd) payload "$bz" "$start" $((length - 4)) | zstd -qdc > "$elf" ;;
+        *) echo "error: $bz: kernel payload is neither XZ nor ZSTD (magic $magic)" >&2; exit 1 ;;
+    esac
+    if [ "$(od -An -c -N4 "$elf" | tr -d ' ')" != "177ELF" ]; then
+        echo "error: the payload of $bz is not an ELF kernel" >&2
+        exit 1
+    fi
+}
+
 # module name -> path relative to the module tree, from modules.dep ('-' and '_' are equivalent).
 module_path() {
     local want=${1//-/_}
@@ -198,9 +229,10 @@ find "$stage" -exec touch -h -d "@$epoch" {} +
 (cd "$stage" && find . -mindepth 1 | sed 's|^\./||' | sort |
     cpio --quiet -o -H newc --reproducible -R 0:0) | gzip -n -9 > "$work/initrd.img"
 cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
-touch -d "@$epoch" "$work/vmlinuz" "$work/initrd.img"
-chmod 0644 "$work/vmlinuz" "$work/initrd.img"
-mv -f "$work/vmlinuz" "$work/initrd.img" "$out/"
+extract_vmlinux "$work/vmlinuz" "$work/vmlinux"
+touch -d "@$epoch" "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img"
+chmod 0644 "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img"
+mv -f "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img" "$out/"
 
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
@@ -215,6 +247,7 @@ cat > "$out/manifest.json.tmp" <<JSON
   "source_date_epoch": $epoch,
   "files": {
     "vmlinuz": { "sha256": "$(sum "$out/vmlinuz")", "size": $(size "$out/vmlinuz") },
+    "vmlinux": { "sha256": "$(sum "$out/vmlinux")", "size": $(size "$out/vmlinux") },
     "initrd.img": { "sha256": "$(sum "$out/initrd.img")", "size": $(size "$out/initrd.img") }
   },
   "initrd": {

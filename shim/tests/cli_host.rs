@@ -225,7 +225,10 @@ fn none_plan_from_a_file_uses_tcg_and_attaches_the_disk() {
     assert_eq!(at("-accel"), "tcg");
     assert_eq!(
         at("-append"),
-        format!("console=ttyS0 panic=-1 quiet coffer.tee=none coffer.initdata_digest={DIGEST_HEX}")
+        format!(
+            "console=ttyS0 panic=-1 quiet coffer.tee=none coffer.initdata_digest={DIGEST_HEX} {}",
+            coffer_hypervisor::plan::FAST_BOOT_PARAMS
+        )
     );
     assert!(args.contains(&"virtio-blk-pci,drive=initdata,serial=initdata".to_string()));
     assert!(args

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use coffer_hypervisor::config::QBOOT_FIRMWARE;
 use coffer_initdata::annotation::{self, ANNOTATION};
 use coffer_initdata::InitData;
 use coffer_shim::options::encode_config_path;
@@ -53,7 +54,7 @@ fn vm_prerequisites() -> Result<PathBuf, String> {
     let dir = std::env::var_os("COFFER_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/guest"));
-    for f in ["vmlinuz", "initrd.img"] {
+    for f in ["vmlinux", "initrd.img"] {
         if !dir.join(f).is_file() {
             return Err(format!(
                 "no guest image in {} (packaging/guest/build.sh builds it, or set COFFER_GUEST_DIR)",
@@ -90,9 +91,9 @@ impl Fixture {
         std::fs::write(
             &config,
             format!(
-                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\ninitrd = \"{}\"\n{extra}",
+                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\nfirmware = \"{QBOOT_FIRMWARE}\"\ninitrd = \"{}\"\n{extra}",
                 state_root.display(),
-                guest.join("vmlinuz").display(),
+                guest.join("vmlinux").display(),
                 guest.join("initrd.img").display()
             ),
         )

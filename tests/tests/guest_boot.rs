@@ -59,7 +59,7 @@ fn guest_dir() -> Option<PathBuf> {
         Some(d) => PathBuf::from(d),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest"),
     };
-    if dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file() {
+    if dir.join("vmlinux").is_file() && dir.join("initrd.img").is_file() {
         Some(dir)
     } else {
         eprintln!(
@@ -113,8 +113,10 @@ async fn boot(guest: &Path, disk: Disk, digest: &Digest) -> Guest {
     }
     let config = VmConfig {
         accel: Accel::Tcg,
-        kernel: guest.join("vmlinuz"),
+        // The coffer-qemu handler's boot path: qboot and the kernel's PVH entry point.
+        kernel: guest.join("vmlinux"),
         initrd: guest.join("initrd.img"),
+        firmware: Some(coffer_hypervisor::config::QBOOT_FIRMWARE.into()),
         ..VmConfig::default()
     };
     let host = HostCapabilities::for_dry_run(Accel::Tcg);

@@ -125,10 +125,15 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
             text.contains(&format!("state_dir = \"{}\"", state_dir.display())),
             "{h}.toml: {text}"
         );
+        let kernel = if h == "coffer-qemu" {
+            "vmlinux"
+        } else {
+            "vmlinuz"
+        };
         assert!(
             text.contains(&format!(
                 "kernel = \"{}\"",
-                prefix.join("share/coffer/guest/vmlinuz").display()
+                prefix.join("share/coffer/guest").join(kernel).display()
             )),
             "{h}.toml: {text}"
         );
@@ -351,9 +356,21 @@ fn packaged_handler_configs_match_their_handlers() {
             .expect("packaged config is TOML");
         assert_eq!(c["tee"].as_str(), Some(tee), "{}", path.display());
         assert_eq!(c["state_dir"].as_str(), Some("/run/coffer"));
+        // The plain handler boots the uncompressed kernel through qboot (PVH); a TEE's firmware
+        // boots the bzImage.
+        let (kernel, firmware) = match tee {
+            "none" => ("vmlinux", Some("/usr/share/qemu/qboot.rom")),
+            _ => ("vmlinuz", None),
+        };
         assert_eq!(
             c["vm"]["kernel"].as_str(),
-            Some("/usr/local/share/coffer/guest/vmlinuz")
+            Some(format!("/usr/local/share/coffer/guest/{kernel}").as_str()),
+            "{h}"
+        );
+        assert_eq!(
+            c["vm"].get("firmware").and_then(|f| f.as_str()),
+            firmware,
+            "{h}"
         );
         assert_eq!(
             c["vm"]["initrd"].as_str(),
