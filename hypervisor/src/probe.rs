@@ -10,7 +10,7 @@ use std::io;
 use std::path::Path;
 
 use kvm_ioctls::Kvm;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{speed, Accel, Tee};
 
@@ -24,8 +24,13 @@ pub const KVM_X86_TDX_VM: u32 = kvm_bindings::KVM_X86_TDX_VM;
 const TDX_PARAM: &str = "/sys/module/kvm_intel/parameters/tdx";
 const SNP_PARAM: &str = "/sys/module/kvm_amd/parameters/sev_snp";
 
+/// Where the kernel names this boot: a new value after every reboot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// A speed verdict file larger than this is not one the probe wrote.
+const MAX_SPEED_RECORD: u64 = 16 * 1024;
+
 /// Whether something is available, and why not when it is not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Support {
     /// Available?
     pub available: bool,
@@ -68,6 +73,30 @@ pub struct HostCapabilities {
 impl HostCapabilities {
     /// Probes this host. Takes about [`speed::USABLE_LIMIT`] at most when KVM is slow.
     pub fn probe() -> Self {
+        Self::probe_with(measure_speed)
+    }
+
+    /// Probes this host, timing KVM only once per host boot: the verdict is kept in `record`
+    /// with the kernel's boot id and reused while the boot id is the same. A record that is
+    /// missing, unreadable, foreign or from another boot is replaced. The TEE facts are read
+    /// every time; they are cheap and change with a module reload.
+    pub fn probe_cached(record: &Path) -> Self {
+        Self::probe_with(|kvm| {
+            let Some(boot_id) = boot_id() else {
+                return measure_speed(kvm);
+            };
+            if let Some(kept) = read_speed_record(record, &boot_id) {
+                return kept;
+            }
+            let speed = measure_speed(kvm);
+            if let Err(e) = write_speed_record(record, &boot_id, &speed) {
+                tracing::debug!(record = %record.display(), error = %e, "cannot keep the KVM speed verdict");
+            }
+            speed
+        })
+    }
+
+    fn probe_with(speed: impl FnOnce(&Kvm) -> Support) -> Self {
         let snp_cbitpos = host_cbitpos();
         let kvm = match Kvm::new() {
             Ok(kvm) => kvm,
@@ -82,17 +111,8 @@ impl HostCapabilities {
             }
         };
         let vm_types = kvm.check_extension_raw(libc::c_ulong::from(KVM_CAP_VM_TYPES));
-        let speed = match speed::measure(&kvm) {
-            Ok(timing) => match timing.unusable_reason() {
-                None => Support::yes(),
-                Some(reason) => Support::no(reason),
-            },
-            Err(e) => Support::no(format!(
-                "KVM is unusable for guests here: the test guest could not run: {e}"
-            )),
-        };
         HostCapabilities {
-            kvm: speed,
+            kvm: speed(&kvm),
             tdx: tee_support(Tee::Tdx, vm_types, &read_param(TDX_PARAM)),
             snp: tee_support(Tee::Snp, vm_types, &read_param(SNP_PARAM)),
             snp_cbitpos,
@@ -137,6 +157,58 @@ impl HostCapabilities {
             Accel::Tcg
         }
     }
+}
+
+/// Times the calibrated loop ([`crate::speed`]) and judges it.
+fn measure_speed(kvm: &Kvm) -> Support {
+    match speed::measure(kvm) {
+        Ok(timing) => match timing.unusable_reason() {
+            None => Support::yes(),
+            Some(reason) => Support::no(reason),
+        },
+        Err(e) => Support::no(format!(
+            "KVM is unusable for guests here: the test guest could not run: {e}"
+        )),
+    }
+}
+
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string(BOOT_ID).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// The KVM speed verdict of one host boot, as [`HostCapabilities::probe_cached`] keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SpeedRecord {
+    boot_id: String,
+    kvm: Support,
+}
+
+fn read_speed_record(path: &Path, boot_id: &str) -> Option<Support> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_SPEED_RECORD)
+        .read_to_string(&mut text)
+        .ok()?;
+    let record: SpeedRecord = serde_json::from_str(&text).ok()?;
+    (record.boot_id == boot_id).then_some(record.kvm)
+}
+
+/// Written to a temporary file and renamed into place, so a reader never sees half a record.
+fn write_speed_record(path: &Path, boot_id: &str, kvm: &Support) -> io::Result<()> {
+    let record = SpeedRecord {
+        boot_id: boot_id.to_string(),
+        kvm: kvm.clone(),
+    };
+    let text = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// What a kernel module parameter says.
@@ -233,6 +305,40 @@ pub fn cbitpos_from_cpuid(eax: u32, ebx: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_speed_verdict_is_kept_for_its_boot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("kvm-speed.json");
+        let slow = Support::no("a 1000000-iteration loop would take ~1.3 s");
+        assert_eq!(read_speed_record(&record, "boot-a"), None, "no record yet");
+        write_speed_record(&record, "boot-a", &slow).unwrap();
+        assert_eq!(read_speed_record(&record, "boot-a"), Some(slow));
+        assert_eq!(read_speed_record(&record, "boot-b"), None, "another boot");
+        // Anything else in its place means: measure again.
+        std::fs::write(&record, b"{\"boot_id\": 7}").unwrap();
+        assert_eq!(read_speed_record(&record, "boot-a"), None);
+        std::fs::write(&record, vec![b' '; 2 * MAX_SPEED_RECORD as usize]).unwrap();
+        assert_eq!(read_speed_record(&record, "boot-a"), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn cached_probe_agrees_with_a_fresh_one_and_reuses_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("kvm-speed.json");
+        let first = HostCapabilities::probe_cached(&record);
+        if boot_id().is_some() && Kvm::new().is_ok() {
+            assert!(record.is_file(), "the verdict was not kept");
+        }
+        let second = HostCapabilities::probe_cached(&record);
+        assert_eq!(first, second);
+        assert_eq!(first.kvm.available, HostCapabilities::probe().kvm.available);
+    }
 
     #[test]
     fn vm_type_bits_decide() {

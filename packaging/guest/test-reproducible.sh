@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the guest image twice and checks that vmlinuz, initrd.img and manifest.json are
+# Builds the guest image twice and checks that vmlinuz, vmlinux, initrd.img and manifest.json are
 # byte-identical. The second build compiles coffer-agent from scratch in its own cargo target
 # directory, under another umask, a second later; only the .deb cache is shared.
 #
@@ -16,7 +16,7 @@ mkdir -p "$base"
 sleep 1
 (umask 077 && CARGO_TARGET_DIR="$base/target-b" "$here/build.sh" "$base/b")
 status=0
-for f in vmlinuz initrd.img manifest.json; do
+for f in vmlinuz vmlinux initrd.img manifest.json; do
     if cmp -s "$base/a/$f" "$base/b/$f"; then
         echo "same: $f $(sha256sum "$base/a/$f" | cut -d' ' -f1)"
     else

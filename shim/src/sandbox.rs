@@ -28,6 +28,10 @@ use crate::state::{self, InitDataRecord, LaunchCommand, SandboxState, StateDir};
 /// gets neither the runtime options nor a live shim) finds what to clean up.
 pub const BUNDLE_RECORD: &str = "coffer-state-dir";
 
+/// File in the handler's state root keeping this host boot's KVM speed verdict, so that the
+/// probe's timed loop runs once per host boot instead of once per pod.
+pub const KVM_SPEED_RECORD: &str = "kvm-speed.json";
+
 /// How long the guest gets to power off after the agent's shutdown, and QEMU after each QMP
 /// step, before the next, harsher step.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -229,9 +233,12 @@ impl Sandbox {
             }
         };
 
-        let host = tokio::task::spawn_blocking(HostCapabilities::probe)
-            .await
-            .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
+        // KVM's speed is timed once per host boot, not per pod (see probe_cached).
+        let speed_record = config.state_dir.join(KVM_SPEED_RECORD);
+        let host =
+            tokio::task::spawn_blocking(move || HostCapabilities::probe_cached(&speed_record))
+                .await
+                .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
         // The guest reads the Init-Data disk with the limits this handler validated it with.
         let mut vm = config.vm.clone();
         let limits = coffer_hypervisor::plan::limits_params(&config.initdata);

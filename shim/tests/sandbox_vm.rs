@@ -131,11 +131,13 @@ impl Fixture {
         a
     }
 
+    /// The sandboxes' state (the state root also keeps the host's KVM speed verdict).
     fn state_entries(&self) -> Vec<String> {
         std::fs::read_dir(&self.state_root)
             .map(|d| {
                 d.filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name != coffer_shim::sandbox::KVM_SPEED_RECORD)
                     .collect()
             })
             .unwrap_or_default()

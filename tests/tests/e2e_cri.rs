@@ -354,11 +354,13 @@ fn vms(ctd: &PrivateContainerd) -> Vec<u32> {
     tools::processes("qemu-system", &ctd.dir().to_string_lossy())
 }
 
+/// What the state root holds besides the host's KVM speed verdict: the sandboxes' state.
 fn state_entries(ctd: &PrivateContainerd) -> Vec<String> {
     std::fs::read_dir(ctd.coffer_state_dir())
         .map(|d| {
             d.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != coffer_shim::sandbox::KVM_SPEED_RECORD)
                 .collect()
         })
         .unwrap_or_default()

@@ -607,7 +607,7 @@ fn guest_image_builds_are_reproducible() {
             .unwrap();
         assert!(status.success(), "build.sh {name} failed: {status}");
     }
-    for file in ["vmlinuz", "initrd.img", "manifest.json"] {
+    for file in ["vmlinuz", "vmlinux", "initrd.img", "manifest.json"] {
         let a = std::fs::read(out.path().join("a").join(file)).unwrap();
         let b = std::fs::read(out.path().join("b").join(file)).unwrap();
         assert!(a == b, "{file} differs between two builds");
@@ -615,7 +615,7 @@ fn guest_image_builds_are_reproducible() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("a/manifest.json")).unwrap())
             .unwrap();
-    for file in ["vmlinuz", "initrd.img"] {
+    for file in ["vmlinuz", "vmlinux", "initrd.img"] {
         let sum = std::process::Command::new("sha256sum")
             .arg(out.path().join("a").join(file))
             .output()
