@@ -66,10 +66,17 @@ pub struct VmConfig {
     pub firmware: Option<PathBuf>,
     /// Extra kernel parameters appended to Coffer's own.
     pub kernel_params: String,
-    /// Number of vCPUs.
+    /// Number of vCPUs the guest itself needs; a pod's CPU limit adds to it (Kata's
+    /// `default_vcpus`).
     pub vcpus: u32,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB the guest itself needs; a pod's memory limit adds to it (Kata's
+    /// `default_memory`).
     pub memory_mib: u32,
+    /// Most vCPUs a pod's VM gets, whatever its limits say. Default: the host's CPUs.
+    pub max_vcpus: Option<u32>,
+    /// Largest VM a pod may ask for, in MiB; a pod whose limits need more is refused. Default:
+    /// the host's memory.
+    pub max_memory_mib: Option<u32>,
     /// SEV-SNP settings.
     pub snp: SnpConfig,
     /// TDX settings.
@@ -89,6 +96,8 @@ impl Default for VmConfig {
             kernel_params: String::new(),
             vcpus: 1,
             memory_mib: 512,
+            max_vcpus: None,
+            max_memory_mib: None,
             snp: SnpConfig::default(),
             tdx: TdxConfig::default(),
         }
@@ -105,6 +114,36 @@ impl VmConfig {
 }
 
 impl VmConfig {
+    /// [`Self::max_vcpus`], or the host's online CPUs.
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_vcpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+                .unwrap_or(1)
+        })
+    }
+
+    /// [`Self::max_memory_mib`], or the host's memory (`MemTotal` of /proc/meminfo).
+    pub fn max_memory_mib(&self) -> u32 {
+        self.max_memory_mib.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    let kib: u64 = m
+                        .lines()
+                        .find_map(|l| l.strip_prefix("MemTotal:"))?
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    u32::try_from(kib / 1024).ok()
+                })
+                .unwrap_or(u32::MAX)
+        })
+    }
+
     /// The QEMU firmware for `tee`: the configured one, else the distribution's default (none
     /// for TEE `none`: QEMU's own).
     pub fn qemu_firmware(&self, tee: crate::Tee) -> Option<PathBuf> {

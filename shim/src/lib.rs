@@ -21,5 +21,6 @@ pub mod process;
 pub mod sandbox;
 pub mod service;
 pub mod shim;
+pub mod sizing;
 pub mod spec;
 pub mod state;

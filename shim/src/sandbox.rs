@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use coffer_agent::protocol::client::{AgentClient, ClientError};
 use coffer_agent::protocol::Event;
-use coffer_hypervisor::{HostCapabilities, LaunchPlan, Tee, Vm, VmResources};
+use coffer_hypervisor::{HostCapabilities, LaunchPlan, Tee, Vm, VmConfig, VmResources};
 use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -124,7 +124,9 @@ impl Sandbox {
         let config_path = crate::options::config_path(options)?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         let config = Config::load(&config_path)?;
-        let initdata = select_initdata(&spec.annotations(), &config)?;
+        let annotations = spec.annotations();
+        let initdata = select_initdata(&annotations, &config)?;
+        let vm = crate::sizing::vm_for_pod(&config.vm, &annotations)?;
         let dir = StateDir::new(&config.state_dir, id)?;
         if dir.path().exists() {
             return Err(Error::AlreadyExists(format!(
@@ -138,6 +140,7 @@ impl Sandbox {
             id,
             bundle,
             &config,
+            vm,
             &config_path,
             &dir,
             initdata,
@@ -187,10 +190,12 @@ impl Sandbox {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         id: &str,
         bundle: &Path,
         config: &Config,
+        mut vm: VmConfig,
         config_path: &Path,
         dir: &StateDir,
         initdata: Option<(InitData, Source)>,
@@ -240,7 +245,6 @@ impl Sandbox {
                 .await
                 .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
         // The guest reads the Init-Data disk with the limits this handler validated it with.
-        let mut vm = config.vm.clone();
         let limits = coffer_hypervisor::plan::limits_params(&config.initdata);
         if !limits.is_empty() {
             vm.kernel_params = format!("{} {limits}", vm.kernel_params);

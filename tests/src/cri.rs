@@ -242,6 +242,12 @@ impl Cri {
                     }),
                     ..Default::default()
                 }),
+                resources: pod.resources.map(|r| api::LinuxContainerResources {
+                    memory_limit_in_bytes: r.memory_bytes,
+                    cpu_quota: r.cpu_quota,
+                    cpu_period: r.cpu_period,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()

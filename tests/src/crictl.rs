@@ -113,6 +113,13 @@ impl Crictl {
         if !pod.host_network {
             config["hostname"] = json!(pod.name);
         }
+        if let Some(r) = pod.resources {
+            config["linux"]["resources"] = json!({
+                "memory_limit_in_bytes": r.memory_bytes,
+                "cpu_quota": r.cpu_quota,
+                "cpu_period": r.cpu_period,
+            });
+        }
         config
     }
 

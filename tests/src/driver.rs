@@ -27,6 +27,20 @@ pub struct Pod {
     pub host_network: bool,
     /// Where containerd writes the containers' CRI logs.
     pub log_directory: PathBuf,
+    /// The sum of the containers' limits, as kubelet sends it in `LinuxPodSandboxConfig`:
+    /// memory in bytes, CPU quota and period in µs.
+    pub resources: Option<PodResources>,
+}
+
+/// A pod's resource limits (`LinuxPodSandboxConfig.resources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodResources {
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// CFS quota in µs per period.
+    pub cpu_quota: i64,
+    /// CFS period in µs.
+    pub cpu_period: i64,
 }
 
 impl Pod {
@@ -40,12 +54,19 @@ impl Pod {
             annotations: BTreeMap::new(),
             host_network: true,
             log_directory: log_root.join(name),
+            resources: None,
         }
     }
 
     /// Adds an annotation.
     pub fn annotation(mut self, key: &str, value: &str) -> Pod {
         self.annotations.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets the pod's resource limits.
+    pub fn resources(mut self, resources: PodResources) -> Pod {
+        self.resources = Some(resources);
         self
     }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use coffer_initdata::annotation::{ANNOTATION, LEGACY_ANNOTATION};
 use coffer_initdata::InitData;
 use coffer_tests::tools::{self, Coffer};
-use coffer_tests::{skip, Container, ContainerState, Cri, Crictl, Driver, Pod, PrivateContainerd};
+use coffer_tests::{
+    skip, Container, ContainerState, Cri, Crictl, Driver, Pod, PodResources, PrivateContainerd,
+};
 
 /// Bound on waiting for a container's output to reach its log.
 const LOG_WAIT: Duration = Duration::from_secs(120);
@@ -576,6 +578,70 @@ fn a_bad_handler_config_fails_run_pod_sandbox_naming_the_file_and_field() {
     assert!(
         message.contains(&config.to_string_lossy().into_owned()) && message.contains("vcpus"),
         "the error does not name the file and the field: {message}"
+    );
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}
+
+/// The launch arguments the shim recorded for a sandbox.
+fn launch_args(ctd: &PrivateContainerd, pod_id: &str) -> Vec<String> {
+    let record = std::fs::read(ctd.coffer_state_dir().join(pod_id).join("state.json"))
+        .expect("the sandbox's state.json");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("state.json is JSON");
+    record["launch"]["args"]
+        .as_array()
+        .expect("launch.args")
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The VM follows the pod's limits (kubelet's LinuxPodSandboxConfig.resources, which containerd
+/// turns into the sandbox-cpu/-memory annotations): the handler's 512 MiB and 1 vCPU plus a
+/// 256 MiB, 1.5-CPU pod is a 768 MiB VM with 3 vCPUs, capped at the host's CPUs. A pod that
+/// needs more memory than the handler allows is refused and leaves nothing.
+#[test]
+fn the_pods_limits_size_its_vm() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("sized", "coffer-qemu", &ctd.log_root()).resources(PodResources {
+        memory_bytes: 256 << 20,
+        cpu_quota: 150_000,
+        cpu_period: 100_000,
+    });
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let args = launch_args(&ctd, &pod_id);
+    let after = |flag: &str| {
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        args[i + 1].clone()
+    };
+    assert_eq!(after("-m"), "768M", "{args:?}");
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(after("-smp"), 3.min(host_cpus).to_string(), "{args:?}");
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+
+    let huge = Pod::new("too-big", "coffer-qemu", &ctd.log_root()).resources(PodResources {
+        memory_bytes: 1 << 50,
+        cpu_quota: 0,
+        cpu_period: 100_000,
+    });
+    let err = cri
+        .run_pod_sandbox(&huge)
+        .expect_err("RunPodSandbox accepted a pod larger than the host");
+    assert!(
+        err.message().contains("max_memory_mib")
+            && err.message().contains("io.kubernetes.cri.sandbox-memory"),
+        "the refusal does not say what is too large: {}",
+        err.message()
     );
     assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
     assert_eq!(

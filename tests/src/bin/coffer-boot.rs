@@ -6,7 +6,8 @@
 //! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE]
 //! ```
 //!
-//! Prints one line per run (`run N: hello after S s`) and needs root only where QEMU does.
+//! Prints one line per run (`run N: hello after S s, QEMU PSS M MiB`, the PSS read once the
+//! guest has idled for two seconds) and needs root only where QEMU does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,8 +59,31 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// One boot: spawn, hello, stop. Returns the time to hello.
-async fn boot_once(config: &Config, doc: &InitData) -> Result<Duration, String> {
+/// What one boot measured.
+struct Boot {
+    /// From QEMU's spawn to the agent's hello.
+    hello: Duration,
+    /// QEMU's proportional set size once the guest idles after hello, in KiB.
+    pss_kib: Option<u64>,
+}
+
+/// How long the guest idles after hello before QEMU's memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// `Pss:` of a process, in KiB, from `/proc/PID/smaps_rollup`.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One boot: spawn, hello, a short idle, stop.
+async fn boot_once(config: &Config, doc: &InitData) -> Result<Boot, String> {
     let dir = tempfile::Builder::new()
         .prefix("cb")
         .tempdir_in("/tmp")
@@ -86,6 +110,12 @@ async fn boot_once(config: &Config, doc: &InitData) -> Result<Duration, String> 
         .map_err(|e| e.to_string())?;
     let hello = AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await;
     let took = start.elapsed();
+    let pss = if hello.is_ok() {
+        tokio::time::sleep(SETTLE).await;
+        pss_kib(vm.pid())
+    } else {
+        None
+    };
     let _ = vm.stop(Duration::from_secs(5)).await;
     let (_client, hello) = hello.map_err(|e| format!("no hello: {e}"))?;
     if hello.initdata.digest.as_deref() != Some(digest.to_hex().as_str()) {
@@ -95,7 +125,10 @@ async fn boot_once(config: &Config, doc: &InitData) -> Result<Duration, String> 
             digest.to_hex()
         ));
     }
-    Ok(took)
+    Ok(Boot {
+        hello: took,
+        pss_kib: pss,
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -126,7 +159,14 @@ async fn main() -> ExitCode {
     };
     for run in 1..=args.runs {
         match boot_once(&config, &doc).await {
-            Ok(took) => println!("run {run}: hello after {:.2} s", took.as_secs_f64()),
+            Ok(boot) => println!(
+                "run {run}: hello after {:.2} s, QEMU PSS {} MiB",
+                boot.hello.as_secs_f64(),
+                boot.pss_kib.map_or("unknown".to_string(), |k| format!(
+                    "{:.0}",
+                    k as f64 / 1024.0
+                ))
+            ),
             Err(e) => {
                 eprintln!("coffer-boot: run {run}: {e}");
                 return ExitCode::FAILURE;
