@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_agent::protocol;
+use coffer_contract::KernelParams;
 use guest::{boot, container, initdata, policy, server};
 
 /// How long to wait for the agent's port to appear before giving up and powering off.
@@ -32,9 +33,9 @@ fn main() {
     boot::watch_power_button();
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (cmdline, cmdline_error) = match boot::Cmdline::parse(&cmdline_text) {
+    let (cmdline, cmdline_error) = match KernelParams::parse(&cmdline_text) {
         Ok(c) => (c, None),
-        Err(e) => (boot::Cmdline::default(), Some(e)),
+        Err(e) => (KernelParams::default(), Some(e)),
     };
     let initdata::Processed {
         mut report,

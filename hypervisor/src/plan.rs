@@ -13,42 +13,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use coffer_contract::{KernelParams, AGENT_PORT_NAME, INITDATA_DISK_SERIAL, SHARE_MOUNT_TAG};
 use coffer_initdata::{Digest, TeeField};
 use serde::Serialize;
 
 use crate::config::{HypervisorKind, VmConfig};
 use crate::probe::HostCapabilities;
 use crate::{Accel, Error, Result, Tee};
-
-/// Name of the agent's virtio-serial port (`/sys/class/virtio-ports/*/name` in the guest).
-pub const AGENT_PORT_NAME: &str = "coffer.agent";
-/// 9p mount tag of the share that carries container root filesystems.
-pub const SHARE_MOUNT_TAG: &str = "coffer";
-/// Serial of the Init-Data disk (`/sys/block/vd*/serial` in the guest).
-pub const INITDATA_DISK_SERIAL: &str = "initdata";
-/// Kernel parameter naming the TEE.
-pub const TEE_PARAM: &str = "coffer.tee";
-/// Kernel parameter carrying the hex digest of the Init-Data the host bound.
-pub const DIGEST_PARAM: &str = "coffer.initdata_digest";
-/// Kernel parameter carrying the handler's bound on the encoded Init-Data (the image's gzip
-/// stream), so the guest reads with the same limits the host validated with.
-pub const MAX_ENCODED_PARAM: &str = "coffer.initdata_max_encoded";
-/// Kernel parameter carrying the handler's bound on the inflated Init-Data document.
-pub const MAX_INFLATED_PARAM: &str = "coffer.initdata_max_inflated";
-
-/// The kernel parameters that tell the guest the host's Init-Data limits; empty for the
-/// defaults, which the guest assumes anyway.
-pub fn limits_params(limits: &coffer_initdata::Limits) -> String {
-    let default = coffer_initdata::Limits::default();
-    let mut params = Vec::new();
-    if limits.max_encoded != default.max_encoded {
-        params.push(format!("{MAX_ENCODED_PARAM}={}", limits.max_encoded));
-    }
-    if limits.max_inflated != default.max_inflated {
-        params.push(format!("{MAX_INFLATED_PARAM}={}", limits.max_inflated));
-    }
-    params.join(" ")
-}
 
 /// Longest unix socket path `sockaddr_un` holds (108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -224,10 +195,12 @@ pub const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check noapictimer \
     i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 pci=lastbus=0";
 
 fn kernel_cmdline(config: &VmConfig, tee: Tee, digest: Option<&Digest>) -> String {
-    let mut cmdline = format!("console=ttyS0 panic=-1 quiet {TEE_PARAM}={tee}");
-    if let Some(d) = digest {
-        cmdline.push_str(&format!(" {DIGEST_PARAM}={}", d.to_hex()));
-    }
+    let params = KernelParams {
+        tee,
+        initdata_digest: digest.map(Digest::to_hex),
+        ..KernelParams::default()
+    };
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet {params}");
     if tee == Tee::None {
         cmdline.push(' ');
         cmdline.push_str(FAST_BOOT_PARAMS);
@@ -468,28 +441,4 @@ fn cloud_hypervisor_args(
         ]);
     }
     Ok(a)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use coffer_initdata::Limits;
-
-    #[test]
-    fn limits_reach_the_guest_only_when_they_differ_from_the_defaults() {
-        assert_eq!(limits_params(&Limits::default()), "");
-        let l = Limits {
-            max_encoded: 1 << 20,
-            ..Limits::default()
-        };
-        assert_eq!(limits_params(&l), "coffer.initdata_max_encoded=1048576");
-        let l = Limits {
-            max_encoded: 10,
-            max_inflated: 20,
-        };
-        assert_eq!(
-            limits_params(&l),
-            "coffer.initdata_max_encoded=10 coffer.initdata_max_inflated=20"
-        );
-    }
 }

@@ -5,57 +5,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The trusted execution environment a sandbox VM runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tee {
-    /// An ordinary VM: nothing is measured. For development; reported as unmeasured everywhere.
-    None,
-    /// Intel TDX: the digest goes into MRCONFIGID.
-    Tdx,
-    /// AMD SEV-SNP: the digest goes into HOST_DATA.
-    Snp,
-}
-
-impl Tee {
-    /// Every kind, in the order tools print them.
-    pub const ALL: [Tee; 3] = [Tee::None, Tee::Tdx, Tee::Snp];
-
-    /// `none`, `tdx` or `snp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tee::None => "none",
-            Tee::Tdx => "tdx",
-            Tee::Snp => "snp",
-        }
-    }
-
-    /// The name people write in prose: `TDX`, `SNP`.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Tee::None => "non-confidential",
-            Tee::Tdx => "TDX",
-            Tee::Snp => "SNP",
-        }
-    }
-}
-
-impl fmt::Display for Tee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Tee {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Tee::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown TEE \"{s}\"; use none, tdx or snp"))
-    }
-}
+/// The TEE kind is part of the host-guest contract: the guest reads it from the kernel command
+/// line.
+pub use coffer_contract::Tee;
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

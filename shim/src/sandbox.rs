@@ -245,7 +245,7 @@ impl Sandbox {
                 .await
                 .map_err(|e| Error::FailedPrecondition(format!("host probe failed: {e}")))?;
         // The guest reads the Init-Data disk with the limits this handler validated it with.
-        let limits = coffer_hypervisor::plan::limits_params(&config.initdata);
+        let limits = coffer_contract::limits_params(&config.initdata);
         if !limits.is_empty() {
             vm.kernel_params = format!("{} {limits}", vm.kernel_params);
         }

@@ -1,5 +1,5 @@
-//! Early boot as PID 1: filesystems, kernel modules, the command line, the agent's port, the
-//! share, and power-off.
+//! Early boot as PID 1: filesystems, kernel modules, the agent's port, the share, and
+//! power-off. (The kernel command line is parsed by `coffer_contract::KernelParams`.)
 
 use std::ffi::CString;
 use std::fs;
@@ -10,59 +10,10 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::protocol::{Tee, PORT_NAME, SHARE_MOUNT, SHARE_TAG};
+use crate::protocol::{AGENT_PORT_NAME, SHARE_MOUNT, SHARE_MOUNT_TAG};
 
 /// The module list the image builder writes, in load order (dependencies first).
 pub const MODULE_LIST: &str = "/etc/coffer/modules";
-
-/// What the host said on the kernel command line.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Cmdline {
-    /// `coffer.tee=`.
-    pub tee: Tee,
-    /// `coffer.initdata_digest=`: hex of the raw digest.
-    pub initdata_digest: Option<String>,
-    /// `coffer.initdata_max_encoded=` and `coffer.initdata_max_inflated=`: the host's limits,
-    /// defaults when absent.
-    pub limits: coffer_initdata::Limits,
-}
-
-impl Cmdline {
-    /// Parses `/proc/cmdline`. Unknown parameters are someone else's; a bad `coffer.tee` is
-    /// returned as an error so it is reported rather than taken for `none`.
-    pub fn parse(text: &str) -> Result<Cmdline, String> {
-        let mut out = Cmdline::default();
-        for word in text.split_ascii_whitespace() {
-            if let Some(v) = word.strip_prefix("coffer.tee=") {
-                out.tee = match v {
-                    "none" => Tee::None,
-                    "tdx" => Tee::Tdx,
-                    "snp" => Tee::Snp,
-                    other => {
-                        return Err(format!(
-                            "kernel command line has coffer.tee={other}; expected none, tdx or snp"
-                        ))
-                    }
-                };
-            } else if let Some(v) = word.strip_prefix("coffer.initdata_digest=") {
-                if !v.is_empty() {
-                    out.initdata_digest = Some(v.to_string());
-                }
-            } else if let Some(v) = word.strip_prefix("coffer.initdata_max_encoded=") {
-                out.limits.max_encoded = parse_size("coffer.initdata_max_encoded", v)?;
-            } else if let Some(v) = word.strip_prefix("coffer.initdata_max_inflated=") {
-                out.limits.max_inflated = parse_size("coffer.initdata_max_inflated", v)?;
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn parse_size(param: &str, value: &str) -> Result<usize, String> {
-    value
-        .parse()
-        .map_err(|_| format!("kernel command line has {param}={value}; expected a size in bytes"))
-}
 
 /// Mounts what PID 1 needs. Failures are logged, not fatal: the agent still answers the host,
 /// and what is missing shows in the report and the errors of later requests.
@@ -144,23 +95,23 @@ pub fn load_modules() {
 pub fn mount_share() -> Result<(), String> {
     fs::create_dir_all(SHARE_MOUNT).map_err(|e| format!("mkdir {SHARE_MOUNT}: {e}"))?;
     mount(
-        Some(SHARE_TAG),
+        Some(SHARE_MOUNT_TAG),
         SHARE_MOUNT,
         Some("9p"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("trans=virtio,version=9p2000.L,msize=262144"),
     )
     .map_err(|e| {
-        format!("cannot mount the 9p share (tag {SHARE_TAG}) on {SHARE_MOUNT}: {e}; the VM needs -device virtio-9p-pci,mount_tag={SHARE_TAG}")
+        format!("cannot mount the 9p share (tag {SHARE_MOUNT_TAG}) on {SHARE_MOUNT}: {e}; the VM needs -device virtio-9p-pci,mount_tag={SHARE_MOUNT_TAG}")
     })
 }
 
-/// Finds the device of the port named [`PORT_NAME`], creating its node if /dev lacks it.
+/// Finds the device of the port named [`AGENT_PORT_NAME`], creating its node if /dev lacks it.
 /// Waits up to `wait` for the driver to announce the port.
 pub fn find_port(sys_ports: &Path, wait: Duration) -> Result<PathBuf, String> {
     let end = Instant::now() + wait;
     loop {
-        if let Some((node, dev)) = port_by_name(sys_ports, PORT_NAME) {
+        if let Some((node, dev)) = port_by_name(sys_ports, AGENT_PORT_NAME) {
             let path = Path::new("/dev").join(&node);
             if !fs::metadata(&path)
                 .map(|m| m.file_type().is_char_device())
@@ -179,7 +130,7 @@ pub fn find_port(sys_ports: &Path, wait: Duration) -> Result<PathBuf, String> {
         }
         if Instant::now() >= end {
             return Err(format!(
-                "no virtio-serial port named {PORT_NAME} in {} after {wait:?}; the VM needs -device virtserialport,name={PORT_NAME}",
+                "no virtio-serial port named {AGENT_PORT_NAME} in {} after {wait:?}; the VM needs -device virtserialport,name={AGENT_PORT_NAME}",
                 sys_ports.display()
             ));
         }
@@ -286,40 +237,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_command_line() {
-        let c = Cmdline::parse(
-            "console=ttyS0 panic=-1 quiet coffer.tee=snp coffer.initdata_digest=abcd foo=bar\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c,
-            Cmdline {
-                tee: Tee::Snp,
-                initdata_digest: Some("abcd".into()),
-                limits: coffer_initdata::Limits::default(),
-            }
-        );
-        assert_eq!(Cmdline::parse("console=ttyS0").unwrap(), Cmdline::default());
-        assert_eq!(
-            Cmdline::parse("coffer.tee=sev").unwrap_err(),
-            "kernel command line has coffer.tee=sev; expected none, tdx or snp"
-        );
-    }
-
-    #[test]
-    fn takes_the_hosts_limits() {
-        let c =
-            Cmdline::parse("coffer.initdata_max_encoded=1048576 coffer.initdata_max_inflated=9")
-                .unwrap();
-        assert_eq!(c.limits.max_encoded, 1 << 20);
-        assert_eq!(c.limits.max_inflated, 9);
-        assert_eq!(
-            Cmdline::parse("coffer.initdata_max_inflated=4M").unwrap_err(),
-            "kernel command line has coffer.initdata_max_inflated=4M; expected a size in bytes"
-        );
-    }
-
-    #[test]
     fn recognises_the_power_key() {
         let event = |kind: u16, code: u16, value: i32| {
             let mut e = [0u8; INPUT_EVENT_LEN];
@@ -358,7 +275,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         for (port, name, dev) in [
             ("vport1p0", "other", "251:0"),
-            ("vport1p1", PORT_NAME, "251:1"),
+            ("vport1p1", AGENT_PORT_NAME, "251:1"),
         ] {
             let d = tmp.path().join(port);
             fs::create_dir_all(&d).unwrap();
@@ -366,7 +283,7 @@ mod tests {
             fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
         }
         assert_eq!(
-            port_by_name(tmp.path(), PORT_NAME),
+            port_by_name(tmp.path(), AGENT_PORT_NAME),
             Some(("vport1p1".into(), (251, 1)))
         );
         assert_eq!(port_by_name(tmp.path(), "nope"), None);

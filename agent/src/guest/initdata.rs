@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use coffer_initdata::{image, InitData, Limits};
 
-use super::boot::Cmdline;
 use super::tee;
 use crate::protocol::{InitDataReport, Service, Tee, Verification, INITDATA_DIR};
+use coffer_contract::KernelParams;
 
 /// The disk's serial, set by the host (`-device virtio-blk-pci,...,serial=initdata`).
 pub const SERIAL: &str = "initdata";
@@ -88,7 +88,7 @@ pub fn read_disk(disk: &Path, limits: &Limits) -> Found {
 pub fn verify(
     found: &Found,
     tee: Tee,
-    cmdline: &Cmdline,
+    cmdline: &KernelParams,
     register: RegisterReader,
 ) -> Verification {
     let cmdline_digest = cmdline
@@ -278,7 +278,7 @@ pub struct Processed {
 }
 
 /// The whole step: find, read, verify, deliver, start services.
-pub fn process(tee_claim: Tee, cmdline: &Cmdline, limits: &Limits) -> Processed {
+pub fn process(tee_claim: Tee, cmdline: &KernelParams, limits: &Limits) -> Processed {
     // The hardware decides which TEE this is; a command line that claims one the guest lacks is
     // an error rather than a silent downgrade.
     let detected = tee::detect();
@@ -345,8 +345,8 @@ mod tests {
         InitData::parse(DOC.to_vec()).unwrap()
     }
 
-    fn cmdline(digest: Option<&str>) -> Cmdline {
-        Cmdline {
+    fn cmdline(digest: Option<&str>) -> KernelParams {
+        KernelParams {
             tee: Tee::None,
             initdata_digest: digest.map(Into::into),
             limits: Limits::default(),

@@ -19,7 +19,7 @@
 //!
 //! # The virtio-serial port, connections and reconnections
 //! The host side is a QEMU `chardev socket` in server mode (`wait=off`); the guest side is
-//! `/dev/vportNpM`, the port named [`PORT_NAME`].
+//! `/dev/vportNpM`, the port named [`AGENT_PORT_NAME`].
 //! - Before QEMU runs, the socket does not exist: the client retries `connect` until its deadline.
 //! - Once the host is connected, bytes it writes before the agent opens the port stay queued in
 //!   QEMU and the socket (QEMU stops reading the socket while the guest cannot take data), so a
@@ -37,6 +37,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+/// Names both sides of the VM boundary agree on, defined once in the contract crate.
+pub use coffer_contract::{Tee, AGENT_PORT_NAME, SHARE_MOUNT_TAG};
+
 #[cfg(feature = "client")]
 pub mod client;
 
@@ -47,14 +50,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Large enough for a 4 MiB Init-Data document read back in base64.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 
-/// Name of the virtio-serial port the agent serves (`virtserialport,name=...`).
-pub const PORT_NAME: &str = "coffer.agent";
-
 /// Where the guest mounts the 9p share; container root filesystems are paths relative to it.
 pub const SHARE_MOUNT: &str = "/run/coffer/share";
-
-/// The 9p mount tag of the share.
-pub const SHARE_TAG: &str = "coffer";
 
 /// Where the guest delivers the Init-Data document and its entries.
 pub const INITDATA_DIR: &str = "/run/confidential-containers/initdata";
@@ -328,36 +325,6 @@ impl PolicyStatus {
             )),
             _ => None,
         }
-    }
-}
-
-/// The TEE a guest runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tee {
-    /// No TEE: the launch is not measured.
-    #[default]
-    None,
-    /// Intel TDX.
-    Tdx,
-    /// AMD SEV-SNP.
-    Snp,
-}
-
-impl Tee {
-    /// `none`, `tdx` or `snp`, as on the kernel command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tee::None => "none",
-            Tee::Tdx => "tdx",
-            Tee::Snp => "snp",
-        }
-    }
-}
-
-impl std::fmt::Display for Tee {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
