@@ -1,8 +1,19 @@
 //! The guest side: everything `coffer-agent` does as PID 1.
+//!
+//! Bringing the guest up: `boot`, `initdata`, `tee`, `policy`. Serving the host: `server`, and
+//! `outgoing`, the ordered queue of frames to it. Containers: `container` (the registry, from
+//! create to remove), `child` (a process between clone and exec) and its `report` pipe, `stdio`
+//! and `pty` (the process's streams), and `error` (what the host is told when one fails).
 
 pub mod boot;
+mod child;
 pub mod container;
+mod error;
 pub mod initdata;
+pub mod outgoing;
 pub mod policy;
+mod pty;
+mod report;
 pub mod server;
+mod stdio;
 pub mod tee;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::boot;
 use super::container::Containers;
+use super::outgoing::Outgoing;
 use super::policy::AgentPolicy;
 use crate::protocol::{
     decode, encode, frame_len, GuestFrame, Hello, InitDataReport, Outcome, Request, RequestFrame,
@@ -33,24 +34,6 @@ pub struct Agent {
     pub out: SyncSender<Outgoing>,
     /// The Init-Data's agent policy, checked before each request is served.
     pub policy: AgentPolicy,
-}
-
-/// A frame to send, and who waits until it is written.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The frame.
-    pub frame: GuestFrame,
-    /// Told once the frame is written (shutdown waits for its answer to leave).
-    pub written: Option<mpsc::Sender<()>>,
-}
-
-impl From<GuestFrame> for Outgoing {
-    fn from(frame: GuestFrame) -> Outgoing {
-        Outgoing {
-            frame,
-            written: None,
-        }
-    }
 }
 
 /// Writes frames to the port in order. A write blocks while no host is connected.

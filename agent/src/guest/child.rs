@@ -1,0 +1,675 @@
+//! The child side: what runs in a process the agent clones, between the clone and its exec.
+//!
+//! The agent is multi-threaded, so a child made by `clone` may only make raw system calls until
+//! it execs (another thread may have held the allocator's lock at the moment of the clone): the
+//! code here calls async-signal-safe functions only and never allocates. Everything the child
+//! needs (paths, argv, envp as C strings, file descriptors) is prepared before the clone in
+//! [`Prepared`] and [`ChildIo`]; the child tells the agent how far it got on the report pipe
+//! ([`super::report`]), and a failed step ends it.
+//!
+//! A container's first process is cloned into new mount, PID, UTS and IPC namespaces. The
+//! initramfs root cannot be `pivot_root`ed away from, so it bind-mounts its rootfs, moves it over
+//! `/` and `chroot`s into it (what runc does with `--no-pivot`) in its private mount namespace,
+//! reports `R`, then waits on a second pipe for start: `b'S'` and the index of the pty to take
+//! ([`NO_TTY`] for none). A process exec'd into a running container is cloned by a helper that
+//! first enters the container's namespaces.
+
+use std::ffi::{c_char, CString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+
+use super::error::ContainerError;
+use super::pty::{pts_path, DEVPTS_OPTIONS, NO_TTY};
+use super::report::{failed_message, pid_message, Step, READY};
+use super::stdio::ChildIo;
+use crate::protocol::Process;
+
+/// `PATH` used to find `args[0]` when the process's environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a child needs, as C data made before the clone.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    rootfs: Option<CString>,
+    hostname: Option<CString>,
+    cwd: CString,
+    /// Candidates for `args[0]`, tried in order until one is not "not found".
+    programs: Vec<CString>,
+    _args: Vec<CString>,
+    argv: Vec<*const c_char>,
+    _env: Vec<CString>,
+    envp: Vec<*const c_char>,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// The process runs on a terminal (a container's child then needs its devpts).
+    terminal: bool,
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, ContainerError> {
+    CString::new(s)
+        .map_err(|_| ContainerError::Invalid(format!("{what} {s:?} contains a NUL byte")))
+}
+
+impl Prepared {
+    pub(super) fn new(
+        p: &Process,
+        rootfs: Option<&Path>,
+        hostname: Option<&str>,
+    ) -> Result<Prepared, ContainerError> {
+        let Some(arg0) = p.args.first() else {
+            return Err(ContainerError::Invalid(
+                "process args are empty; give at least the program to run".into(),
+            ));
+        };
+        let args = p
+            .args
+            .iter()
+            .map(|a| cstring("argument", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = p
+            .env
+            .iter()
+            .map(|e| cstring("environment entry", e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let programs = if arg0.contains('/') {
+            vec![cstring("program", arg0)?]
+        } else {
+            let path = p
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or(DEFAULT_PATH);
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstring("program", &format!("{d}/{arg0}")))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let argv = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp = env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
+        Ok(Prepared {
+            rootfs: rootfs
+                .map(|r| cstring("rootfs", &r.to_string_lossy()))
+                .transpose()?,
+            hostname: hostname.map(|h| cstring("hostname", h)).transpose()?,
+            cwd: cstring("cwd", cwd)?,
+            programs,
+            _args: args,
+            argv,
+            _env: env,
+            envp,
+            uid: p.uid,
+            gid: p.gid,
+            groups: p.additional_gids.clone(),
+            terminal: p.terminal,
+        })
+    }
+}
+
+/// Clones a container's first process into new mount, PID, UTS and IPC namespaces; returns its
+/// pid. The process makes its rootfs its root, reports `R` on `report`, waits on `start`, execs.
+pub(super) fn clone_init(
+    prep: &Prepared,
+    io: &ChildIo,
+    start: RawFd,
+    report: RawFd,
+) -> Result<i32, ContainerError> {
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::SIGCHLD;
+    // SAFETY: clone without CLONE_VM and without a new stack behaves like fork: the child
+    // runs on a copy of this stack. It only makes raw system calls on data prepared by the
+    // caller and ends in execve or _exit.
+    let pid = unsafe { raw_clone(flags as libc::c_ulong) };
+    if pid == 0 {
+        // SAFETY: in the child; see above.
+        unsafe { container_child(prep, io, start, report) }
+    }
+    if pid < 0 {
+        return Err(ContainerError::Sys {
+            step: "clone of the container process".into(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(pid as i32)
+}
+
+/// Clones the helper that enters a running container's namespaces (`ns`, in that order) and
+/// clones the process to exec there; the helper reports that process's pid on `report`.
+pub(super) fn clone_exec_helper(
+    prep: &Prepared,
+    io: &ChildIo,
+    ns: &[RawFd],
+    report: RawFd,
+) -> Result<(), ContainerError> {
+    // SAFETY: as in `clone_init`: fork semantics, raw system calls only in the child.
+    let helper = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+    if helper == 0 {
+        // SAFETY: in the child; see above.
+        unsafe { exec_helper(prep, io, ns, report) }
+    }
+    if helper < 0 {
+        return Err(ContainerError::Sys {
+            step: "clone of the exec helper".into(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `clone(2)` with fork semantics (no new stack): returns 0 in the child.
+///
+/// # Safety
+/// The caller's child must only make async-signal-safe calls until execve or _exit.
+unsafe fn raw_clone(flags: libc::c_ulong) -> libc::c_long {
+    // SAFETY: the x86_64 argument order is flags, stack, parent_tid, child_tid, tls; a null
+    // stack means "this stack, copied".
+    unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }
+}
+
+/// Reports a failed step and ends the child.
+///
+/// # Safety
+/// Child-only: raw system calls.
+unsafe fn fail(report: RawFd, step: Step) -> ! {
+    let errno = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    let msg = failed_message(step, errno);
+    // SAFETY: writes a stack buffer to a pipe, then ends the process without running any
+    // destructor or atexit handler of the parent's copy.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Points 0, 1, 2 at the child's streams.
+///
+/// # Safety
+/// Child-only.
+unsafe fn setup_stdio(io: &ChildIo, report: RawFd) {
+    if io.controlling_tty {
+        // SAFETY: child-only; a new session can take a terminal.
+        unsafe { new_session(report) }
+    }
+    for (from, to) in [
+        (io.stdin.as_raw_fd(), 0),
+        (io.stdout.as_raw_fd(), 1),
+        (io.stderr.as_raw_fd(), 2),
+    ] {
+        // SAFETY: plain dup2 on descriptors this process owns.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            // SAFETY: child-only.
+            unsafe { fail(report, Step::Stdio) }
+        }
+    }
+    if io.controlling_tty {
+        // SAFETY: child-only; fd 0 is the terminal's slave.
+        unsafe { take_terminal(0, report) }
+    }
+}
+
+/// Leaves the agent's session, so the process can have a controlling terminal of its own.
+///
+/// # Safety
+/// Child-only.
+unsafe fn new_session(report: RawFd) {
+    // SAFETY: setsid has no memory effects.
+    if unsafe { libc::setsid() } < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::TakeTerminal) }
+    }
+}
+
+/// Makes the terminal open on `fd` the controlling terminal of the session just made.
+///
+/// # Safety
+/// Child-only, after [`new_session`].
+unsafe fn take_terminal(fd: RawFd, report: RawFd) {
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal it from another session).
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::TakeTerminal) }
+    }
+}
+
+/// Drops privileges, enters the cwd and execs.
+///
+/// # Safety
+/// Child-only.
+unsafe fn become_process(prep: &Prepared, report: RawFd) -> ! {
+    // The set*id calls go straight to the kernel: glibc's wrappers would signal every thread of
+    // the parent (its thread list is in the copied memory) and wait forever for threads this
+    // process does not have.
+    // SAFETY: setgroups reads `groups.len()` ids from the vector `prep` owns; child-only.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, prep.groups.len(), prep.groups.as_ptr()) < 0 {
+            fail(report, Step::SetGroups)
+        }
+    }
+    // SAFETY: setgid and setuid take plain ids; child-only.
+    unsafe {
+        if libc::syscall(libc::SYS_setgid, prep.gid) < 0 {
+            fail(report, Step::SetGid)
+        }
+        if libc::syscall(libc::SYS_setuid, prep.uid) < 0 {
+            fail(report, Step::SetUid)
+        }
+    }
+    // SAFETY: `cwd` is a C string `prep` owns; child-only.
+    unsafe {
+        if libc::chdir(prep.cwd.as_ptr()) < 0 {
+            fail(report, Step::Cwd)
+        }
+    }
+    let mut last = libc::ENOENT;
+    for program in &prep.programs {
+        // SAFETY: the program is a C string, argv and envp null-terminated arrays of C strings,
+        // all owned by `prep`; execve returns only when it failed, leaving this thread's errno.
+        let e = unsafe {
+            libc::execve(program.as_ptr(), prep.argv.as_ptr(), prep.envp.as_ptr());
+            *libc::__errno_location()
+        };
+        // Keep looking along PATH only while the program is not there.
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            last = e;
+            break;
+        }
+    }
+    // SAFETY: sets this thread's errno for `fail` to report; child-only.
+    unsafe {
+        *libc::__errno_location() = last;
+        fail(report, Step::Execve)
+    }
+}
+
+/// A NUL-terminated byte literal as a C string, without allocating.
+fn lit(s: &'static [u8]) -> *const c_char {
+    s.as_ptr().cast()
+}
+
+/// The container's first process: new namespaces are in place (clone flags); make the rootfs
+/// its root, wait for start, exec.
+///
+/// # Safety
+/// Child-only.
+unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: RawFd) -> ! {
+    // SAFETY: child-only, as this function; `io` holds this process's copies of the streams.
+    unsafe { setup_stdio(io, report) };
+    // SAFETY: child-only, in the new mount namespace the clone made.
+    unsafe { enter_rootfs(prep, report) };
+    // SAFETY: child-only, inside the container's root.
+    unsafe { mount_proc_and_dev(prep.terminal, report) };
+    if let Some(h) = &prep.hostname {
+        // SAFETY: `h` is a C string `prep` owns, given with its length; child-only.
+        unsafe {
+            if libc::sethostname(h.as_ptr(), h.as_bytes().len()) < 0 {
+                fail(report, Step::SetHostname)
+            }
+        }
+    }
+    // SAFETY: child-only.
+    let tty = unsafe { wait_for_start(start, report) };
+    if tty != NO_TTY {
+        // SAFETY: child-only, inside the container's root, where the agent allocated the pty
+        // while the process waited.
+        unsafe { take_pty(tty, report) };
+    }
+    // SAFETY: child-only.
+    unsafe { become_process(prep, report) }
+}
+
+/// Makes the mounts private, then the rootfs the root.
+///
+/// # Safety
+/// Child-only, in a mount namespace of its own.
+unsafe fn enter_rootfs(prep: &Prepared, report: RawFd) {
+    let none = std::ptr::null::<c_char>();
+    // SAFETY: mount reads a NUL-terminated literal; a propagation change takes no source, type
+    // or data. Child-only.
+    unsafe {
+        if libc::mount(
+            none,
+            lit(b"/\0"),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(report, Step::PrivateMounts)
+        }
+    }
+    let Some(rootfs) = &prep.rootfs else {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::BindRootfs) }
+    };
+    // SAFETY: `rootfs` is a C string `prep` owns; a bind mount takes no type or data.
+    // Child-only.
+    unsafe {
+        if libc::mount(
+            rootfs.as_ptr(),
+            rootfs.as_ptr(),
+            none,
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(report, Step::BindRootfs)
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        if libc::chdir(rootfs.as_ptr()) < 0 {
+            fail(report, Step::ChdirRootfs)
+        }
+    }
+    // SAFETY: NUL-terminated literals; a move takes no type or data. Child-only.
+    unsafe {
+        if libc::mount(
+            lit(b".\0"),
+            lit(b"/\0"),
+            none,
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(report, Step::MoveRootfs)
+        }
+    }
+    // SAFETY: NUL-terminated literals; child-only.
+    unsafe {
+        if libc::chroot(lit(b".\0")) < 0 || libc::chdir(lit(b"/\0")) < 0 {
+            fail(report, Step::Chroot)
+        }
+    }
+}
+
+/// Mounts /proc, a small /dev and the container's own devpts.
+///
+/// # Safety
+/// Child-only, inside the container's root.
+unsafe fn mount_proc_and_dev(terminal: bool, report: RawFd) {
+    // SAFETY: mkdir and mount read NUL-terminated literals; proc takes no data. Child-only.
+    unsafe {
+        libc::mkdir(lit(b"/proc\0"), 0o555);
+        let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            lit(b"proc\0"),
+            lit(b"/proc\0"),
+            lit(b"proc\0"),
+            nodev,
+            std::ptr::null(),
+        ) < 0
+        {
+            fail(report, Step::MountProc)
+        }
+    }
+    // A small /dev with the usual nodes; never the guest's devtmpfs (it would hand the
+    // container every device of the VM).
+    // SAFETY: mkdir and mount read NUL-terminated literals, tmpfs's options one too.
+    // Child-only.
+    unsafe {
+        libc::mkdir(lit(b"/dev\0"), 0o755);
+        if libc::mount(
+            lit(b"tmpfs\0"),
+            lit(b"/dev\0"),
+            lit(b"tmpfs\0"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            lit(b"mode=0755,size=64k\0").cast(),
+        ) < 0
+        {
+            fail(report, Step::MountDev)
+        }
+    }
+    // SAFETY: umask takes a mode, mknod a NUL-terminated literal and numbers. Child-only.
+    unsafe {
+        let old = libc::umask(0);
+        for (path, minor) in [
+            (lit(b"/dev/null\0"), 3),
+            (lit(b"/dev/zero\0"), 5),
+            (lit(b"/dev/full\0"), 7),
+            (lit(b"/dev/random\0"), 8),
+            (lit(b"/dev/urandom\0"), 9),
+        ] {
+            if libc::mknod(path, libc::S_IFCHR | 0o666, libc::makedev(1, minor)) < 0 {
+                fail(report, Step::MountDev)
+            }
+        }
+        libc::umask(old);
+    }
+    // The container's own devpts instance, for terminals; only a process that needs one
+    // fails without it.
+    // SAFETY: mkdir and mount read NUL-terminated literals, the options one too.
+    let devpts = unsafe {
+        libc::mkdir(lit(b"/dev/pts\0"), 0o755);
+        libc::mount(
+            lit(b"devpts\0"),
+            lit(b"/dev/pts\0"),
+            lit(b"devpts\0"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            DEVPTS_OPTIONS.as_ptr().cast(),
+        )
+    };
+    if devpts < 0 && terminal {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::MountDevPts) }
+    }
+    if devpts == 0 {
+        // SAFETY: symlink reads NUL-terminated literals.
+        unsafe { libc::symlink(lit(b"pts/ptmx\0"), lit(b"/dev/ptmx\0")) };
+    }
+}
+
+/// Tells the agent the root is ready (`R`) and waits for start; returns the index of the pty to
+/// take ([`NO_TTY`]: none). Ends the process if the agent drops the container instead.
+///
+/// # Safety
+/// Child-only.
+unsafe fn wait_for_start(start: RawFd, report: RawFd) -> u32 {
+    // SAFETY: writes a one-byte constant; _exit ends the process without running the
+    // parent's destructors.
+    unsafe {
+        if libc::write(report, READY.as_ptr().cast(), READY.len()) != 1 {
+            libc::_exit(127)
+        }
+    }
+    let mut msg = [0u8; 5];
+    // SAFETY: reads at most `msg.len()` bytes into a stack buffer.
+    if unsafe { libc::read(start, msg.as_mut_ptr().cast(), msg.len()) } != msg.len() as isize {
+        // The agent dropped the container before starting it.
+        // SAFETY: as above.
+        unsafe { libc::_exit(127) }
+    }
+    u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]])
+}
+
+/// Takes pty `index` of the container's devpts as the controlling terminal and as 0, 1 and 2.
+///
+/// # Safety
+/// Child-only, inside the container's root.
+unsafe fn take_pty(index: u32, report: RawFd) {
+    let path = pts_path(index);
+    // SAFETY: child-only.
+    unsafe { new_session(report) };
+    // SAFETY: `path` is a NUL-terminated stack buffer.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::TakeTerminal) }
+    }
+    // SAFETY: child-only, in the session just made.
+    unsafe { take_terminal(fd, report) };
+    for to in 0..3 {
+        // SAFETY: plain dup2 on a descriptor this process owns; child-only.
+        unsafe {
+            if libc::dup2(fd, to) < 0 {
+                fail(report, Step::Stdio)
+            }
+        }
+    }
+    if fd > 2 {
+        // SAFETY: `fd` is this process's and no longer needed: 0, 1 and 2 are its copies.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Enters a running container's namespaces, then makes the process that execs a child of the
+/// agent (CLONE_PARENT), reports its pid and exits; the agent reaps the process directly.
+///
+/// # Safety
+/// Child-only.
+unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd) -> ! {
+    for &fd in ns {
+        // SAFETY: setns on a namespace descriptor the agent opened; child-only.
+        unsafe {
+            if libc::setns(fd, 0) < 0 {
+                fail(report, Step::Setns)
+            }
+        }
+    }
+    // SAFETY: fork semantics again; the new child only makes raw system calls until it execs.
+    let pid = unsafe { raw_clone((libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong) };
+    if pid == 0 {
+        // SAFETY: in the new child; `io` holds its copies of the streams.
+        unsafe {
+            setup_stdio(io, report);
+            become_process(prep, report)
+        }
+    }
+    if pid < 0 {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::Setns) }
+    }
+    let msg = pid_message(pid as i32);
+    // SAFETY: writes a stack buffer to the report pipe, then ends the helper without running
+    // the parent's destructors.
+    unsafe {
+        libc::write(report, msg.as_ptr().cast(), msg.len());
+        libc::_exit(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::Pid;
+
+    use super::super::pty::host_pty;
+    use super::super::report::{read_report, Report};
+    use super::super::stdio::{pipe, AgentIo};
+    use super::*;
+
+    #[test]
+    fn programs_are_looked_up_along_path() {
+        let p = Process {
+            args: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            env: vec!["PATH=/bin:/usr/bin".into()],
+            ..Default::default()
+        };
+        let prep = Prepared::new(&p, None, None).unwrap();
+        let progs: Vec<_> = prep.programs.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(progs, ["/bin/sh", "/usr/bin/sh"]);
+        assert_eq!(prep.argv.len(), 4);
+        assert!(prep.argv[3].is_null());
+        assert_eq!(prep.cwd.to_str().unwrap(), "/");
+
+        let abs = Process {
+            args: vec!["/bin/busybox".into()],
+            ..Default::default()
+        };
+        let prep = Prepared::new(&abs, None, None).unwrap();
+        assert_eq!(prep.programs.len(), 1);
+        assert!(matches!(
+            Prepared::new(&Process::default(), None, None),
+            Err(ContainerError::Invalid(m)) if m.starts_with("process args are empty")
+        ));
+        let nul = Process {
+            args: vec!["a\0b".into()],
+            ..Default::default()
+        };
+        assert!(Prepared::new(&nul, None, None).is_err());
+    }
+
+    #[test]
+    fn a_child_on_a_terminal_has_it_as_controlling_tty() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root (the child sets its groups)");
+            return;
+        }
+        let Some(pty) = host_pty() else { return };
+        let slave = pty.open_slave(Path::new("/dev/pts")).unwrap();
+        let index = pty.index;
+        let agent = AgentIo::terminal(pty.master, true).unwrap();
+        let io = ChildIo::terminal(slave).unwrap();
+        let p = Process {
+            // `tty` prints the terminal on stdin, or fails with "not a tty".
+            args: vec!["sh".into(), "-c".into(), "tty; read x; echo got $x".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            ..Default::default()
+        };
+        let prep = Prepared::new(&p, None, None).unwrap();
+        let (report_r, report_w) = pipe().unwrap();
+        // SAFETY: as in `clone_exec_helper`: fork semantics, raw system calls only in the child.
+        let pid = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+        if pid == 0 {
+            // SAFETY: in the child.
+            unsafe {
+                setup_stdio(&io, report_w.as_raw_fd());
+                become_process(&prep, report_w.as_raw_fd())
+            }
+        }
+        assert!(pid > 0);
+        drop(io);
+        drop(report_w);
+        assert!(matches!(
+            read_report(&mut File::from(report_r)),
+            Report::Exec
+        ));
+        // Its own session, with the pty as controlling terminal (`/proc/PID/stat`: state,
+        // ppid, pgrp, session, tty_nr after the command name).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[3], pid.to_string(), "session: {stat}");
+        let slave = std::fs::metadata(format!("/dev/pts/{index}")).unwrap();
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&slave);
+        let (major, minor) = (u64::from(libc::major(rdev)), u64::from(libc::minor(rdev)));
+        let tty_nr = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        assert_eq!(fields[4], tty_nr.to_string(), "tty_nr: {stat}");
+        agent.stdin.as_ref().unwrap().write_all(b"typed\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        // Read until the slave's last holder exits (EIO).
+        while let Ok(n) = (&agent.outputs[0].1).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let status = waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid as i32), 0));
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(&format!("/dev/pts/{index}\r\n")), "{text:?}");
+        assert!(text.ends_with("got typed\r\n"), "{text:?}");
+    }
+}
