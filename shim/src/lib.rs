@@ -13,14 +13,16 @@
 pub mod config;
 pub mod container;
 pub mod error;
+mod events;
 pub mod io;
 pub mod logging;
 pub mod mount;
 pub mod options;
+mod pod;
 pub mod process;
 pub mod sandbox;
 pub mod service;
-pub mod shim;
 pub mod sizing;
 pub mod spec;
 pub mod state;
+pub mod task;

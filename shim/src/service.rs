@@ -13,9 +13,9 @@ use containerd_shim_protos::protobuf::MessageField;
 
 use crate::process::{timestamp, Exit};
 use crate::sandbox::{cleanup_leftover, read_bundle_record};
-use crate::service::Service;
 use crate::spec::BundleSpec;
 use crate::state::StateDir;
+use crate::task::TaskService;
 
 /// containerd's name for this runtime.
 pub const RUNTIME_TYPE: &str = "io.containerd.coffer.v2";
@@ -56,7 +56,7 @@ pub fn shim_config() -> Config {
 
 #[async_trait]
 impl Shim for CofferShim {
-    type T = Service;
+    type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         crate::logging::init(&args.action, args.debug);
@@ -104,7 +104,7 @@ impl Shim for CofferShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        Service::new(&self.namespace, Some(publisher), self.exit.clone())
+        TaskService::new(&self.namespace, Some(publisher), self.exit.clone())
     }
 }
 

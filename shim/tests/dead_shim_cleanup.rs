@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 
 use coffer_shim::sandbox::BUNDLE_RECORD;
-use coffer_shim::shim::cleanup_bundle;
+use coffer_shim::service::cleanup_bundle;
 use coffer_shim::state::{LaunchCommand, SandboxState, StateDir};
 
 fn record(id: &str, pid: u32, program: &str) -> SandboxState {

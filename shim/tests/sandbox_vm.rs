@@ -17,9 +17,9 @@ use coffer_initdata::annotation::{self, ANNOTATION};
 use coffer_initdata::InitData;
 use coffer_shim::options::encode_config_path;
 use coffer_shim::sandbox::Sandbox;
-use coffer_shim::service::Service;
 use coffer_shim::spec::BundleSpec;
 use coffer_shim::state::StateDir;
+use coffer_shim::task::TaskService;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim_protos::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, ResizePtyRequest,
@@ -145,7 +145,7 @@ impl Fixture {
 }
 
 /// Waits for a process (`exec_id` "": the container's own) and returns its exit status.
-async fn exit_status(service: &Service, id: &str, exec_id: &str) -> u32 {
+async fn exit_status(service: &TaskService, id: &str, exec_id: &str) -> u32 {
     service
         .wait_task(WaitRequest {
             id: id.into(),
@@ -377,7 +377,7 @@ fn feed_fifo(fifo: &Path, data: &'static [u8]) -> tokio::task::JoinHandle<std::i
 /// Execs and starts `args` in container c2 with stdin from `stdin`, output to
 /// `out/<exec_id>.out` (and `.err` without a terminal).
 async fn run_exec(
-    service: &Service,
+    service: &TaskService,
     out: &Path,
     exec_id: &str,
     args: serde_json::Value,
@@ -444,7 +444,7 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).unwrap();
     }
 
-    let service = Service::new("test", None, Arc::new(ExitSignal::default()));
+    let service = TaskService::new("test", None, Arc::new(ExitSignal::default()));
     let document = seed_initdata();
     let sb_bundle = f.bundle(
         "pod",
@@ -810,7 +810,7 @@ async fn a_vm_that_dies_ends_every_task_of_the_pod() {
     std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", lower.join("bin/sleep")).unwrap();
 
-    let service = Service::new("test", None, Arc::new(ExitSignal::default()));
+    let service = TaskService::new("test", None, Arc::new(ExitSignal::default()));
     let sb_bundle = f.bundle("pod", &["/pause"], &f.sandbox_annotations("pod", None));
     let vm_pid = service
         .create_task(req_create("pod", &sb_bundle, None, &out, &f.options))

@@ -5,9 +5,9 @@
 /// small (no worker threads, each with its own stack). Blocking work goes to `spawn_blocking`.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    containerd_shim::asynchronous::run::<coffer_shim::shim::CofferShim>(
-        coffer_shim::shim::RUNTIME_TYPE,
-        Some(coffer_shim::shim::shim_config()),
+    containerd_shim::asynchronous::run::<coffer_shim::service::CofferShim>(
+        coffer_shim::service::RUNTIME_TYPE,
+        Some(coffer_shim::service::shim_config()),
     )
     .await;
 }

@@ -1,0 +1,136 @@
+//! Task events: what the shim publishes to containerd, and the guest's events (process output,
+//! exits) followed for the life of the sandbox.
+
+use std::sync::Arc;
+
+use coffer_agent::protocol::Event;
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::context::Context;
+
+use crate::io::close_all;
+use crate::pod::{Pod, ProcessExit, VM_GONE_EXIT};
+use crate::process::Exit;
+
+impl Pod {
+    pub(crate) async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        if let Err(e) = publisher
+            .publish(Context::default(), topic, &self.namespace, event)
+            .await
+        {
+            tracing::warn!(topic, error = %e, "cannot publish event to containerd");
+        }
+    }
+
+    pub(crate) async fn publish_exit(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        pid: u32,
+        exit: Exit,
+    ) {
+        let event = TaskExit {
+            container_id: container_id.to_string(),
+            id: exec_id.unwrap_or(container_id).to_string(),
+            pid,
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+            .await;
+    }
+
+    /// Records a process's exit once its output has been written out, then tells containerd.
+    async fn process_exited(&self, id: &str, exec_id: Option<&str>, exit: Exit) {
+        let io = {
+            let mut tasks = self.tasks.lock().await;
+            let Some(p) = tasks
+                .containers
+                .get_mut(id)
+                .and_then(|c| c.process_for_event(exec_id))
+            else {
+                return;
+            };
+            if p.exit().is_some() {
+                return;
+            }
+            p.io.take()
+        };
+        // Output first: containerd reads the FIFOs to their end before it reports the exit
+        // (ExecSync's result, the container log).
+        if let Some(io) = io {
+            io.close().await;
+        }
+        let pid = {
+            let mut tasks = self.tasks.lock().await;
+            let Some(p) = tasks
+                .containers
+                .get_mut(id)
+                .and_then(|c| c.process_for_event(exec_id))
+            else {
+                return;
+            };
+            if !p.set_exited(exit) {
+                return;
+            }
+            p.pid
+        };
+        tracing::info!(container = id, exec = ?exec_id, code = exit.code, "process exited");
+        self.publish_exit(id, exec_id, pid, exit).await;
+    }
+
+    /// Marks every process that has not exited as exited with `code` (the VM is gone), closing
+    /// its output; returns what must be published.
+    async fn all_exited(&self, code: u32) -> Vec<ProcessExit> {
+        let (ios, exits) = self.tasks.lock().await.exit_all(|_| code);
+        close_all(ios).await;
+        exits
+    }
+
+    /// Follows the guest's events until the agent connection closes.
+    pub(crate) async fn follow_events(
+        self: Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    ) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Output {
+                    id,
+                    exec_id,
+                    stream,
+                    data,
+                } => {
+                    let mut tasks = self.tasks.lock().await;
+                    if let Some(io) = tasks
+                        .containers
+                        .get_mut(&id)
+                        .and_then(|c| c.process_for_event(exec_id.as_deref()))
+                        .and_then(|p| p.io.as_mut())
+                    {
+                        io.write(stream, data);
+                    }
+                }
+                Event::Exit {
+                    id,
+                    exec_id,
+                    status,
+                } => {
+                    let code = u32::try_from(status.code).unwrap_or(VM_GONE_EXIT);
+                    self.process_exited(&id, exec_id.as_deref(), Exit::now(code))
+                        .await;
+                }
+            }
+        }
+        // The connection is gone: the VM stopped (asked or not). Whatever still ran is dead.
+        tracing::info!("guest agent connection closed");
+        for e in self.all_exited(VM_GONE_EXIT).await {
+            self.publish_exit(&e.id, e.exec_id.as_deref(), e.pid, e.exit)
+                .await;
+        }
+    }
+}

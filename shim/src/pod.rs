@@ -1,0 +1,604 @@
+//! The pod a shim serves: its sandbox VM and its tasks, and what each task API request does
+//! to them.
+//!
+//! One shim process serves a whole pod (containers join their sandbox's shim). Requests run
+//! concurrently; the pod's tasks sit behind one async mutex, held across the short guest calls
+//! that change a task (so a process's exit is never processed before its start has been
+//! recorded) and never across a wait. The guest's events are followed in [`crate::events`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coffer_agent::protocol::client::AgentClient;
+use coffer_agent::protocol::CreateContainer;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim_protos::api::{
+    CloseIORequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse,
+    ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
+};
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::topics;
+use tokio::sync::Mutex;
+
+use crate::container::{Container, Kind};
+use crate::error::{Error, Result};
+use crate::io::{close_all, ProcessIo, StdinTarget};
+use crate::mount::Rootfs;
+use crate::process::{wait_exit, Exit, Phase, Process};
+use crate::sandbox::Sandbox;
+use crate::spec::{self, BundleSpec};
+
+/// Exit code reported for processes that were running when the VM went away unasked.
+pub(crate) const VM_GONE_EXIT: u32 = 255;
+
+/// The pod of one shim.
+pub(crate) struct Pod {
+    pub(crate) namespace: String,
+    pub(crate) publisher: Option<RemotePublisher>,
+    exit: Arc<ExitSignal>,
+    pub(crate) tasks: Mutex<Tasks>,
+}
+
+/// The pod's sandbox and tasks, behind the pod's lock.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    sandbox: Option<Sandbox>,
+    pub(crate) containers: HashMap<String, Container>,
+}
+
+/// A process marked as exited, to be published.
+pub(crate) struct ProcessExit {
+    pub(crate) id: String,
+    pub(crate) exec_id: Option<String>,
+    pub(crate) pid: u32,
+    pub(crate) exit: Exit,
+}
+
+impl Tasks {
+    fn container(&self, id: &str) -> Result<&Container> {
+        self.containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("task {id}")))
+    }
+
+    fn container_mut(&mut self, id: &str) -> Result<&mut Container> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("task {id}")))
+    }
+
+    /// The guest agent, while the sandbox VM runs.
+    fn agent(&self) -> Result<Arc<AgentClient>> {
+        self.sandbox
+            .as_ref()
+            .map(|s| s.agent.clone())
+            .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))
+    }
+
+    /// Marks every process that has not exited as exited, with the code `code_of` gives for its
+    /// container; returns their output, to be closed, and the exits, to be published.
+    pub(crate) fn exit_all(
+        &mut self,
+        code_of: impl Fn(&Container) -> u32,
+    ) -> (Vec<ProcessIo>, Vec<ProcessExit>) {
+        let mut ios = Vec::new();
+        let mut exits = Vec::new();
+        for c in self.containers.values_mut() {
+            let code = code_of(c);
+            let id = c.id.clone();
+            for p in std::iter::once(&mut c.init).chain(c.execs.values_mut()) {
+                if p.exit().is_some() {
+                    continue;
+                }
+                ios.extend(p.io.take());
+                let exit = Exit::now(code);
+                p.set_exited(exit);
+                exits.push(ProcessExit {
+                    id: id.clone(),
+                    exec_id: p.exec_id.clone(),
+                    pid: p.pid,
+                    exit,
+                });
+            }
+        }
+        (ios, exits)
+    }
+}
+
+impl Pod {
+    /// A pod publishing events to containerd through `publisher` (none in tests), ending the
+    /// shim through `exit`.
+    pub(crate) fn new(
+        namespace: &str,
+        publisher: Option<RemotePublisher>,
+        exit: Arc<ExitSignal>,
+    ) -> Pod {
+        Pod {
+            namespace: namespace.to_string(),
+            publisher,
+            exit,
+            tasks: Mutex::new(Tasks::default()),
+        }
+    }
+
+    /// Stops the VM (if any is running) and reports every process as exited.
+    async fn stop_sandbox(&self, tasks: &mut Tasks, signal: u32) {
+        let Some(sandbox) = tasks.sandbox.as_mut() else {
+            return;
+        };
+        sandbox.stop_vm().await;
+        let sandbox_id = sandbox.id.clone();
+        let (ios, exits) = tasks.exit_all(|c| {
+            if c.id == sandbox_id {
+                128 + signal
+            } else {
+                VM_GONE_EXIT
+            }
+        });
+        close_all(ios).await;
+        for e in exits {
+            self.publish_exit(&e.id, e.exec_id.as_deref(), e.pid, e.exit)
+                .await;
+        }
+    }
+
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        req: CreateTaskRequest,
+    ) -> Result<CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = BundleSpec::load(&bundle)?;
+        let pid = if spec.is_sandbox() {
+            self.create_sandbox(&req, &bundle, &spec).await?
+        } else {
+            self.create_workload(&req, &bundle, &spec).await?
+        };
+        let event = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            }),
+            checkpoint: req.checkpoint.clone(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn create_sandbox(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        bundle: &std::path::Path,
+        spec: &BundleSpec,
+    ) -> Result<u32> {
+        if self.tasks.lock().await.sandbox.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "a sandbox in this shim (asked to create sandbox {})",
+                req.id
+            )));
+        }
+        // The lock is not held while the VM boots (seconds to minutes): nothing else can use
+        // the tasks before its sandbox exists anyway.
+        let (sandbox, events) =
+            Sandbox::create(&req.id, bundle, spec, req.options.as_ref()).await?;
+        let pid = sandbox.pid();
+        let mut init = Process::new(None, &req.stdin, &req.stdout, &req.stderr);
+        init.pid = pid;
+        // The pause process's stdio is not used: the VM is the sandbox.
+        let container = Container {
+            id: req.id.clone(),
+            bundle: bundle.to_path_buf(),
+            kind: Kind::Sandbox,
+            init,
+            execs: HashMap::new(),
+            rootfs: None,
+            in_guest: false,
+        };
+        {
+            let mut tasks = self.tasks.lock().await;
+            tasks.sandbox = Some(sandbox);
+            tasks.containers.insert(req.id.clone(), container);
+        }
+        tokio::spawn(self.clone().follow_events(events));
+        Ok(pid)
+    }
+
+    async fn create_workload(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &std::path::Path,
+        spec: &BundleSpec,
+    ) -> Result<u32> {
+        // The id becomes a directory name in the share.
+        crate::state::check_id(&req.id)?;
+        let sandbox_id = spec.sandbox_id(&req.id);
+        let mut process = spec.process()?;
+        process.terminal |= req.terminal;
+        process.stdin = !req.stdin.is_empty();
+        let terminal = process.terminal;
+        let mut tasks = self.tasks.lock().await;
+        let Some(sandbox) = tasks.sandbox.as_ref().filter(|s| s.id == sandbox_id) else {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {sandbox_id} of container {} is not running in this shim",
+                req.id
+            )));
+        };
+        if tasks.containers.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {}", req.id)));
+        }
+        let agent = sandbox.agent.clone();
+        let share_dir = sandbox.share_dir.clone();
+        // Checked now: stdin is only opened once the process runs, too late to refuse it.
+        crate::io::stdio_path(&req.stdin)?;
+        let io = ProcessIo::open(&req.stdout, &req.stderr)?;
+        let rootfs = Rootfs::mount(&req.rootfs, bundle, &share_dir, &req.id).await?;
+        let create = CreateContainer {
+            id: req.id.clone(),
+            rootfs: rootfs.guest_path.clone(),
+            hostname: spec.hostname(),
+            process,
+        };
+        if let Err(e) = agent.create_container(create).await {
+            if let Err(u) = rootfs.unmount() {
+                tracing::warn!(container = %req.id, error = %u, "unmounting after a failed create");
+            }
+            io.close().await;
+            return Err(e.into());
+        }
+        let mut init = Process::new(None, &req.stdin, &req.stdout, &req.stderr);
+        init.io = Some(io);
+        init.terminal = terminal;
+        tasks.containers.insert(
+            req.id.clone(),
+            Container {
+                id: req.id.clone(),
+                bundle: bundle.to_path_buf(),
+                kind: Kind::Workload,
+                init,
+                execs: HashMap::new(),
+                rootfs: Some(rootfs),
+                in_guest: true,
+            },
+        );
+        tracing::info!(container = %req.id, sandbox = %sandbox_id, "container created");
+        Ok(0)
+    }
+
+    pub(crate) async fn start(&self, req: StartRequest) -> Result<StartResponse> {
+        let mut tasks = self.tasks.lock().await;
+        let agent = tasks.sandbox.as_ref().map(|s| s.agent.clone());
+        let container = tasks.container_mut(&req.id)?;
+        let kind = container.kind;
+        let process = container.process_mut(&req.exec_id)?;
+        if process.phase != Phase::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} {} was already started",
+                req.id, req.exec_id
+            )));
+        }
+        let pid = match (kind, req.exec_id.is_empty()) {
+            (Kind::Sandbox, true) => process.pid,
+            (Kind::Sandbox, false) => {
+                return Err(Error::Unsupported("exec in the sandbox (pause) container"))
+            }
+            (Kind::Workload, exec) => {
+                let agent = agent.ok_or_else(|| {
+                    Error::FailedPrecondition("the sandbox VM is not running".into())
+                })?;
+                let pid = if exec {
+                    agent.start(&req.id).await?
+                } else {
+                    let guest = process.guest.take().ok_or_else(|| {
+                        Error::FailedPrecondition(format!("exec {} has no process", req.exec_id))
+                    })?;
+                    agent.exec(&req.id, &req.exec_id, guest).await?
+                };
+                // Only now does the guest know the process its stdin goes to.
+                let target = StdinTarget {
+                    agent,
+                    id: req.id.clone(),
+                    exec_id: (!exec).then(|| req.exec_id.clone()),
+                };
+                if let Some(io) = process.io.as_mut() {
+                    // The path was checked at create or exec, and the process runs now: a
+                    // failure here leaves it reading nothing rather than failing its start.
+                    if let Err(e) = io.start_stdin(&process.stdin, target) {
+                        tracing::warn!(container = %req.id, exec = %req.exec_id, error = %e, "stdin not forwarded");
+                    }
+                }
+                pid
+            }
+        };
+        process.pid = pid;
+        process.phase = Phase::Running;
+        // Published while the tasks is locked, so the start reaches containerd before an exit
+        // the guest may already have reported.
+        if req.exec_id.is_empty() {
+            let event = TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event))
+                .await;
+        } else {
+            let event = TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+                .await;
+        }
+        drop(tasks);
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    pub(crate) async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let json = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.clone())
+            .ok_or_else(|| Error::InvalidArgument("exec request without a process spec".into()))?;
+        let mut guest = spec::exec_process(&json)?;
+        guest.terminal |= req.terminal;
+        guest.stdin = !req.stdin.is_empty();
+        let mut tasks = self.tasks.lock().await;
+        let container = tasks.container_mut(&req.id)?;
+        if container.kind == Kind::Sandbox {
+            return Err(Error::Unsupported("exec in the sandbox (pause) container"));
+        }
+        if container.execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} in container {}",
+                req.exec_id, req.id
+            )));
+        }
+        let mut process = Process::new(
+            Some(req.exec_id.clone()),
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+        );
+        process.terminal = guest.terminal;
+        process.guest = Some(guest);
+        crate::io::stdio_path(&req.stdin)?;
+        process.io = Some(ProcessIo::open(&req.stdout, &req.stderr)?);
+        container.execs.insert(req.exec_id.clone(), process);
+        drop(tasks);
+        let event = TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(())
+    }
+
+    pub(crate) async fn kill(&self, req: KillRequest) -> Result<()> {
+        let mut tasks = self.tasks.lock().await;
+        let container = tasks.container(&req.id)?;
+        let process = container.process(&req.exec_id)?;
+        if process.exit().is_some() {
+            // Already gone: what the signal was meant to achieve has happened.
+            return Ok(());
+        }
+        if container.kind == Kind::Sandbox {
+            tracing::info!(sandbox = %req.id, signal = req.signal, "stopping the sandbox VM");
+            self.stop_sandbox(&mut tasks, req.signal).await;
+            return Ok(());
+        }
+        if process.phase == Phase::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "task {} {} is not running",
+                req.id, req.exec_id
+            )));
+        }
+        let agent = tasks.agent()?;
+        let exec_id = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
+        let signal = i32::try_from(req.signal).map_err(|_| {
+            Error::InvalidArgument(format!("signal {} is out of range", req.signal))
+        })?;
+        drop(tasks);
+        agent.signal(&req.id, exec_id, signal).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
+        let rx = {
+            let tasks = self.tasks.lock().await;
+            let container = tasks.container(&req.id)?;
+            container.process(&req.exec_id)?.subscribe()
+        };
+        let exit = wait_exit(rx).await.ok_or_else(|| {
+            Error::NotFound(format!(
+                "task {} {} was deleted while waiting",
+                req.id, req.exec_id
+            ))
+        })?;
+        Ok(WaitResponse {
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    pub(crate) async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let mut tasks = self.tasks.lock().await;
+        let container = tasks.container_mut(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let process = container.process(&req.exec_id)?;
+            if process.phase == Phase::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {} in container {} is still running",
+                    req.exec_id, req.id
+                )));
+            }
+            let process = container.execs.remove(&req.exec_id);
+            let (pid, exit) = process.map_or((0, None), |p| (p.pid, p.exit()));
+            return Ok(delete_response(pid, exit));
+        }
+        if container.kind == Kind::Workload && container.init.phase == Phase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is still running; kill it first",
+                req.id
+            )));
+        }
+        let kind = container.kind;
+        if kind == Kind::Sandbox && container.init.exit().is_none() {
+            self.stop_sandbox(&mut tasks, 9).await;
+        }
+        let Some(container) = tasks.containers.remove(&req.id) else {
+            return Err(Error::NotFound(format!("task {}", req.id)));
+        };
+        match kind {
+            Kind::Workload => {
+                if container.in_guest {
+                    if let Some(agent) = tasks.sandbox.as_ref().map(|s| s.agent.clone()) {
+                        if let Err(e) = agent.remove(&container.id).await {
+                            // The VM may be gone already; the host side is cleaned regardless.
+                            tracing::debug!(container = %container.id, error = %e, "guest remove");
+                        }
+                    }
+                }
+                if let Some(rootfs) = &container.rootfs {
+                    rootfs.unmount()?;
+                }
+            }
+            Kind::Sandbox => {
+                if let Some(sandbox) = tasks.sandbox.take() {
+                    // Containers still listed lose their share when the state goes.
+                    sandbox.remove_state()?;
+                    tracing::info!(sandbox = %sandbox.id, "sandbox removed");
+                }
+            }
+        }
+        drop(tasks);
+        let exit = container.init.exit();
+        let pid = container.init.pid;
+        let event = TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status: exit.map_or(0, |e| e.code),
+            exited_at: exit.map_or_else(MessageField::none, |e| MessageField::some(e.timestamp())),
+            id: req.id.clone(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(delete_response(pid, exit))
+    }
+
+    pub(crate) async fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let tasks = self.tasks.lock().await;
+        let container = tasks.container(&req.id)?;
+        let process = container.process(&req.exec_id)?;
+        let name = if req.exec_id.is_empty() {
+            format!("task {}", req.id)
+        } else {
+            format!("exec {} in task {}", req.exec_id, req.id)
+        };
+        if !process.terminal {
+            return Err(Error::FailedPrecondition(format!(
+                "{name} has no terminal to resize; create it with terminal: true"
+            )));
+        }
+        if process.phase != Phase::Running {
+            return Err(Error::FailedPrecondition(format!("{name} is not running")));
+        }
+        let agent = tasks.agent()?;
+        drop(tasks);
+        // Sizes past u16 are no terminal's; the kernel's field is 16 bits.
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        let exec_id = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
+        agent
+            .resize_pty(&req.id, exec_id, clamp(req.width), clamp(req.height))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close_io(&self, req: CloseIORequest) -> Result<()> {
+        if !req.stdin {
+            return Ok(());
+        }
+        let mut tasks = self.tasks.lock().await;
+        let container = tasks.container_mut(&req.id)?;
+        let process = container.process_mut(&req.exec_id)?;
+        if let Some(io) = process.io.as_mut() {
+            io.close_stdin();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn state(&self, req: StateRequest) -> Result<StateResponse> {
+        let tasks = self.tasks.lock().await;
+        let container = tasks.container(&req.id)?;
+        Ok(container
+            .process(&req.exec_id)?
+            .state(&req.id, &container.bundle_str()))
+    }
+
+    pub(crate) async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+        let tasks = self.tasks.lock().await;
+        let container = tasks.container(&req.id)?;
+        let processes = std::iter::once(&container.init)
+            .chain(container.execs.values())
+            .filter(|p| p.phase == Phase::Running)
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                ..Default::default()
+            })
+            .collect();
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    pub(crate) async fn shutdown(&self) -> Result<()> {
+        let mut tasks = self.tasks.lock().await;
+        if !tasks.containers.is_empty() {
+            // Other tasks of the tasks still use this shim.
+            return Ok(());
+        }
+        if tasks.sandbox.is_some() {
+            self.stop_sandbox(&mut tasks, 9).await;
+            if let Some(sandbox) = tasks.sandbox.take() {
+                sandbox.remove_state()?;
+            }
+        }
+        self.exit.signal();
+        Ok(())
+    }
+}
+
+pub(crate) fn delete_response(pid: u32, exit: Option<Exit>) -> DeleteResponse {
+    DeleteResponse {
+        pid,
+        exit_status: exit.map_or(0, |e| e.code),
+        exited_at: exit.map_or_else(MessageField::none, |e| MessageField::some(e.timestamp())),
+        ..Default::default()
+    }
+}
