@@ -135,7 +135,7 @@ impl Error {
             Error::Agent(e) => match e {
                 C::Timeout { .. } => Code::FAILED_PRECONDITION,
                 C::VersionMismatch { .. } => Code::FAILED_PRECONDITION,
-                C::Remote { .. } => Code::FAILED_PRECONDITION,
+                C::Remote { kind, .. } => guest_code(*kind),
                 _ => Code::UNAVAILABLE,
             },
             Error::NotFound(_) => Code::NOT_FOUND,
@@ -144,6 +144,20 @@ impl Error {
             Error::State(StateError::BadId(_)) => Code::INVALID_ARGUMENT,
             Error::State(_) | Error::Mount(_) | Error::Io { .. } => Code::INTERNAL,
         }
+    }
+}
+
+/// The status code of a guest error: the guest says what kind of failure it was.
+fn guest_code(kind: coffer_agent::protocol::ErrorKind) -> Code {
+    use coffer_agent::protocol::ErrorKind as K;
+    match kind {
+        K::NotFound => Code::NOT_FOUND,
+        K::AlreadyExists => Code::ALREADY_EXISTS,
+        K::InvalidArgument => Code::INVALID_ARGUMENT,
+        K::FailedPrecondition => Code::FAILED_PRECONDITION,
+        K::PermissionDenied => Code::PERMISSION_DENIED,
+        K::DeadlineExceeded => Code::DEADLINE_EXCEEDED,
+        K::Internal => Code::INTERNAL,
     }
 }
 
@@ -204,6 +218,35 @@ mod tests {
             msg,
             "Init-Data digest mismatch: the host launched the VM with aa but the guest read bb"
         );
+    }
+
+    #[test]
+    fn guest_errors_keep_their_kind() {
+        use coffer_agent::protocol::client::ClientError;
+        use coffer_agent::protocol::ErrorKind;
+        let remote = |kind| {
+            Error::Agent(ClientError::Remote {
+                op: "exec",
+                kind,
+                message: "no container \"c1\" in this guest".into(),
+            })
+        };
+        for (kind, code) in [
+            (ErrorKind::NotFound, Code::NOT_FOUND),
+            (ErrorKind::AlreadyExists, Code::ALREADY_EXISTS),
+            (ErrorKind::InvalidArgument, Code::INVALID_ARGUMENT),
+            (ErrorKind::FailedPrecondition, Code::FAILED_PRECONDITION),
+            (ErrorKind::PermissionDenied, Code::PERMISSION_DENIED),
+            (ErrorKind::DeadlineExceeded, Code::DEADLINE_EXCEEDED),
+            (ErrorKind::Internal, Code::INTERNAL),
+        ] {
+            let (got, msg) = status(remote(kind));
+            assert_eq!(got, code, "{kind:?}");
+            assert_eq!(
+                msg,
+                "the guest agent refused exec: no container \"c1\" in this guest"
+            );
+        }
     }
 
     #[test]

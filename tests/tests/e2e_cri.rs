@@ -167,6 +167,14 @@ fn stop_and_remove(driver: &mut dyn Driver, running: &Running) {
     driver
         .remove_pod(&running.pod_id)
         .unwrap_or_else(|e| panic!("{who}: RemovePodSandbox: {e}"));
+    // What is gone is NotFound, as with runc (crictl prints `code = NotFound`).
+    let err = driver
+        .exec_sync(&running.container_id, &["true"])
+        .expect_err("ExecSync into a removed container succeeded");
+    assert!(
+        err.to_string().contains("code = NotFound"),
+        "{who}: ExecSync into a removed container: {err}"
+    );
 }
 
 fn assert_nothing_left(cri: &mut Cri) {

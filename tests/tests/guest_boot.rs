@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use coffer_agent::protocol::client::{AgentClient, ClientError};
 use coffer_agent::protocol::{
-    CreateContainer, Event, ExitStatus, Hello, PolicyStatus, Process, Stream, Tee as GuestTee,
-    Verification,
+    CreateContainer, ErrorKind, Event, ExitStatus, Hello, PolicyStatus, Process, Stream,
+    Tee as GuestTee, Verification,
 };
 use coffer_hypervisor::{
     Accel, HostCapabilities, LaunchPlan, StopStep, Tee, Vm, VmConfig, VmResources,
@@ -347,9 +347,19 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             "{key}"
         );
     }
+    // Each refusal carries its kind, which becomes containerd's status code.
+    let unknown = g
+        .client
+        .signal("no-such-container", None, 9)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, ClientError::Remote { op: "signal", kind: ErrorKind::NotFound, message } if message == "no container \"no-such-container\" in this guest"),
+        "{unknown}"
+    );
     let outside = g.client.read_file("/etc/coffer/modules").await.unwrap_err();
     assert!(
-        matches!(&outside, ClientError::Remote { op: "read_file", message } if message.contains("is outside it")),
+        matches!(&outside, ClientError::Remote { op: "read_file", kind: ErrorKind::InvalidArgument, message } if message.contains("is outside it")),
         "{outside}"
     );
 
@@ -395,8 +405,10 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         .await
         .unwrap_err();
     match &denied {
-        ClientError::Remote { op, message } => {
+        ClientError::Remote { op, kind, message } => {
             assert_eq!(*op, "exec");
+            // PERMISSION_DENIED at containerd, as kata-agent answers a denial.
+            assert_eq!(*kind, ErrorKind::PermissionDenied);
             assert_eq!(message, "the agent policy denies ExecProcessRequest");
         }
         other => panic!("expected the policy to refuse the exec, got {other}"),
@@ -544,8 +556,9 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
             .await
             .unwrap_err();
         match err {
-            ClientError::Remote { op, message } => {
+            ClientError::Remote { op, kind, message } => {
                 assert_eq!(op, "create_container");
+                assert_eq!(kind, ErrorKind::FailedPrecondition);
                 assert_eq!(
                     message,
                     format!(

@@ -113,9 +113,7 @@ impl Containers {
 
     fn refuse(&self) -> Result<(), ContainerError> {
         match &self.refusal {
-            Some(r) => Err(ContainerError::Invalid(format!(
-                "this guest refuses to run containers: {r}"
-            ))),
+            Some(r) => Err(ContainerError::Refused(r.clone())),
             None => Ok(()),
         }
     }

@@ -1,6 +1,8 @@
 //! Errors of container operations. Each goes back to the host as the answer to its request, so
 //! its message says what failed and, where it helps, what to do instead.
 
+use crate::protocol::{ErrorKind, GuestError};
+
 /// Errors of container operations; the message goes to the host as is.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -21,6 +23,9 @@ pub enum ContainerError {
     /// The request is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// The guest runs no containers at all (its Init-Data or launch did not check out).
+    #[error("this guest refuses to run containers: {0}")]
+    Refused(String),
     /// The container is in the wrong state for this request.
     #[error("container \"{id}\" is {state}; {hint}")]
     State {
@@ -41,6 +46,28 @@ pub enum ContainerError {
     },
 }
 
+impl ContainerError {
+    /// The kind of failure, for the status code containerd shows.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ContainerError::NoContainer(_) | ContainerError::NoExec { .. } => ErrorKind::NotFound,
+            ContainerError::Exists(_) => ErrorKind::AlreadyExists,
+            ContainerError::Invalid(_) => ErrorKind::InvalidArgument,
+            // A failed system call is most often the container's doing (a missing binary, a
+            // path that is not a directory): the request cannot succeed as the guest stands.
+            ContainerError::Refused(_)
+            | ContainerError::State { .. }
+            | ContainerError::Sys { .. } => ErrorKind::FailedPrecondition,
+        }
+    }
+}
+
+impl From<ContainerError> for GuestError {
+    fn from(e: ContainerError) -> GuestError {
+        GuestError::new(e.kind(), e.to_string())
+    }
+}
+
 /// Turns a failed system call into the error that names `step`.
 pub(super) fn sys(step: impl Into<String>) -> impl FnOnce(nix::Error) -> ContainerError {
     let step = step.into();
@@ -50,4 +77,49 @@ pub(super) fn sys(step: impl Into<String>) -> impl FnOnce(nix::Error) -> Contain
 /// The errno behind an I/O error (EIO when it carries none).
 pub(super) fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_kind_containerd_expects() {
+        let cases = [
+            (
+                ContainerError::NoContainer("c1".into()),
+                ErrorKind::NotFound,
+            ),
+            (
+                ContainerError::NoExec {
+                    id: "c1".into(),
+                    exec: "e1".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+            (
+                ContainerError::Exists("container \"c1\"".into()),
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                ContainerError::Invalid("bad".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                ContainerError::Refused("no".into()),
+                ErrorKind::FailedPrecondition,
+            ),
+            (
+                ContainerError::Sys {
+                    step: "exec".into(),
+                    source: nix::Error::ENOENT,
+                },
+                ErrorKind::FailedPrecondition,
+            ),
+        ];
+        for (e, kind) in cases {
+            let message = e.to_string();
+            assert_eq!(GuestError::from(e), GuestError::new(kind, message));
+        }
+    }
 }

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 
 use regorus::{Engine, PolicyLengthConfig, Value};
 
-use crate::protocol::{PolicyStatus, Request};
+use crate::protocol::{ErrorKind, GuestError, PolicyStatus, Request};
 
 /// The Rego package the policy must declare, as in Kata.
 const PACKAGE: &str = "agent_policy";
@@ -141,6 +141,20 @@ impl AgentPolicy {
             AgentPolicy::Invalid(reason) => Err(PolicyError::Invalid(reason.clone())),
             AgentPolicy::Enforced(e) => e.check(rule, request),
         }
+    }
+}
+
+impl From<PolicyError> for GuestError {
+    /// A denial is PERMISSION_DENIED, as kata-agent answers it; a policy that does not load
+    /// leaves the guest unable to serve, whatever the request.
+    fn from(e: PolicyError) -> GuestError {
+        let kind = match e {
+            PolicyError::Invalid(_) => ErrorKind::FailedPrecondition,
+            PolicyError::Denied { .. }
+            | PolicyError::EvalFailed { .. }
+            | PolicyError::Input { .. } => ErrorKind::PermissionDenied,
+        };
+        GuestError::new(kind, e.to_string())
     }
 }
 

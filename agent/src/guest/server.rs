@@ -12,8 +12,8 @@ use super::container::Containers;
 use super::outgoing::Outgoing;
 use super::policy::AgentPolicy;
 use crate::protocol::{
-    decode, encode, frame_len, GuestFrame, Hello, InitDataReport, Outcome, Request, RequestFrame,
-    Response, INITDATA_DIR, PROTOCOL_VERSION,
+    decode, encode, frame_len, ErrorKind, GuestError, GuestFrame, Hello, InitDataReport, Outcome,
+    Request, RequestFrame, Response, INITDATA_DIR, PROTOCOL_VERSION,
 };
 
 /// Frames waiting for the writer. Bounded: when no host listens, producers (output readers)
@@ -114,7 +114,7 @@ fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
         let shutdown = matches!(frame.request, Request::Shutdown);
         let outcome = match handle(&agent, frame.request) {
             Ok(r) => Outcome::Ok(r),
-            Err(m) => Outcome::Err(m),
+            Err(e) => Outcome::Err(e),
         };
         let (written, was_written) = mpsc::channel();
         let _ = agent.out.send(Outgoing {
@@ -144,20 +144,26 @@ fn refuse_malformed(body: &[u8], error: &crate::protocol::FrameError) -> Option<
     let JustId { id } = serde_json::from_slice(body).ok()?;
     Some(GuestFrame::Response {
         id,
-        outcome: Outcome::Err(format!(
-            "this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: {error}"
+        outcome: Outcome::Err(GuestError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: {error}"
+            ),
         )),
     })
 }
 
-fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
-    agent.policy.check(&request).map_err(|e| e.to_string())?;
+fn handle(agent: &Agent, request: Request) -> Result<Response, GuestError> {
+    agent.policy.check(&request)?;
     let c = &agent.containers;
     match request {
         Request::Hello { protocol_version } => {
             if protocol_version != PROTOCOL_VERSION {
-                return Err(format!(
-                    "this agent speaks protocol version {PROTOCOL_VERSION}, the host {protocol_version}; use a guest image built from the same Coffer release"
+                return Err(GuestError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "this agent speaks protocol version {PROTOCOL_VERSION}, the host {protocol_version}; use a guest image built from the same Coffer release"
+                    ),
                 ));
             }
             Ok(Response::Hello(Box::new(Hello {
@@ -169,11 +175,11 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
         Request::CreateContainer(req) => c
             .create(req)
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Start { id } => c
             .start(&id)
             .map(|pid| Response::Started { pid })
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Exec {
             id,
             exec_id,
@@ -181,11 +187,11 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
         } => c
             .exec(&id, &exec_id, &process)
             .map(|pid| Response::Started { pid })
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Wait { id, exec_id } => c
             .wait(&id, exec_id.as_deref())
             .map(|status| Response::Exited { status })
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Signal {
             id,
             exec_id,
@@ -193,22 +199,22 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
         } => c
             .signal(&id, exec_id.as_deref(), signal)
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Remove { id } => c
             .remove(&id)
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::ReadFile { path } => {
             read_initdata_file(Path::new(INITDATA_DIR), &path).map(|data| Response::File { data })
         }
         Request::WriteStdin { id, exec_id, data } => c
             .write_stdin(&id, exec_id.as_deref(), &data)
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::CloseStdin { id, exec_id } => c
             .close_stdin(&id, exec_id.as_deref())
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::ResizePty {
             id,
             exec_id,
@@ -217,45 +223,52 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, String> {
         } => c
             .resize_pty(&id, exec_id.as_deref(), width, height)
             .map(|()| Response::Ok)
-            .map_err(|e| e.to_string()),
+            .map_err(GuestError::from),
         Request::Shutdown => Ok(Response::Ok),
     }
 }
 
 /// Reads `path` (absolute, or relative to `dir`) if it lies inside `dir`.
-pub fn read_initdata_file(dir: &Path, path: &str) -> Result<Vec<u8>, String> {
+pub fn read_initdata_file(dir: &Path, path: &str) -> Result<Vec<u8>, GuestError> {
+    let outside = |message: String| GuestError::new(ErrorKind::InvalidArgument, message);
     let p = Path::new(path);
     let rel: PathBuf = if p.is_absolute() {
         p.strip_prefix(dir)
             .map_err(|_| {
-                format!(
+                outside(format!(
                     "read_file is limited to {}; {path} is outside it",
                     dir.display()
-                )
+                ))
             })?
             .to_owned()
     } else {
         p.to_owned()
     };
     if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!(
+        return Err(outside(format!(
             "read_file is limited to files in {}; {path:?} is not one",
             dir.display()
-        ));
+        )));
     }
     let full = dir.join(&rel);
     // A symlink inside the directory must not lead out of it.
-    let real =
-        fs::canonicalize(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-    let real_dir =
-        fs::canonicalize(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let real = fs::canonicalize(&full).map_err(|e| cannot_read(&full, &e))?;
+    let real_dir = fs::canonicalize(dir).map_err(|e| cannot_read(dir, &e))?;
     if !real.starts_with(&real_dir) {
-        return Err(format!(
+        return Err(outside(format!(
             "read_file is limited to {}; {path} leads outside it",
             dir.display()
-        ));
+        )));
     }
-    fs::read(&real).map_err(|e| format!("cannot read {}: {e}", full.display()))
+    fs::read(&real).map_err(|e| cannot_read(&full, &e))
+}
+
+fn cannot_read(path: &Path, e: &std::io::Error) -> GuestError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        _ => ErrorKind::Internal,
+    };
+    GuestError::new(kind, format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -269,11 +282,14 @@ mod tests {
         match refuse_malformed(body, &err) {
             Some(GuestFrame::Response {
                 id: 7,
-                outcome: Outcome::Err(m),
-            }) => assert!(
-                m.starts_with("this agent (protocol version 1) does not understand the request: malformed frame: unknown variant `format_disk`"),
-                "{m}"
-            ),
+                outcome: Outcome::Err(e),
+            }) => {
+                assert_eq!(e.kind, ErrorKind::InvalidArgument);
+                assert!(
+                    e.message.starts_with("this agent (protocol version 2) does not understand the request: malformed frame: unknown variant `format_disk`"),
+                    "{e}"
+                );
+            }
             other => panic!("{other:?}"),
         }
         let junk = b"[1,2]";
@@ -293,18 +309,15 @@ mod tests {
         assert_eq!(read_initdata_file(&dir, "aa.toml").unwrap(), b"x = 1\n");
         let abs = dir.join("aa.toml").display().to_string();
         assert_eq!(read_initdata_file(&dir, &abs).unwrap(), b"x = 1\n");
-        assert!(read_initdata_file(&dir, "../secret")
-            .unwrap_err()
-            .contains("is not one"));
-        assert!(read_initdata_file(&dir, "/etc/passwd")
-            .unwrap_err()
-            .contains("is outside it"));
-        assert!(read_initdata_file(&dir, "link")
-            .unwrap_err()
-            .contains("leads outside it"));
-        assert!(read_initdata_file(&dir, "").is_err());
-        assert!(read_initdata_file(&dir, "cdh.toml")
-            .unwrap_err()
-            .starts_with("cannot read"));
+        let refused = |path: &str, kind: ErrorKind, text: &str| {
+            let e = read_initdata_file(&dir, path).unwrap_err();
+            assert_eq!(e.kind, kind, "{path}: {e}");
+            assert!(e.message.contains(text), "{path}: {e}");
+        };
+        refused("../secret", ErrorKind::InvalidArgument, "is not one");
+        refused("/etc/passwd", ErrorKind::InvalidArgument, "is outside it");
+        refused("link", ErrorKind::InvalidArgument, "leads outside it");
+        refused("", ErrorKind::InvalidArgument, "is not one");
+        refused("cdh.toml", ErrorKind::NotFound, "cannot read");
     }
 }

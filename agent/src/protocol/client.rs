@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    decode, encode, frame_len, CreateContainer, Event, ExitStatus, FrameError, GuestFrame, Hello,
-    Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
+    decode, encode, frame_len, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
+    GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
 };
 
 /// How often hello is resent while the guest has not answered.
@@ -68,6 +68,8 @@ pub enum ClientError {
     Remote {
         /// The operation.
         op: &'static str,
+        /// What kind of failure the guest reported.
+        kind: ErrorKind,
         /// The guest's message.
         message: String,
     },
@@ -194,7 +196,11 @@ impl AgentClient {
     async fn expect(&self, op: &'static str, request: Request) -> Result<Response, ClientError> {
         match self.call(request).await? {
             Outcome::Ok(r) => Ok(r),
-            Outcome::Err(message) => Err(ClientError::Remote { op, message }),
+            Outcome::Err(e) => Err(ClientError::Remote {
+                op,
+                kind: e.kind,
+                message: e.message,
+            }),
         }
     }
 
@@ -430,9 +436,10 @@ fn hello_from(outcome: Outcome) -> Result<Hello, ClientError> {
             guest: h.protocol_version,
         }),
         Outcome::Ok(other) => Err(unexpected("hello", &other)),
-        Outcome::Err(message) => Err(ClientError::Remote {
+        Outcome::Err(e) => Err(ClientError::Remote {
             op: "hello",
-            message,
+            kind: e.kind,
+            message: e.message,
         }),
     }
 }
@@ -515,7 +522,7 @@ mod tests {
     //! a healthy guest in a VM does not produce on demand.
 
     use super::*;
-    use crate::protocol::{InitDataReport, Stream, Verification};
+    use crate::protocol::{GuestError, InitDataReport, Stream, Verification};
     use tokio::net::UnixListener;
 
     async fn read_request(s: &mut UnixStream) -> RequestFrame {
@@ -643,7 +650,10 @@ mod tests {
                 &mut s,
                 GuestFrame::Response {
                     id: create.id,
-                    outcome: Outcome::Err("this guest refuses to run containers: no".into()),
+                    outcome: Outcome::Err(GuestError::new(
+                        ErrorKind::FailedPrecondition,
+                        "this guest refuses to run containers: no",
+                    )),
                 },
             )
             .await;
@@ -707,7 +717,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the guest agent speaks protocol version 99, this host speaks 1; use a guest image built from the same Coffer release"
+            "the guest agent speaks protocol version 99, this host speaks 2; use a guest image built from the same Coffer release"
         );
         guest.await.unwrap();
     }

@@ -44,7 +44,7 @@ pub use coffer_contract::{Tee, AGENT_PORT_NAME, SHARE_MOUNT_TAG};
 pub mod client;
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts, in bytes (JSON length, without the 4-byte prefix).
 /// Large enough for a 4 MiB Init-Data document read back in base64.
@@ -232,8 +232,49 @@ pub enum GuestFrame {
 pub enum Outcome {
     /// It worked.
     Ok(Response),
-    /// It did not; the message says why and travels to the user as is.
-    Err(String),
+    /// It did not.
+    Err(GuestError),
+}
+
+/// Why the guest did not do what was asked: a kind the host turns into the status code
+/// containerd expects, and a message that travels to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct GuestError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What failed and, where it helps, what to do instead.
+    pub message: String,
+}
+
+impl GuestError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> GuestError {
+        GuestError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of guest failure, named as the gRPC status codes they become at containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No such container or process in the guest.
+    NotFound,
+    /// The id is taken in the guest.
+    AlreadyExists,
+    /// The request itself is wrong.
+    InvalidArgument,
+    /// The container or guest is not in a state that allows the request.
+    FailedPrecondition,
+    /// The agent policy refused the request (kata-agent answers PERMISSION_DENIED too).
+    PermissionDenied,
+    /// A wait or call ran out of time.
+    DeadlineExceeded,
+    /// The guest failed at something that should have worked.
+    Internal,
 }
 
 /// What a successful request returns.
@@ -656,10 +697,13 @@ mod tests {
             "the Init-Data in this guest does not match the launch: kernel command line is aa but the document's digest gives bb"
         );
         assert!(Verification::NoInitData.allows_containers());
-        let outcome = Outcome::Err("no such container \"x\"".into());
+        let outcome = Outcome::Err(GuestError::new(
+            ErrorKind::NotFound,
+            "no container \"x\" in this guest",
+        ));
         assert_eq!(
             serde_json::to_string(&outcome).unwrap(),
-            r#"{"err":"no such container \"x\""}"#
+            r#"{"err":{"kind":"not_found","message":"no container \"x\" in this guest"}}"#
         );
     }
 
