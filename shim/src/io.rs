@@ -380,9 +380,8 @@ mod tests {
     }
 
     use coffer_agent::protocol::{
-        decode, encode, frame_len, GuestFrame, Outcome, Request, RequestFrame, Response,
+        encode, read_frame_async, GuestFrame, Outcome, Request, RequestFrame, Response,
     };
-    use tokio::io::AsyncReadExt;
     use tokio::net::UnixStream;
 
     /// The guest's side of the agent channel: answers every request with ok and passes each
@@ -391,13 +390,9 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
-                let mut prefix = [0u8; 4];
-                if s.read_exact(&mut prefix).await.is_err() {
+                let Ok(frame) = read_frame_async::<_, RequestFrame>(&mut s).await else {
                     return;
-                }
-                let mut body = vec![0u8; frame_len(prefix).unwrap()];
-                s.read_exact(&mut body).await.unwrap();
-                let frame: RequestFrame = decode(&body).unwrap();
+                };
                 let answer = GuestFrame::Response {
                     id: frame.id,
                     outcome: Outcome::Ok(Response::Ok),

@@ -12,8 +12,8 @@ use super::container::Containers;
 use super::outgoing::Outgoing;
 use super::policy::AgentPolicy;
 use crate::protocol::{
-    decode, encode, frame_len, ErrorKind, GuestError, GuestFrame, Hello, InitDataReport, Outcome,
-    Request, RequestFrame, Response, INITDATA_DIR, PROTOCOL_VERSION,
+    decode, encode, ErrorKind, FrameDecoder, GuestError, GuestFrame, Hello, InitDataReport,
+    Outcome, Request, RequestFrame, Response, INITDATA_DIR, PROTOCOL_VERSION,
 };
 
 /// Frames waiting for the writer. Bounded: when no host listens, producers (output readers)
@@ -55,7 +55,7 @@ pub fn writer(mut port: File, frames: Receiver<Outgoing>) {
 
 /// Reads requests forever and runs each on its own thread.
 pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut frames = FrameDecoder::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = match port.read(&mut chunk) {
@@ -69,29 +69,22 @@ pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
         };
         if n == 0 {
             // No host connected: whatever was half read belongs to a session that is gone.
-            buf.clear();
+            frames.reset();
             std::thread::sleep(NO_HOST_POLL);
             continue;
         }
-        buf.extend_from_slice(&chunk[..n]);
+        frames.push(&chunk[..n]);
         loop {
-            if buf.len() < 4 {
-                break;
-            }
-            let len = match frame_len([buf[0], buf[1], buf[2], buf[3]]) {
-                Ok(l) => l,
+            match frames.next_body() {
+                Ok(Some(body)) => dispatch(&agent, &body),
+                Ok(None) => break,
                 Err(e) => {
                     // The stream lost sync; nothing after this point can be trusted.
                     boot::log(&format!("dropping input from the host: {e}"));
-                    buf.clear();
+                    frames.reset();
                     break;
                 }
-            };
-            if buf.len() < 4 + len {
-                break;
             }
-            let body: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
-            dispatch(&agent, &body);
         }
     }
 }

@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{
-    decode, encode, frame_len, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
+    encode, read_frame_async, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
     GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
 };
 
@@ -480,7 +480,7 @@ async fn read_loop(
     events: mpsc::UnboundedSender<Event>,
 ) {
     loop {
-        let frame = match read_one(&mut read).await {
+        let frame = match read_frame_async::<_, GuestFrame>(&mut read).await {
             Ok(f) => f,
             Err(_) => break,
         };
@@ -503,19 +503,6 @@ async fn read_loop(
     }
 }
 
-async fn read_one(read: &mut OwnedReadHalf) -> Result<GuestFrame, FrameError> {
-    let mut prefix = [0u8; 4];
-    match read.read_exact(&mut prefix).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = frame_len(prefix)?;
-    let mut body = vec![0u8; len];
-    read.read_exact(&mut body).await?;
-    decode(&body)
-}
-
 #[cfg(test)]
 mod tests {
     //! The client against a scripted guest on a unix socket: ordering, retries and failures that
@@ -526,11 +513,7 @@ mod tests {
     use tokio::net::UnixListener;
 
     async fn read_request(s: &mut UnixStream) -> RequestFrame {
-        let mut prefix = [0u8; 4];
-        s.read_exact(&mut prefix).await.unwrap();
-        let mut body = vec![0u8; frame_len(prefix).unwrap()];
-        s.read_exact(&mut body).await.unwrap();
-        decode(&body).unwrap()
+        read_frame_async(s).await.unwrap()
     }
 
     async fn send(s: &mut UnixStream, frame: GuestFrame) {

@@ -3,7 +3,8 @@
 //! # Framing
 //! Every message is one frame: a `u32` big-endian length followed by that many bytes of JSON.
 //! A frame larger than [`MAX_FRAME`] is refused by both sides (the reader never allocates past
-//! it). Binary payloads (process output, files) are base64 strings inside the JSON.
+//! it). Binary payloads (process output, files) are base64 strings inside the JSON. Both sides
+//! read frames with the same [`FrameDecoder`].
 //!
 //! # Messages
 //! The host sends [`RequestFrame`]s, each with an `id` it chose; the guest answers every request
@@ -33,8 +34,6 @@
 //!   may arrive truncated at the next host: the client then sees a malformed frame, and the cure
 //!   is to reconnect (which drains it). Requests in flight when the host went away get no answer.
 
-use std::io::{self, Read, Write};
-
 use serde::{Deserialize, Serialize};
 
 /// Names both sides of the VM boundary agree on, defined once in the contract crate.
@@ -42,6 +41,11 @@ pub use coffer_contract::{Tee, AGENT_PORT_NAME, SHARE_MOUNT_TAG};
 
 #[cfg(feature = "client")]
 pub mod client;
+mod frame;
+
+#[cfg(feature = "client")]
+pub use frame::read_frame_async;
+pub use frame::{decode, encode, read_frame, write_frame, FrameDecoder, FrameError};
 
 /// Version of this protocol; both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -494,80 +498,6 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
 }
 
-/// Errors while reading or writing frames.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The peer closed the stream between frames.
-    #[error("the peer closed the connection")]
-    Closed,
-    /// A frame announced a length over the limit.
-    #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes; the peer speaks another protocol or the stream lost sync")]
-    TooLarge {
-        /// The announced length.
-        len: usize,
-    },
-    /// A frame is not the JSON this protocol expects.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-    /// Reading or writing failed.
-    #[error("I/O error on the agent channel: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Serialises a message into one frame (length prefix included).
-pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
-    let json = serde_json::to_vec(message).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if json.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge { len: json.len() });
-    }
-    let mut out = Vec::with_capacity(4 + json.len());
-    // Cannot truncate: json.len() <= MAX_FRAME < u32::MAX.
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
-    Ok(out)
-}
-
-/// Parses a frame's JSON body (without its length prefix).
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
-}
-
-/// Checks a length prefix against [`MAX_FRAME`].
-pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len });
-    }
-    Ok(len)
-}
-
-/// Writes one message as a frame (blocking I/O).
-pub fn write_frame<W: Write, T: Serialize>(w: &mut W, message: &T) -> Result<(), FrameError> {
-    w.write_all(&encode(message)?)?;
-    w.flush()?;
-    Ok(())
-}
-
-/// Reads one frame (blocking I/O). A clean end of stream before the first byte is
-/// [`FrameError::Closed`].
-pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
-    let mut prefix = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut prefix[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = frame_len(prefix)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    decode(&body)
-}
-
 /// Base64 (standard, padded) for byte fields, so JSON stays compact.
 mod base64_bytes {
     use base64::engine::general_purpose::STANDARD;
@@ -744,7 +674,7 @@ mod tests {
         let cut: &[u8] = &[0, 0, 0, 10, b'{'];
         assert!(matches!(
             read_frame::<_, RequestFrame>(&mut &cut[..]),
-            Err(FrameError::Io(_))
+            Err(FrameError::Truncated { .. })
         ));
         let junk: &[u8] = &[0, 0, 0, 2, b'[', b']'];
         assert!(matches!(
