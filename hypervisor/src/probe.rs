@@ -318,7 +318,11 @@ mod tests {
         // Anything else in its place means: measure again.
         std::fs::write(&record, b"{\"boot_id\": 7}").unwrap();
         assert_eq!(read_speed_record(&record, "boot-a"), None);
-        std::fs::write(&record, vec![b' '; 2 * MAX_SPEED_RECORD as usize]).unwrap();
+        std::fs::write(
+            &record,
+            vec![b' '; 2 * usize::try_from(MAX_SPEED_RECORD).unwrap()],
+        )
+        .unwrap();
         assert_eq!(read_speed_record(&record, "boot-a"), None);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),

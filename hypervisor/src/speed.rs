@@ -222,9 +222,9 @@ mod tests {
     fn guest_code_jumps_land_on_instructions() {
         let code = guest_code();
         // jnz inner: rel8 counts from the next instruction (0x0a) back to 0x06.
-        assert_eq!(0x0a + i32::from(code[9] as i8), 0x06);
+        assert_eq!(0x0a + i32::from(i8::from_ne_bytes([code[9]])), 0x06);
         // jnz outer: from 0x10 back to 0x00.
-        assert_eq!(0x10 + i32::from(code[15] as i8), 0x00);
+        assert_eq!(0x10 + i32::from(i8::from_ne_bytes([code[15]])), 0x00);
         assert_eq!(code[16], 0xf4);
         assert_eq!(
             u32::from_le_bytes([code[2], code[3], code[4], code[5]]),

@@ -71,7 +71,11 @@ pub fn read_from<R: Read + Seek>(source: &mut R, limits: &Limits) -> Result<Vec<
         });
     }
     // Bounded by the checks above: declared <= max_encoded, so it fits in usize.
-    let mut gz = vec![0u8; declared as usize];
+    let declared = usize::try_from(declared).map_err(|_| Error::ImageTooLarge {
+        declared,
+        limit: limits.max_encoded,
+    })?;
+    let mut gz = vec![0u8; declared];
     source.read_exact(&mut gz).map_err(io)?;
     gzip::inflate_bounded(&gz, limits.max_inflated)
 }
@@ -88,7 +92,9 @@ mod tests {
         assert_eq!(&img[..8], b"initdata");
         let n = u64::from_le_bytes(img[8..16].try_into().unwrap());
         assert_eq!(&img[16..19], &[0x1f, 0x8b, 0x08]);
-        assert!(img[16 + n as usize..].iter().all(|&b| b == 0));
+        assert!(img[16 + usize::try_from(n).unwrap()..]
+            .iter()
+            .all(|&b| b == 0));
         assert_eq!(read(&img, &Limits::default()).unwrap(), b"some content");
     }
 

@@ -452,7 +452,9 @@ mod tests {
         let mut io = ProcessIo::default();
         io.start_stdin(fifo.to_str().unwrap(), target).unwrap();
         // containerd's side: 100 KiB (several chunks), then close.
-        let payload: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let payload: Vec<u8> = (0..100 * 1024)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let expected = payload.clone();
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;

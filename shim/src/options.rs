@@ -76,11 +76,12 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, OptionsErro
 pub fn encode_config_path(path: &str) -> Any {
     let mut value = Vec::with_capacity(path.len() + 4);
     let mut write_field = |field: u32, text: &str| {
-        value.push(((field << 3) | 2) as u8);
+        // Field numbers here are small: the tag fits one byte.
+        value.push(u8::try_from((field << 3) | 2).unwrap_or(u8::MAX));
         let mut len = text.len();
         // Varint length prefix.
         loop {
-            let byte = (len & 0x7f) as u8;
+            let byte = u8::try_from(len & 0x7f).unwrap_or(0);
             len >>= 7;
             if len == 0 {
                 value.push(byte);

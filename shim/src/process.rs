@@ -42,7 +42,8 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
+        // Always below 10^9, so it fits.
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(i32::MAX),
         ..Default::default()
     }
 }

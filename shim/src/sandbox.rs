@@ -432,10 +432,12 @@ fn console_last_lines(dir: &StateDir, n: usize) -> String {
 pub fn cleanup_leftover(dir: &StateDir) -> Result<()> {
     if let Some(record) = dir.read_state()? {
         let pid = record.vm_pid;
-        if is_our_vm(pid, &record, dir.path()) {
+        // A pid that is no pid_t is no process of ours (and never -1: that would be everyone).
+        let target = i32::try_from(pid).ok().filter(|p| *p > 0);
+        if let Some(target) = target.filter(|_| is_our_vm(pid, &record, dir.path())) {
             tracing::info!(sandbox = %record.sandbox_id, pid, "killing the leftover sandbox VM");
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(target),
                 nix::sys::signal::Signal::SIGKILL,
             );
             // Not our child: poll /proc until it is gone (SIGKILL is not refusable; this is

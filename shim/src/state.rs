@@ -229,7 +229,7 @@ pub fn now_unix() -> u64 {
 
 /// Formats seconds since the epoch as RFC 3339 UTC (`2026-11-28T18:49:27Z`).
 pub fn format_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
     let rem = secs % 86_400;
     // Howard Hinnant's days-to-civil algorithm: avoids a date crate for one line of output.
     let z = days + 719_468;

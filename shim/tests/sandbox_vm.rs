@@ -840,7 +840,7 @@ async fn a_vm_that_dies_ends_every_task_of_the_pod() {
 
     // The VM dies under the pod (OOM killer, a crash): nothing asked for it.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vm_pid as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(vm_pid).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();

@@ -131,7 +131,7 @@ pub(super) fn clone_init(
     // SAFETY: clone without CLONE_VM and without a new stack behaves like fork: the child
     // runs on a copy of this stack. It only makes raw system calls on data prepared by the
     // caller and ends in execve or _exit.
-    let pid = unsafe { raw_clone(flags as libc::c_ulong) };
+    let pid = unsafe { raw_clone(flags) };
     if pid == 0 {
         // SAFETY: in the child; see above.
         unsafe { container_child(prep, io, start, report) }
@@ -142,7 +142,7 @@ pub(super) fn clone_init(
             source: nix::Error::last(),
         });
     }
-    Ok(pid as i32)
+    Ok(pid)
 }
 
 /// Clones the helper that enters a running container's namespaces (`ns`, in that order) and
@@ -154,7 +154,7 @@ pub(super) fn clone_exec_helper(
     report: RawFd,
 ) -> Result<(), ContainerError> {
     // SAFETY: as in `clone_init`: fork semantics, raw system calls only in the child.
-    let helper = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+    let helper = unsafe { raw_clone(libc::SIGCHLD) };
     if helper == 0 {
         // SAFETY: in the child; see above.
         unsafe { exec_helper(prep, io, ns, report) }
@@ -172,10 +172,14 @@ pub(super) fn clone_exec_helper(
 ///
 /// # Safety
 /// The caller's child must only make async-signal-safe calls until execve or _exit.
-unsafe fn raw_clone(flags: libc::c_ulong) -> libc::c_long {
+unsafe fn raw_clone(flags: libc::c_int) -> libc::pid_t {
+    // Clone flags are bits of a non-negative int; the kernel takes them as an unsigned long.
+    let flags = libc::c_ulong::from(flags.unsigned_abs());
     // SAFETY: the x86_64 argument order is flags, stack, parent_tid, child_tid, tls; a null
     // stack means "this stack, copied".
-    unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    // A pid is a pid_t; anything else is the -1 of a failure.
+    libc::pid_t::try_from(ret).unwrap_or(-1)
 }
 
 /// Reports a failed step and ends the child.
@@ -487,7 +491,8 @@ unsafe fn wait_for_start(start: RawFd, report: RawFd) -> u32 {
     }
     let mut msg = [0u8; 5];
     // SAFETY: reads at most `msg.len()` bytes into a stack buffer.
-    if unsafe { libc::read(start, msg.as_mut_ptr().cast(), msg.len()) } != msg.len() as isize {
+    let n = unsafe { libc::read(start, msg.as_mut_ptr().cast(), msg.len()) };
+    if usize::try_from(n) != Ok(msg.len()) {
         // The agent dropped the container before starting it.
         // SAFETY: as above.
         unsafe { libc::_exit(127) }
@@ -540,7 +545,7 @@ unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd
         }
     }
     // SAFETY: fork semantics again; the new child only makes raw system calls until it execs.
-    let pid = unsafe { raw_clone((libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong) };
+    let pid = unsafe { raw_clone(libc::CLONE_PARENT | libc::SIGCHLD) };
     if pid == 0 {
         // SAFETY: in the new child; `io` holds its copies of the streams.
         unsafe {
@@ -552,7 +557,7 @@ unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd
         // SAFETY: child-only.
         unsafe { fail(report, Step::Setns) }
     }
-    let msg = pid_message(pid as i32);
+    let msg = pid_message(pid);
     // SAFETY: writes a stack buffer to the report pipe, then ends the helper without running
     // the parent's destructors.
     unsafe {
@@ -626,7 +631,7 @@ mod tests {
         let prep = Prepared::new(&p, None, None).unwrap();
         let (report_r, report_w) = pipe().unwrap();
         // SAFETY: as in `clone_exec_helper`: fork semantics, raw system calls only in the child.
-        let pid = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+        let pid = unsafe { raw_clone(libc::SIGCHLD) };
         if pid == 0 {
             // SAFETY: in the child.
             unsafe {
@@ -666,8 +671,8 @@ mod tests {
             }
             out.extend_from_slice(&buf[..n]);
         }
-        let status = waitpid(Pid::from_raw(pid as i32), None).unwrap();
-        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid as i32), 0));
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid), 0));
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains(&format!("/dev/pts/{index}\r\n")), "{text:?}");
         assert!(text.ends_with("got typed\r\n"), "{text:?}");

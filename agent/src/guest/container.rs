@@ -254,7 +254,7 @@ impl Containers {
         // exits.
         drop(tty_slave);
         match started {
-            Report::Exec => Ok(proc.pid as u32),
+            Report::Exec => Ok(proc.pid.unsigned_abs()),
             other => Err(other.into_error("starting the container process")),
         }
     }
@@ -324,7 +324,7 @@ impl Containers {
             proc
         };
         match read_report(&mut report) {
-            Report::Exec => Ok(proc.pid as u32),
+            Report::Exec => Ok(proc.pid.unsigned_abs()),
             other => {
                 if let Some(c) = self.lock().containers.get_mut(id) {
                     c.execs.remove(exec_id);

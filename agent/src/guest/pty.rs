@@ -173,11 +173,15 @@ mod tests {
         assert_eq!(got, b"hello\r\nout\r\n");
 
         set_window_size(agent.tty.as_ref().unwrap(), 132, 43).unwrap();
-        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-        assert_eq!(
-            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) },
-            0
-        );
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into `size`, which lives across the call.
+        let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+        assert_eq!(rc, 0);
         assert_eq!((size.ws_col, size.ws_row), (132, 43));
     }
 }

@@ -206,7 +206,7 @@ mod tests {
             assert_eq!(step as usize, i, "{step:?}");
             assert_eq!(Step::from_u8(step as u8), Some(step));
         }
-        assert_eq!(Step::from_u8(Step::ALL.len() as u8), None);
+        assert_eq!(Step::from_u8(u8::try_from(Step::ALL.len()).unwrap()), None);
 
         let (r, w) = pipe().unwrap();
         let mut w = File::from(w);

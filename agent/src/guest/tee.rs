@@ -264,7 +264,7 @@ mod tests {
         // MRTD just before, MROWNER just after: neither may leak into the value.
         report[528..576].fill(0xAA);
         for (i, b) in report[576..624].iter_mut().enumerate() {
-            *b = i as u8;
+            *b = u8::try_from(i).unwrap();
         }
         report[624..672].fill(0xBB);
         let got = tdreport_mrconfigid(&report).unwrap();
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(snp_report_host_data(&report).unwrap(), [0x5a; 32]);
 
         let mut rsp = vec![0u8; 0x20];
-        rsp[4..8].copy_from_slice(&(SNP_REPORT_LEN as u32).to_le_bytes());
+        rsp[4..8].copy_from_slice(&u32::try_from(SNP_REPORT_LEN).unwrap().to_le_bytes());
         rsp.extend_from_slice(&report);
         assert_eq!(snp_report_rsp_host_data(&rsp).unwrap(), [0x5a; 32]);
         rsp[0] = 0x16;

@@ -529,7 +529,10 @@ mod tests {
         };
         let bytes = encode(&frame).unwrap();
         let json = br#"{"id":7,"request":{"op":"wait","id":"c1"}}"#;
-        assert_eq!(&bytes[..4], &(json.len() as u32).to_be_bytes());
+        assert_eq!(
+            &bytes[..4],
+            &u32::try_from(json.len()).unwrap().to_be_bytes()
+        );
         assert_eq!(&bytes[4..], json);
         let back: RequestFrame = read_frame(&mut &bytes[..]).unwrap();
         assert_eq!(back, frame);
@@ -661,7 +664,9 @@ mod tests {
 
     #[test]
     fn oversized_and_truncated_frames_are_refused() {
-        let mut huge = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+        let mut huge = (u32::try_from(MAX_FRAME).unwrap() + 1)
+            .to_be_bytes()
+            .to_vec();
         huge.extend_from_slice(b"{}");
         let err = read_frame::<_, RequestFrame>(&mut &huge[..]).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len } if len == MAX_FRAME + 1));
