@@ -113,7 +113,7 @@ mod tests {
 
     use super::*;
 
-    const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
+    use coffer_testkit::{KATA_ANNOTATION, KATA_DIGEST_HEX};
 
     fn kata_digest() -> Digest {
         annotation::decode(KATA_ANNOTATION, &Limits::default())
@@ -160,10 +160,7 @@ mod tests {
             )
         };
         let mut expected = [0u8; 48];
-        expected[..32].copy_from_slice(
-            &hex::decode("c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5")
-                .unwrap(),
-        );
+        expected[..32].copy_from_slice(&hex::decode(KATA_DIGEST_HEX).unwrap());
         assert_eq!(&raw[16..64], &expected[..]);
         assert!(raw[..16].iter().chain(&raw[64..]).all(|&b| b == 0));
         assert_eq!(init.mrconfigid_bytes(), expected);
@@ -183,11 +180,7 @@ mod tests {
                 size_of::<kvm_sev_snp_launch_finish>(),
             )
         };
-        assert_eq!(
-            &raw[19..51],
-            &hex::decode("c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5")
-                .unwrap()[..]
-        );
+        assert_eq!(&raw[19..51], &hex::decode(KATA_DIGEST_HEX).unwrap()[..]);
         assert!(raw[..19].iter().chain(&raw[51..]).all(|&b| b == 0));
     }
 }

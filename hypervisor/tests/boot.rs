@@ -35,11 +35,10 @@ while :; do /bin/busybox sleep 1; done
 "#;
 
 fn find_kernel() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("COFFER_GUEST_DIR") {
-        candidates.push(PathBuf::from(dir).join("vmlinuz"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/vmlinuz"));
+    let mut candidates: Vec<PathBuf> = coffer_testkit::guest_dir()
+        .map(|d| d.join("vmlinuz"))
+        .into_iter()
+        .collect();
     if let Ok(entries) = fs::read_dir("/boot") {
         let mut boot: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -104,13 +103,7 @@ fn guest(extra_params: &str) -> Result<Guest, String> {
          or install a kernel in /boot (extract Debian's linux-image-6.1.*-amd64)",
     )?;
     let busybox = static_busybox().ok_or("no static busybox (install busybox-static)")?;
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("qemu-system-x86_64 is not installed".into());
-    }
+    coffer_testkit::qemu()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = pack_initramfs(dir.path(), &busybox);
     let doc = common::kata_document();

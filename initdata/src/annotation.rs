@@ -114,8 +114,7 @@ mod tests {
     use super::*;
 
     /// The annotation from Kata's Go tests and the digest the reference gives for it.
-    const KATA_VALUE: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
-    const KATA_DIGEST: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+    use coffer_testkit::{KATA_ANNOTATION as KATA_VALUE, KATA_DIGEST_HEX as KATA_DIGEST};
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

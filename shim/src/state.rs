@@ -262,7 +262,7 @@ mod tests {
             measured: false,
             initdata: Some(InitDataRecord {
                 algorithm: "sha256".into(),
-                digest: "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5".into(),
+                digest: coffer_testkit::KATA_DIGEST_HEX.into(),
                 source: "annotation".into(),
             }),
             guest_report: "unmeasured (no TEE); the guest's digest matches the kernel command line"
@@ -317,10 +317,7 @@ mod tests {
         assert_eq!(json["tee"], "none");
         assert_eq!(json["measured"], false);
         assert_eq!(json["vm_pid"], 4242);
-        assert_eq!(
-            json["initdata"]["digest"],
-            "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5"
-        );
+        assert_eq!(json["initdata"]["digest"], coffer_testkit::KATA_DIGEST_HEX);
         assert_eq!(json["launch"]["program"], "qemu-system-x86_64");
         assert_eq!(json["launch"]["args"][1], "512");
     }

@@ -7,9 +7,8 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 const COFFER: &str = env!("CARGO_BIN_EXE_coffer");
-/// Kata's test annotation; its document's sha256 is c6694bb7...
-const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
-const DIGEST_HEX: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+/// Kata's test annotation and its document's sha256.
+use coffer_testkit::{KATA_ANNOTATION, KATA_DIGEST_HEX as DIGEST_HEX};
 
 fn coffer(args: &[&str]) -> Output {
     Command::new(COFFER)

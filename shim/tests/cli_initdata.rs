@@ -12,8 +12,7 @@ const SEED: &str = concat!(
 );
 
 /// Kata's test annotation and its digest (see the reference).
-const KATA_VALUE: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
-const KATA_DIGEST: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+use coffer_testkit::{KATA_ANNOTATION as KATA_VALUE, KATA_DIGEST_HEX as KATA_DIGEST};
 
 fn coffer(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use coffer_shim::state::{InitDataRecord, LaunchCommand, SandboxState, StateDir};
 
-const DIGEST: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+use coffer_testkit::KATA_DIGEST_HEX as DIGEST;
 
 fn coffer(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coffer"))

@@ -28,14 +28,7 @@ use containerd_shim_protos::api::{
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn seed_initdata() -> Vec<u8> {
-    std::fs::read(workspace().join("initdata/tests/data/seed-initdata.toml"))
-        .expect("the Init-Data example in initdata/tests/data")
-}
+use coffer_testkit::seed_initdata;
 
 /// The guest image, or why the VM tests cannot run.
 fn vm_prerequisites() -> Result<PathBuf, String> {
@@ -44,25 +37,8 @@ fn vm_prerequisites() -> Result<PathBuf, String> {
             "not root: the sandbox mounts root filesystems and runs QEMU's 9p share".into(),
         );
     }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("qemu-system-x86_64 is not installed (packaging/dev/deps.sh)".into());
-    }
-    let dir = std::env::var_os("COFFER_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/guest"));
-    for f in ["vmlinux", "initrd.img"] {
-        if !dir.join(f).is_file() {
-            return Err(format!(
-                "no guest image in {} (packaging/guest/build.sh builds it, or set COFFER_GUEST_DIR)",
-                dir.display()
-            ));
-        }
-    }
-    Ok(dir)
+    coffer_testkit::qemu()?;
+    coffer_testkit::guest_dir()
 }
 
 struct Fixture {

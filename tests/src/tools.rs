@@ -10,10 +10,7 @@ pub const SHIM: &str = "containerd-shim-coffer-v2";
 pub const CLI: &str = "coffer";
 
 /// The workspace root (the directory holding `packaging/`).
-pub fn workspace() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+pub use coffer_testkit::workspace;
 
 /// `name` on PATH, if there.
 pub fn on_path(name: &str) -> Option<PathBuf> {
@@ -65,25 +62,7 @@ pub fn bin_dir() -> Result<PathBuf, String> {
         })
 }
 
-/// The guest image directory (vmlinuz, vmlinux, initrd.img): env `COFFER_GUEST_DIR`, else
-/// `<workspace>/target/guest`. Err says what is missing and how to build it.
-pub fn guest_dir() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("COFFER_GUEST_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/guest"));
-    for file in ["vmlinuz", "vmlinux", "initrd.img"] {
-        if !dir.join(file).is_file() {
-            return Err(format!(
-                "no guest image in {} (missing {file}; packaging/guest/build.sh {} builds it, \
-                 or set COFFER_GUEST_DIR)",
-                dir.display(),
-                dir.display()
-            ));
-        }
-    }
-    Ok(dir)
-}
+pub use coffer_testkit::guest_dir;
 
 /// Whether this process runs as root (containerd and runc need it).
 pub fn is_root() -> bool {
@@ -194,9 +173,7 @@ pub fn processes(program: &str, needle: &str) -> Vec<u32> {
 }
 
 /// The Init-Data example every scenario uses, from the repository's own test data.
-pub fn seed_initdata() -> PathBuf {
-    workspace().join("initdata/tests/data/seed-initdata.toml")
-}
+pub use coffer_testkit::seed_initdata_path as seed_initdata;
 
 /// The pids of processes that belong to `dir`: their command line mentions it or their root
 /// directory lies under it (container processes, whose root is a rootfs mounted there).

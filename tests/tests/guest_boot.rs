@@ -55,31 +55,15 @@ ExecProcessRequest if input.process.args[0] == "sh"
 const HELLO_DEADLINE: Duration = Duration::from_secs(180);
 
 fn guest_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("COFFER_GUEST_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest"),
-    };
-    if dir.join("vmlinux").is_file() && dir.join("initrd.img").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIP: no guest image in {} (run packaging/guest/build.sh target/guest or set COFFER_GUEST_DIR)",
-            dir.display()
-        );
-        None
-    }
+    coffer_testkit::guest_dir()
+        .map_err(|reason| eprintln!("SKIP: {reason}"))
+        .ok()
 }
 
 fn have_qemu() -> bool {
-    let ok = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (packaging/dev/deps.sh installs it)");
-    }
-    ok
+    coffer_testkit::qemu()
+        .map_err(|reason| eprintln!("SKIP: {reason}"))
+        .is_ok()
 }
 
 /// What the VM gets as its Init-Data disk.

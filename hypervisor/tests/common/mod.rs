@@ -4,10 +4,7 @@
 
 use coffer_initdata::{annotation, Digest, InitData, Limits};
 
-/// Kata's test annotation (reference §6).
-pub const KATA_ANNOTATION: &str = "H4sIAFlC92cAAytLLSrOzM9TsFVQMtAz1DNQ4krMSc8vyizJyAWJFWckGpmaKXFFpySWJMZyKSUm6pXk5+YoAeXU1dW5QJhLKTklA4toQX5OZnKlXlFqej6yBABS/5JkcQAAAA==";
-/// sha256 of the document it carries.
-pub const DIGEST_HEX: &str = "c6694bb7a29d6f37ec72a15582e004b9f3142159682db8509a304407419a49e5";
+pub use coffer_testkit::{KATA_ANNOTATION, KATA_DIGEST_HEX as DIGEST_HEX};
 
 /// The document the annotation carries.
 pub fn kata_document() -> InitData {
