@@ -5,11 +5,15 @@
 # the plan adds them for TEE none), and the Init-Data example as a pod through the CRI on a
 # private containerd until it is ready (coffer-demo).
 #
-#   packaging/dev/bench-boot.sh [N]      (as root; needs a built shim, CLI, coffer-boot,
+# Then K pods at once (default 10), kept running: the time until all are ready, each shim's RSS,
+# each QEMU's PSS once idle, and the host memory they take together.
+#
+#   packaging/dev/bench-boot.sh [N] [K]  (as root; needs a built shim, CLI, coffer-boot,
 #                                         coffer-demo and guest image)
 # env: COFFER_BIN_DIR (default target/release, else target/debug), COFFER_GUEST_DIR (target/guest)
 set -euo pipefail
 n=${1:-5}
+k=${2:-10}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${COFFER_BIN_DIR:-}
 if [ -z "$bin" ]; then
@@ -36,3 +40,26 @@ for i in $(seq 1 "$n"); do
   c=$(echo "$out" | sed -n 's/.* is ready after \([0-9.]*\) s/\1/p')
   printf '%3d  %14s  %11s  %11s\n' "$i" "$a" "$b" "$c"
 done
+
+mem_available() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
+kib_field() { awk -v f="$2:" '$1 == f {print $2}' "$1" 2>/dev/null; }
+before=$(mem_available)
+start=$(date +%s.%N)
+for i in $(seq 1 "$k"); do
+  "$bin/coffer-demo" --socket "$sock" --bin-dir "$bin" --log-root "$dir/logs" --state-dir "$dir/vm" \
+    --name "bench-$i" --keep > "$dir/pod-$i.out" 2>&1 &
+done
+wait
+end=$(date +%s.%N)
+sleep 3   # let the guests idle
+ready=$(grep -l 'is ready after' "$dir"/pod-*.out | wc -l)
+echo
+printf '%d pods at once: %d ready, all within %.1f s\n' "$k" "$ready" "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')"
+shims=$(pgrep -f "containerd-shim-coffer-v2 .*-address $sock" || true)
+qemus=$(pgrep -f "qemu-system-x86_64 .*$dir/vm/" || true)
+rss=0; for p in $shims; do rss=$((rss + $(kib_field "/proc/$p/status" VmRSS))); done
+pss=0; for p in $qemus; do pss=$((pss + $(kib_field "/proc/$p/smaps_rollup" Pss))); done
+ns=$(echo "$shims" | wc -w); nq=$(echo "$qemus" | wc -w)
+[ "$ns" -gt 0 ] && printf 'shim RSS per pod: %.1f MiB (%d shims)\n' "$(awk -v r="$rss" -v n="$ns" 'BEGIN {print r / n / 1024}')" "$ns"
+[ "$nq" -gt 0 ] && printf 'QEMU PSS per idle pod: %.0f MiB (%d VMs)\n' "$(awk -v r="$pss" -v n="$nq" 'BEGIN {print r / n / 1024}')" "$nq"
+printf 'host memory taken by the %d pods: %.0f MiB\n' "$k" "$(awk -v a="$before" -v b="$(mem_available)" 'BEGIN {print (a - b) / 1024}')"

@@ -25,11 +25,12 @@ struct Args {
     initdata: PathBuf,
     log_root: PathBuf,
     state_dir: Option<String>,
+    name: String,
     keep: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--keep]".into()
+    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--name POD] [--keep]".into()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
     let mut initdata = tools::seed_initdata();
     let mut log_root = std::env::temp_dir().join("coffer-demo-logs");
     let mut state_dir = None;
+    let mut name = "coffer-demo".to_owned();
     let mut keep = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--initdata" => initdata = PathBuf::from(value()?),
             "--log-root" => log_root = PathBuf::from(value()?),
             "--state-dir" => state_dir = Some(value()?),
+            "--name" => name = value()?,
             "--keep" => keep = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         initdata,
         log_root,
         state_dir,
+        name,
         keep,
     })
 }
@@ -145,7 +149,7 @@ fn run(args: &Args) -> Result<(), String> {
         args.handler,
         driver.name()
     ));
-    let pod = Pod::new("coffer-demo", &args.handler, &args.log_root).annotation(ANNOTATION, &value);
+    let pod = Pod::new(&args.name, &args.handler, &args.log_root).annotation(ANNOTATION, &value);
     let started = Instant::now();
     let pod_id = driver
         .run_pod(&pod)
