@@ -16,6 +16,9 @@
 #      COFFER_DEMO_DIR where the private containerd lives (default /tmp/coffer-demo)
 set -euo pipefail
 
+# shellcheck source=packaging/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 keep=0
 handler=coffer-qemu
 initdata=
@@ -29,9 +32,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case " $coffer_handlers " in
+  *" $handler "*) ;;
+  *) echo "demo.sh: unknown handler $handler (one of: $coffer_handlers)" >&2; exit 2 ;;
+esac
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it installs packages and starts containerd)" >&2; exit 2; }
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+repo=$coffer_repo
 cd "$repo"
 profile=${COFFER_PROFILE:-release}
 dir=${COFFER_DEMO_DIR:-/tmp/coffer-demo}
@@ -51,8 +58,7 @@ log=$repo/target/demo-build.log
 mkdir -p "$repo/target"
 if ! cargo build "${flag[@]}" --bin containerd-shim-coffer-v2 --bin coffer --bin coffer-demo >"$log" 2>&1; then
   tail -n 30 "$log" >&2
-  echo "demo.sh: the build failed (full log: $log)" >&2
-  exit 1
+  die "the build failed (full log: $log)"
 fi
 grep -E 'Finished' "$log" | sed 's/^ */    /'
 bin=$repo/target/$profile
@@ -65,7 +71,7 @@ step "4/5 Starting a private containerd in $dir with the Coffer runtime handlers
 cleanup() { ./packaging/dev/down.sh "$dir" >/dev/null 2>&1 || true; }
 if [ $keep -eq 0 ]; then trap cleanup EXIT; fi
 sock=$(COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest ./packaging/dev/up.sh "$dir" | tail -n 1)
-echo "    containerd: $sock (handlers coffer-qemu, coffer-qemu-tdx, coffer-qemu-snp)"
+echo "    containerd: $sock (handlers ${coffer_handlers// /, })"
 
 step "5/5 Running the Init-Data example as a pod"
 args=(--socket "$sock" --bin-dir "$bin" --handler "$handler" --initdata "$initdata" --log-root "$dir/logs" --state-dir "$dir/vm")

@@ -20,24 +20,25 @@
 #   --guest-dir DIR           the built guest image (default: target/guest of this checkout)
 #   --uninstall               undo the install recorded under PREFIX/share/coffer/install/
 #
-# How the handlers reach containerd, without clobbering any other setting:
-#   containerd 2.x: the drop-in conf.d/coffer.toml beside the containerd config (from
+# How the handlers reach containerd, without clobbering any other setting (`coffer
+# containerd-config register` edits containerd's config; it parses the TOML and adds text only):
+#   containerd 2.x: the drop-in conf.d/coffer.toml beside the containerd config (the tables of
 #     packaging/containerd/coffer-v3.toml, or coffer-v2.toml for a version 2 config), listed in
 #     the config's top-level `imports`. containerd 2.x merges imports key by key.
 #   containerd 1.6/1.7: the handler tables (packaging/containerd/coffer-v2.toml) appended to the
 #     config between marker comments, because 1.x replaces whole plugin sections on import and
 #     a drop-in would wipe the config's CRI settings.
-# Either way the exact bytes added are recorded, and --uninstall takes out those bytes only, so
-# the config is afterwards byte for byte what it was (as long as nobody edited our lines).
+# Either way the exact bytes added are recorded (PREFIX/share/coffer/install/containerd-config.json),
+# and --uninstall (`coffer containerd-config unregister`) takes out those bytes only, so the
+# config is afterwards byte for byte what it was (as long as nobody edited our lines).
 # Running the install twice changes nothing the second time. containerd must be restarted to
 # load the handlers; this script does not restart it.
 set -euo pipefail
 
-die() { echo "install.sh: $*" >&2; exit 1; }
-note() { echo "install.sh: $*"; }
-
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/.." && pwd)
+# shellcheck source=packaging/lib.sh
+. "$here/lib.sh"
+repo=$coffer_repo
 
 prefix=/usr/local
 sysconfdir=
@@ -73,63 +74,36 @@ sysconfdir=$(abspath "$sysconfdir")
 
 record_dir=$prefix/share/coffer/install
 manifest=$record_dir/manifest
-handlers="coffer-qemu coffer-qemu-tdx coffer-qemu-snp"
-begin_marker="# >>> coffer runtime handlers (added by coffer's install.sh; --uninstall removes them)"
-end_marker="# <<< coffer runtime handlers"
-
-# slurp VAR FILE: the whole file into VAR, byte-exact (a plain $(cat FILE) drops trailing
-# newlines, and then the restored config would not be byte-equal).
-slurp() { local __s; __s=$(cat "$2"; printf x); printf -v "$1" '%s' "${__s%x}"; }
-
-# Writes stdin over FILE atomically, keeping FILE's mode and owner.
-replace_file() {
-  local file=$1 tmp
-  tmp=$(mktemp "$(dirname "$file")/.coffer-install.XXXXXX")
-  cat > "$tmp"
-  if [ -e "$file" ]; then
-    chmod --reference="$file" "$tmp"
-    chown --reference="$file" "$tmp" 2>/dev/null || true
-  else
-    chmod 0644 "$tmp"
-  fi
-  mv -f "$tmp" "$file"
-}
+containerd_record=$record_dir/containerd-config.json
 
 # ---------------------------------------------------------------------------------------------
 uninstall() {
   [ -f "$manifest" ] || { note "nothing to uninstall: no $manifest"; return 0; }
-  # Work from a copy: the record directory itself goes away with the rest.
-  local saved kind path content piece
+  # Work from a copy: the record directory goes away with the rest, and so does the installed
+  # coffer, which takes the handlers out of containerd's config.
+  local saved kind path cli out
   saved=$(mktemp -d)
   cp -a "$record_dir/." "$saved/"
+  cli=$prefix/bin/coffer
+  [ -x "$cli" ] || cli=$(find_bin_dir)/coffer
+  if [ -x "$cli" ]; then cp "$cli" "$saved/coffer"; fi
   rm -rf "$record_dir"
   # Undo in reverse order of doing: files first, then the directories made for them.
   while IFS=$'\t' read -r kind path; do
     case "$kind" in
-      config-inline | config-imports-line | config-imports-entry)
-        [ -f "$path" ] || continue
-        if [ "$kind" = config-inline ]; then
-          slurp piece "$saved/containerd-block.toml"
+      containerd-config)
+        if [ ! -x "$saved/coffer" ]; then
+          warn "no coffer CLI to take the Coffer handlers out of $path; remove them by hand"
+        elif out=$("$saved/coffer" containerd-config unregister --config "$path" \
+                     --record "$saved/${containerd_record##*/}"); then
+          note "$out"
         else
-          slurp piece "$saved/containerd-imports-added"
-        fi
-        slurp content "$path"
-        if [[ "$content" == *"$piece"* ]]; then
-          printf '%s' "${content/"$piece"/}" | replace_file "$path"
-          note "removed the Coffer handlers from $path"
-        else
-          echo "install.sh: warning: the Coffer lines in $path were edited since the install;" \
-               "remove them by hand" >&2
-        fi ;;
-      config-created)
-        if [ -f "$path" ]; then
-          slurp content "$path"
-          slurp piece "$saved/containerd-created"
-          [ "$content" = "$piece" ] && rm -f "$path"
+          warn "the Coffer handlers are still in $path; remove them by hand"
         fi ;;
       created) rm -f "$path" ;;
       replaced) [ -f "$saved/backup$path" ] && cp -p "$saved/backup$path" "$path" ;;
       dir) rmdir "$path" 2>/dev/null || true ;;
+      *) warn "$manifest: unknown entry '$kind' for $path (another version of install.sh?); undo it by hand" ;;
     esac
   done < <(tac "$saved/manifest")
   rm -rf "$saved"
@@ -144,9 +118,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Install.
 
-[ -z "$bin_dir" ] && for cand in "$repo/target/release" "$repo/target/debug"; do
-  if [ -x "$cand/containerd-shim-coffer-v2" ] && [ -x "$cand/coffer" ]; then bin_dir=$cand; break; fi
-done
+if [ -z "$bin_dir" ]; then bin_dir=$(find_bin_dir); fi
 [ -n "$bin_dir" ] || die "no built containerd-shim-coffer-v2 and coffer under $repo/target; build them (cargo build --release -p coffer-shim) or pass --bin-dir"
 for b in containerd-shim-coffer-v2 coffer; do
   [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found; build it (cargo build --release -p coffer-shim) or pass --bin-dir"
@@ -154,28 +126,27 @@ done
 guest_dir=${guest_dir:-$repo/target/guest}
 have_guest=1
 for f in vmlinuz vmlinux initrd.img; do [ -f "$guest_dir/$f" ] || have_guest=0; done
-[ "$have_guest" -eq 1 ] || echo "install.sh: warning: no guest image in $guest_dir" \
+[ "$have_guest" -eq 1 ] || warn "no guest image in $guest_dir" \
   "(packaging/guest/build.sh $guest_dir builds it); pods cannot start until" \
-  "$prefix/share/coffer/guest holds one" >&2
+  "$prefix/share/coffer/guest holds one"
 
 if [ -z "$containerd_version" ]; then
   command -v containerd >/dev/null ||
     die "containerd not found; install it or pass --containerd-version"
-  containerd_version=$(containerd --version | awk '{print $3}')
+  containerd_version=$(ask_containerd_version containerd)
 fi
 containerd_version=${containerd_version#v}
-containerd_major=${containerd_version%%.*}
-case "$containerd_major" in
+case "${containerd_version%%.*}" in
   '' | *[!0-9]*) die "cannot read a version from containerd ($containerd_version); pass --containerd-version" ;;
 esac
 
-config_version=
-if [ -f "$containerd_config" ]; then
-  config_version=$(awk '/^[[:space:]]*\[/ { exit } /^[[:space:]]*version[[:space:]]*=/ { gsub(/[^0-9]/, "", $0); print; exit }' "$containerd_config")
-  if [ -z "$config_version" ]; then
-    die "$containerd_config has no 'version = 2' (or 3) line: it is a version 1 config, which Coffer does not edit; migrate it with 'containerd config migrate' first"
-  fi
-fi
+# The handlers' registration with containerd, checked before anything is installed: a config
+# Coffer cannot edit (version 1, not TOML, a handler of the same name) stops the install here.
+register=("$bin_dir/coffer" containerd-config register --config "$containerd_config"
+  --record "$containerd_record" --containerd-version "$containerd_version"
+  --shim "$prefix/bin/containerd-shim-coffer-v2" --handler-config-dir "$sysconfdir/coffer")
+for h in $coffer_handlers; do register+=(--handler "$h"); done
+"${register[@]}" --dry-run >/dev/null || exit 1
 
 record() { printf '%s\t%s\n' "$1" "$2" >> "$manifest"; }
 recorded() { grep -qxF "$(printf '%s\t%s' "$1" "$2")" "$manifest" 2>/dev/null; }
@@ -233,104 +204,15 @@ if [ "$have_guest" -eq 1 ]; then
 fi
 
 # The per-handler Coffer configs, with this install's paths.
-for h in $handlers; do
-  sed -e "s#/usr/local/share/coffer/guest#$prefix/share/coffer/guest#g" \
-      -e "s#^state_dir = .*#state_dir = \"$state_dir\"#" \
-      "$repo/packaging/config/$h.toml" > "$work/$h.toml"
+for h in $coffer_handlers; do
+  handler_config "$h" "$prefix/share/coffer/guest" "$state_dir" > "$work/$h.toml"
   install_file "$work/$h.toml" "$sysconfdir/coffer/$h.toml" 0644 keep
 done
 
-# The handler tables, with this install's paths.
-with_paths() {
-  sed -e "s#/usr/local/bin/containerd-shim-coffer-v2#$prefix/bin/containerd-shim-coffer-v2#g" \
-      -e "s#/etc/coffer/#$sysconfdir/coffer/#g" "$1"
-}
+# The handler tables in containerd's config (recorded in the manifest first, so that
+# --uninstall takes out whatever part of them was written).
+recorded containerd-config "$containerd_config" || record containerd-config "$containerd_config"
+out=$("${register[@]}") || exit 1
+note "$out"
 
-register_inline() {
-  local config=$1 content block
-  if [ -f "$config" ] && grep -qF "$begin_marker" "$config"; then
-    return 0 # already registered
-  fi
-  for h in $handlers; do
-    if [ -f "$config" ] && grep -qF "containerd.runtimes.$h]" "$config"; then
-      die "$config already defines the runtime handler $h; remove it, then run install.sh again"
-    fi
-  done
-  content=""
-  [ -f "$config" ] && slurp content "$config"
-  block=""
-  # Keep the file's last line intact when it lacks a newline.
-  if [ -n "$content" ] && [ "${content: -1}" != $'\n' ]; then block=$'\n'; fi
-  block+=$'\n'"$begin_marker"$'\n'
-  block+=$(with_paths "$repo/packaging/containerd/coffer-v2.toml" | sed -n '/^\[plugins/,$p')
-  block+=$'\n'"$end_marker"$'\n'
-  printf '%s' "$block" > "$record_dir/containerd-block.toml"
-  printf '%s%s' "$content" "$block" | replace_file "$config"
-  record config-inline "$config"
-  note "added the Coffer handlers to $config"
-}
-
-register_dropin() {
-  local config=$1 version=$2 dropin content added first_table imports_line
-  dropin=$(dirname "$config")/conf.d/coffer.toml
-  case "$version" in
-    3) with_paths "$repo/packaging/containerd/coffer-v3.toml" > "$work/coffer.toml" ;;
-    *) with_paths "$repo/packaging/containerd/coffer-v2.toml" > "$work/coffer.toml" ;;
-  esac
-  install_file "$work/coffer.toml" "$dropin" 0644
-  slurp content "$config"
-  # Top-level keys come before the first table header.
-  first_table=$(awk '/^[[:space:]]*\[/ { print NR; exit }' "$config")
-  imports_line=$(awk -v stop="${first_table:-0}" \
-    'stop > 0 && NR >= stop { exit } /^[[:space:]]*imports[[:space:]]*=/ { print NR; exit }' "$config")
-  if [ -n "$imports_line" ]; then
-    if sed -n "${imports_line},\$p" "$config" | awk '/\]/ { print; exit } { print }' | grep -qF "\"$dropin\""; then
-      return 0 # already imported
-    fi
-    # Insert our entry right after the array's opening bracket (works for one-line and
-    # multi-line arrays, and for an empty one: TOML allows the trailing comma).
-    local line new
-    line=$(sed -n "${imports_line}p" "$config")
-    case "$line" in *\[*) ;; *) die "cannot read the imports line of $config: $line" ;; esac
-    new="${line/\[/[\"$dropin\", }"
-    added="\"$dropin\", "
-    printf '%s' "$added" > "$record_dir/containerd-imports-added"
-    printf '%s' "${content/"$line"/"$new"}" | replace_file "$config"
-    record config-imports-entry "$config"
-  else
-    local version_line
-    version_line=$(awk -v stop="${first_table:-0}" \
-      'stop > 0 && NR >= stop { exit } /^[[:space:]]*version[[:space:]]*=/ { print NR; exit }' "$config")
-    added="imports = [\"$dropin\"]"$'\n'
-    printf '%s' "$added" > "$record_dir/containerd-imports-added"
-    if [ -n "$version_line" ]; then
-      # After the version line: the recorded bytes are then unique and easy to take out.
-      local vline
-      vline=$(sed -n "${version_line}p" "$config")
-      printf '%s' "${content/"$vline"$'\n'/"$vline"$'\n'"$added"}" | replace_file "$config"
-    else
-      printf '%s%s' "$added" "$content" | replace_file "$config"
-    fi
-    record config-imports-line "$config"
-  fi
-  note "added $dropin to the imports of $config"
-}
-
-if [ ! -f "$containerd_config" ]; then
-  make_dir "$(dirname "$containerd_config")"
-  if [ "$containerd_major" -ge 2 ]; then config_version=3; else config_version=2; fi
-  printf 'version = %s\n' "$config_version" > "$record_dir/containerd-created"
-  cp "$record_dir/containerd-created" "$containerd_config"
-  chmod 0644 "$containerd_config"
-  record config-created "$containerd_config"
-fi
-
-if [ "$containerd_major" -ge 2 ]; then
-  register_dropin "$containerd_config" "$config_version"
-else
-  [ "$config_version" = 2 ] ||
-    die "$containerd_config is a version $config_version config, which containerd $containerd_version cannot read"
-  register_inline "$containerd_config"
-fi
-
-note "installed Coffer under $prefix (configs in $sysconfdir/coffer); restart containerd to load the handlers $handlers"
+note "installed Coffer under $prefix (configs in $sysconfdir/coffer); restart containerd to load the handlers $coffer_handlers"

@@ -7,19 +7,17 @@
 # usage: down.sh DIR
 set -uo pipefail
 
+# shellcheck source=packaging/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 [ -d "$1" ] || exit 0
 dir=$(cd "$1" && pwd)
-case "$dir" in
-  / | /run | /run/containerd* | /var/run/containerd* | /var/lib/containerd* | /etc | /etc/containerd*)
-    echo "down.sh: refusing $dir: not a directory up.sh made" >&2; exit 1 ;;
-esac
+if is_machine_dir "$dir"; then die "refusing $dir: not a directory up.sh made"; fi
 # An empty DIR (up.sh refused it before making anything) just goes.
 if [ -z "$(ls -A "$dir")" ]; then rmdir "$dir"; exit 0; fi
-[ -f "$dir/.coffer-private-containerd" ] || {
-  echo "down.sh: $dir was not made by up.sh (no .coffer-private-containerd in it); leaving it alone" >&2
-  exit 1
-}
+[ -f "$dir/$private_marker" ] ||
+  die "$dir was not made by up.sh (no $private_marker in it); leaving it alone"
 
 sock="$dir/containerd.sock"
 bridge=
@@ -27,13 +25,10 @@ bridge=
 netns_list="$dir/.netns-to-remove"
 : > "$netns_list" 2>/dev/null || netns_list=/dev/null
 
-pid=
-[ -s "$dir/containerd.pid" ] && pid=$(cat "$dir/containerd.pid")
+pid=$(private_containerd_pid "$dir")
 # The pid must still be this DIR's containerd: a pid file can outlive its process, and the
 # number can since belong to anything else.
-alive() {
-  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF -- "--config $dir/config.toml"
-}
+alive() { [ -n "$pid" ] && [ "$(private_containerd_pid "$dir")" = "$pid" ]; }
 c() { timeout 60 ctr --address "$sock" "$@"; }
 
 # 1. While containerd runs, end every task through it, so each shim stops its own VM or

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a private containerd for trying and testing Coffer, with everything under DIR:
 #   DIR/containerd.sock                 its gRPC socket (printed on the last line of stdout)
-#   DIR/config.toml                     config version 2: CRI plugin, CNI, runtime handlers
+#   DIR/config.toml                     config version 2: CRI plugin, CNI, runtime handlers (the
+#                                       coffer-* ones added by `coffer containerd-config register`,
+#                                       which records them in DIR/containerd-config.json)
 #   DIR/root, DIR/state                 containerd's root and state
 #   DIR/cni/                            CNI config (bridge + host-local IPAM, loopback)
 #   DIR/coffer/<handler>.toml           the Coffer config of each handler (from packaging/config)
@@ -16,28 +18,30 @@
 #
 # usage: up.sh DIR
 # env:   COFFER_BIN_DIR    directory holding containerd-shim-coffer-v2 and coffer
-#                          (default: target/release, else target/debug, of this checkout)
+#                          (default: target/release, else target/debug, of this checkout;
+#                          without coffer there, only runc is registered)
 #        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
 #        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)
 #        COFFER_HANDLERS   "none": register only runc (to try packaging/install.sh on it)
 #        CONTAINERD        containerd binary (default: containerd on PATH)
 set -euo pipefail
 
-die() { echo "up.sh: $*" >&2; exit 1; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=packaging/lib.sh
+. "$here/../lib.sh"
+repo=$coffer_repo
+
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "run as root (containerd and runc need it)"
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 mkdir -p "$1"
 dir=$(cd "$1" && pwd)
-case "$dir" in
-  / | /run | /run/containerd* | /var/run/containerd* | /var/lib/containerd* | /etc | /etc/containerd*)
-    die "refusing $dir: it belongs to the machine's own containerd; give a private directory" ;;
-esac
+if is_machine_dir "$dir"; then
+  die "refusing $dir: it belongs to the machine's own containerd; give a private directory"
+fi
 
 # down.sh removes DIR wholesale, so only ever take an empty DIR or one this script made.
-marker="$dir/.coffer-private-containerd"
+marker="$dir/$private_marker"
 if [ ! -f "$marker" ]; then
   [ -z "$(ls -A "$dir")" ] || die "$dir is not empty and was not made by up.sh; give a new or empty DIR"
   : > "$marker"
@@ -57,30 +61,30 @@ answers() { ctr --address "$sock" version >/dev/null 2>&1; }
 
 pidfile="$dir/containerd.pid"
 # Up already: the pid file names this DIR's containerd (not a stranger that got its pid).
-if [ -s "$pidfile" ] &&
-   tr '\0' ' ' 2>/dev/null < "/proc/$(cat "$pidfile")/cmdline" | grep -qF -- "--config $dir/config.toml" &&
-   answers; then
+if private_containerd_pid "$dir" >/dev/null && answers; then
   echo "$sock"
   exit 0
 fi
 
-bin_dir=${COFFER_BIN_DIR:-}
-if [ -z "$bin_dir" ]; then
-  for cand in "$repo/target/release" "$repo/target/debug"; do
-    if [ -x "$cand/containerd-shim-coffer-v2" ]; then bin_dir=$cand; break; fi
-  done
-  bin_dir=${bin_dir:-$repo/target/debug}
-fi
+bin_dir=${COFFER_BIN_DIR:-$(find_bin_dir)}
+bin_dir=${bin_dir:-$repo/target/debug}
 bin_dir=$(cd "$bin_dir" 2>/dev/null && pwd || echo "$bin_dir")
 if [ ! -x "$bin_dir/containerd-shim-coffer-v2" ]; then
-  echo "up.sh: warning: no containerd-shim-coffer-v2 in $bin_dir; the coffer-* handlers will fail" \
-       "until it is built (cargo build -p coffer-shim) or COFFER_BIN_DIR names it" >&2
+  warn "no containerd-shim-coffer-v2 in $bin_dir; the coffer-* handlers will fail" \
+       "until it is built (cargo build -p coffer-shim) or COFFER_BIN_DIR names it"
 fi
 guest_dir=${COFFER_GUEST_DIR:-$repo/target/guest}
 guest_dir=$(cd "$guest_dir" 2>/dev/null && pwd || echo "$guest_dir")
 if [ ! -f "$guest_dir/vmlinuz" ]; then
-  echo "up.sh: warning: no guest image in $guest_dir (packaging/guest/build.sh $guest_dir builds" \
-       "one, or COFFER_GUEST_DIR names it); the coffer-* handlers cannot boot pods without it" >&2
+  warn "no guest image in $guest_dir (packaging/guest/build.sh $guest_dir builds" \
+       "one, or COFFER_GUEST_DIR names it); the coffer-* handlers cannot boot pods without it"
+fi
+handlers=$coffer_handlers
+[ "${COFFER_HANDLERS:-}" = none ] && handlers=
+if [ -n "$handlers" ] && [ ! -x "$bin_dir/coffer" ]; then
+  warn "no coffer in $bin_dir to register the coffer-* handlers with; starting with runc only" \
+       "until it is built (cargo build -p coffer-shim) or COFFER_BIN_DIR names it"
+  handlers=
 fi
 
 # Per-directory names, so several private containerds can run side by side.
@@ -92,8 +96,8 @@ subnet="10.$(( 200 + 0x${tag:0:2} % 50 )).$(( 0x${tag:2:2} )).0/24"
 # 107 bytes: the state dir can have 31 at most.
 coffer_state="$dir/vm"
 if [ ${#coffer_state} -gt 31 ]; then
-  echo "up.sh: warning: $coffer_state is longer than 31 bytes, too long for the sandboxes' sockets;" \
-       "the coffer-* handlers will refuse pods. Use a shorter DIR (e.g. /tmp/coffer-dev)" >&2
+  warn "$coffer_state is longer than 31 bytes, too long for the sandboxes' sockets;" \
+       "the coffer-* handlers will refuse pods. Use a shorter DIR (e.g. /tmp/coffer-dev)"
 fi
 
 mkdir -p "$dir/root" "$dir/state" "$dir/opt" "$dir/cni/net.d" "$dir/cni/ipam" \
@@ -109,13 +113,10 @@ SUBNET=$subnet
 ENV
 
 # The Coffer configs: the installed defaults, with the guest image and the state dir moved here.
-for src in "$repo"/packaging/config/*.toml; do
-  name=$(basename "$src")
-  sed -e "s#/usr/local/share/coffer/guest#$guest_dir#g" \
-      -e "s#^state_dir = .*#state_dir = \"$coffer_state\"#" \
-      "$src" > "$dir/coffer/$name"
-  if [ -n "${COFFER_ACCEL:-}" ] && [ "$name" = coffer-qemu.toml ]; then
-    sed -i "s#^accel = .*#accel = \"$COFFER_ACCEL\"#" "$dir/coffer/$name"
+for h in $coffer_handlers; do
+  handler_config "$h" "$guest_dir" "$coffer_state" > "$dir/coffer/$h.toml"
+  if [ -n "${COFFER_ACCEL:-}" ] && [ "$h" = coffer-qemu ]; then
+    sed -i "s#^accel = .*#accel = \"$(sed_escape "$COFFER_ACCEL")\"#" "$dir/coffer/$h.toml"
   fi
 done
 
@@ -143,11 +144,9 @@ cat > "$dir/cni/net.d/10-coffer.conflist" <<CNI
 CNI
 
 cri='plugins."io.containerd.grpc.v1.cri"'
-runtimes="$cri.containerd.runtimes"
 # An existing config.toml is kept: it was made for this DIR (and install.sh may have edited it).
 if [ ! -f "$dir/config.toml" ]; then
-{
-  cat <<CONF
+  cat > "$dir/config.toml.tmp" <<CONF
 # Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
 version = 2
 root = "$dir/root"
@@ -182,24 +181,22 @@ disabled_plugins = [
   snapshotter = "overlayfs"
   default_runtime_name = "runc"
 
-[$runtimes.runc]
+[$cri.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 CONF
-  handlers="coffer-qemu coffer-qemu-tdx coffer-qemu-snp"
-  [ "${COFFER_HANDLERS:-}" = none ] && handlers=
-  for handler in $handlers; do
-    cat <<CONF
-
-[$runtimes.$handler]
-  runtime_type = "io.containerd.coffer.v2"
-  # Lets the Init-Data annotations through into the sandbox's OCI spec.
-  pod_annotations = ["io.katacontainers.*"]
-[$runtimes.$handler.options]
-  ConfigPath = "$dir/coffer/$handler.toml"
-CONF
-  done
-} > "$dir/config.toml.tmp"
-mv "$dir/config.toml.tmp" "$dir/config.toml"
+  mv "$dir/config.toml.tmp" "$dir/config.toml"
+  # The coffer-* handlers as install.sh registers them on a node, with this DIR's paths.
+  if [ -n "$handlers" ]; then
+    register=("$bin_dir/coffer" containerd-config register --config "$dir/config.toml"
+      --record "$dir/containerd-config.json"
+      --containerd-version "$(ask_containerd_version "$containerd_bin")"
+      --shim "$bin_dir/containerd-shim-coffer-v2" --handler-config-dir "$dir/coffer")
+    for h in $handlers; do register+=(--handler "$h"); done
+    if ! "${register[@]}" >/dev/null; then
+      rm -f "$dir/config.toml" # made again, with the handlers, by the next run
+      die "registering the coffer-* handlers in $dir/config.toml failed"
+    fi
+  fi
 fi
 
 "$here/images.sh" "$dir/images" >/dev/null

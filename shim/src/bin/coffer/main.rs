@@ -1,8 +1,10 @@
-//! `coffer`: the operator's command line for Init-Data, hosts, launch plans and sandboxes.
+//! `coffer`: the operator's command line for Init-Data, hosts, launch plans, sandboxes and
+//! containerd's configuration.
 //!
 //! Exit codes are a contract scripts rely on: 0 success, 1 invalid input (one line on stderr),
 //! 2 usage errors (clap's own code).
 
+mod containerd_config;
 mod host;
 mod initdata;
 mod inspect;
@@ -33,6 +35,9 @@ enum Command {
     LaunchPlan(host::LaunchPlanArgs),
     /// Print what Coffer recorded about a running sandbox.
     Inspect(inspect::Args),
+    /// Register Coffer's runtime handlers in containerd's configuration, or take them out.
+    #[command(subcommand)]
+    ContainerdConfig(containerd_config::Command),
 }
 
 /// Why a command failed; decides the exit code.
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::CheckHost(args) => host::check_host(args),
         Command::LaunchPlan(args) => host::launch_plan(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::ContainerdConfig(cmd) => containerd_config::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
