@@ -147,3 +147,41 @@ fn inspect_takes_the_state_dir_from_a_handler_config() {
         "{err}"
     );
 }
+
+/// Without flags, the sandbox is found in the state directory of an installed handler
+/// configuration; when it is in none, the error says where it looked.
+#[test]
+fn inspect_finds_the_sandbox_through_the_installed_handler_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc-coffer");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("coffer-qemu.toml"),
+        format!("state_dir = \"{}\"\n", state.display()),
+    )
+    .unwrap();
+    std::fs::write(etc.join("broken.toml"), "not = [toml").unwrap();
+    write_sandbox(&state, "pod1");
+    let etc_arg = etc.to_str().unwrap();
+
+    let out = coffer(&["inspect", "--config-dir", etc_arg, "pod1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains(DIGEST));
+
+    let out = coffer(&["inspect", "--config-dir", etc_arg, "pod2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "no sandbox pod2 under {}, /run/coffer;",
+            state.display()
+        )),
+        "{err}"
+    );
+}

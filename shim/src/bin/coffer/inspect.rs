@@ -2,9 +2,11 @@
 //!
 //! Reads `<state-dir>/<sandbox-id>/state.json`, which the shim writes once the guest agent
 //! confirmed the Init-Data digest, and prints it: TEE, whether the launch is measured, the
-//! digest in hex, the VM's pid and command line.
+//! digest in hex, the VM's pid and command line. Without `--state-dir` or `--config` it looks
+//! in the state directory of every installed handler configuration (`/etc/coffer/*.toml`) and
+//! in the default one, and says where it looked when the sandbox is in none of them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use coffer_shim::config::{Config, DEFAULT_STATE_DIR};
 use coffer_shim::state::{format_utc, StateDir};
@@ -21,25 +23,42 @@ pub struct Args {
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     state_dir: Option<PathBuf>,
     /// Take the state directory from this runtime handler configuration instead.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "config_dir")]
     config: Option<PathBuf>,
+    /// Where the installed handler configurations are, to search their state directories.
+    #[arg(long, value_name = "DIR", default_value = "/etc/coffer")]
+    config_dir: PathBuf,
     /// Print the record as JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let root = match (args.state_dir, args.config) {
-        (Some(dir), _) => dir,
-        (None, Some(config)) => Config::load(&config)?.state_dir,
-        (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
+    let searched = args.state_dir.is_none() && args.config.is_none();
+    let roots = match (args.state_dir, args.config) {
+        (Some(dir), _) => vec![dir],
+        (None, Some(config)) => vec![Config::load(&config)?.state_dir],
+        (None, None) => installed_state_dirs(&args.config_dir),
     };
-    let dir = StateDir::new(&root, &args.sandbox_id)?;
-    let Some(state) = dir.read_state()? else {
+    let mut found = None;
+    for root in &roots {
+        let dir = StateDir::new(root, &args.sandbox_id)?;
+        if let Some(state) = dir.read_state()? {
+            found = Some((dir, state));
+            break;
+        }
+    }
+    let Some((dir, state)) = found else {
+        let looked: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        let hint = if searched {
+            "; pass --state-dir or --config when its handler keeps state elsewhere"
+        } else {
+            ""
+        };
         return Err(Failure::Invalid(format!(
-            "no sandbox {} under {}",
+            "no sandbox {} under {}{hint}",
             args.sandbox_id,
-            root.display()
+            looked.join(", ")
         )));
     };
     if args.json {
@@ -80,4 +99,29 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .join(" ")
     );
     Ok(())
+}
+
+/// The state directories of the handler configurations in `config_dir` (those that load), then
+/// the default one, each once.
+fn installed_state_dirs(config_dir: &Path) -> Vec<PathBuf> {
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(config_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    configs.sort();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let candidates = configs
+        .iter()
+        .filter_map(|c| Config::load(c).ok().map(|c| c.state_dir))
+        .chain(std::iter::once(PathBuf::from(DEFAULT_STATE_DIR)));
+    for root in candidates {
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
+    roots
 }
