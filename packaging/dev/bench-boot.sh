@@ -30,7 +30,7 @@ pvh=$dir/coffer/coffer-qemu.toml
 bios=$dir/coffer/coffer-qemu-bios.toml
 sed -e 's#/vmlinux"#/vmlinuz"#' -e '/^firmware = /d' "$pvh" > "$bios"
 
-hello() { "$bin/coffer-boot" --config "$1" | sed -n 's/.*hello after \([0-9.]*\) s/\1/p'; }
+hello() { "$bin/coffer-boot" --config "$1" | sed -n 's/.*hello after \([0-9.]*\) s.*/\1/p'; }
 
 echo "run  bios_bzimage_s  pvh_qboot_s  pod_ready_s"
 for i in $(seq 1 "$n"); do
