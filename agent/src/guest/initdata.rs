@@ -23,9 +23,12 @@ const DELIVERED_KEYS: [&str; 3] = ["aa.toml", "cdh.toml", "policy.rego"];
 /// Where the image may carry the attestation services.
 const SERVICE_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/sbin"];
 
-/// Finds `/dev/vdX` whose `/sys/block/vdX/serial` is `initdata`, waiting up to `wait` for the
-/// driver to probe it.
-pub fn find_disk(sys_block: &Path, wait: Duration) -> Option<PathBuf> {
+/// Finds the Init-Data disk, waiting up to `wait` for the driver to probe it: the `vdX` whose
+/// `/sys/block/vdX/serial` is `initdata` (how Coffer attaches it), else the first `vdX` whose
+/// first bytes are the image's magic (how Kata's runtime attaches it, without a serial; a
+/// kata-agent scans for the magic the same way). Either way the digest check decides whether
+/// its document is used.
+pub fn find_disk(sys_block: &Path, dev: &Path, wait: Duration) -> Option<PathBuf> {
     let end = Instant::now() + wait;
     loop {
         if let Ok(entries) = fs::read_dir(sys_block) {
@@ -35,11 +38,13 @@ pub fn find_disk(sys_block: &Path, wait: Duration) -> Option<PathBuf> {
                 .filter(|n| n.starts_with("vd"))
                 .collect();
             names.sort();
-            for name in names {
-                let serial = fs::read_to_string(sys_block.join(&name).join("serial"));
-                if serial.map(|s| s.trim() == SERIAL).unwrap_or(false) {
-                    return Some(Path::new("/dev").join(name));
-                }
+            let by_serial = names.iter().find(|name| {
+                fs::read_to_string(sys_block.join(name).join("serial"))
+                    .is_ok_and(|s| s.trim() == SERIAL)
+            });
+            let found = by_serial.or_else(|| names.iter().find(|name| has_magic(&dev.join(name))));
+            if let Some(name) = found {
+                return Some(dev.join(name));
             }
         }
         if Instant::now() >= end {
@@ -47,6 +52,15 @@ pub fn find_disk(sys_block: &Path, wait: Duration) -> Option<PathBuf> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether the device starts with the Init-Data image's magic.
+fn has_magic(device: &Path) -> bool {
+    use std::io::Read as _;
+    let mut magic = [0u8; 8];
+    fs::File::open(device)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == image::MAGIC)
 }
 
 /// What reading the disk gave.
@@ -107,14 +121,14 @@ pub fn verify(
                 (Tee::None, None) => Verification::NoInitData,
                 (Tee::None, Some(d)) => Verification::Error {
                     reason: format!(
-                        "the kernel command line names Init-Data digest {d} but no disk with serial \"{SERIAL}\" appeared"
+                        "the kernel command line names Init-Data digest {d} but no Init-Data disk appeared (none with serial \"{SERIAL}\", none starting with its magic)"
                     ),
                 },
                 (_, _) => match register(tee) {
                     Ok(reg) if reg.iter().all(|&b| b == 0) => Verification::NoInitData,
                     Ok(reg) => Verification::Error {
                         reason: format!(
-                            "the {} register is {} but no disk with serial \"{SERIAL}\" appeared",
+                            "the {} register is {} but no Init-Data disk appeared (none with serial \"{SERIAL}\", none starting with its magic)",
                             register_name(tee),
                             hex(&reg)
                         ),
@@ -298,7 +312,7 @@ pub fn process(tee_claim: Tee, cmdline: &KernelParams, limits: &Limits) -> Proce
     } else {
         Duration::from_millis(500)
     };
-    let found = match find_disk(Path::new("/sys/block"), wait) {
+    let found = match find_disk(Path::new("/sys/block"), Path::new("/dev"), wait) {
         Some(disk) => read_disk(&disk, limits),
         None => Found::NoDisk,
     };
@@ -446,7 +460,7 @@ mod tests {
         assert_eq!(
             verify(&Found::NoDisk, Tee::None, &cmdline(Some("abcd")), no_register),
             Verification::Error {
-                reason: "the kernel command line names Init-Data digest abcd but no disk with serial \"initdata\" appeared".into()
+                reason: "the kernel command line names Init-Data digest abcd but no Init-Data disk appeared (none with serial \"initdata\", none starting with its magic)".into()
             }
         );
         assert_eq!(
@@ -486,23 +500,31 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_disk_by_serial() {
+    fn finds_the_disk_by_serial_else_by_its_magic() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
+        let sys = tmp.path().join("sys");
+        let dev = tmp.path().join("dev");
+        fs::create_dir_all(&dev).unwrap();
         for (name, serial) in [
-            ("vda", "other\n"),
-            ("vdb", "initdata\n"),
-            ("sda", "initdata"),
+            ("vda", Some("other\n")),
+            ("vdb", Some("initdata\n")),
+            ("vdc", None),
+            ("sda", Some("initdata")),
         ] {
-            fs::create_dir_all(dir.join(name)).unwrap();
-            fs::write(dir.join(name).join("serial"), serial).unwrap();
+            fs::create_dir_all(sys.join(name)).unwrap();
+            if let Some(serial) = serial {
+                fs::write(sys.join(name).join("serial"), serial).unwrap();
+            }
         }
-        assert_eq!(
-            find_disk(dir, Duration::ZERO),
-            Some(PathBuf::from("/dev/vdb"))
-        );
-        fs::remove_dir_all(dir.join("vdb")).unwrap();
-        assert_eq!(find_disk(dir, Duration::ZERO), None);
+        fs::write(dev.join("vda"), b"some other disk").unwrap();
+        fs::write(dev.join("vdc"), image::write(b"version = \"0.1.0\"\n")).unwrap();
+        // The serial wins, whatever else carries the magic.
+        assert_eq!(find_disk(&sys, &dev, Duration::ZERO), Some(dev.join("vdb")));
+        // Without it, the disk that starts with the magic (Kata's runtime gives none).
+        fs::remove_dir_all(sys.join("vdb")).unwrap();
+        assert_eq!(find_disk(&sys, &dev, Duration::ZERO), Some(dev.join("vdc")));
+        fs::remove_file(dev.join("vdc")).unwrap();
+        assert_eq!(find_disk(&sys, &dev, Duration::ZERO), None);
     }
 
     #[test]
