@@ -204,11 +204,23 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `initdata.toml` (the exact bytes) and the known `[data]` entries into `dir`
 /// (mode 0700, files 0600). Returns the names written, sorted.
+///
+/// Only `dir` is private: its parents (`/run/confidential-containers`) stay 0755, because
+/// guest components that run unprivileged keep their sockets there.
 pub fn deliver(doc: &InitData, dir: &Path) -> std::io::Result<Vec<String>> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    if let Some(parent) = dir.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
     // The directory may have existed with a laxer mode.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let mut written = vec!["initdata.toml".to_string()];
@@ -530,7 +542,7 @@ mod tests {
     #[test]
     fn delivers_exact_bytes_with_private_modes() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("initdata");
+        let dir = tmp.path().join("run/confidential-containers/initdata");
         let files = deliver(&doc(), &dir).unwrap();
         assert_eq!(files, ["aa.toml", "initdata.toml"]);
         assert_eq!(fs::read(dir.join("initdata.toml")).unwrap(), DOC);
@@ -539,5 +551,7 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("aa.toml")), 0o600);
+        // Only the initdata directory is private: unprivileged components use its parent.
+        assert_eq!(mode(dir.parent().unwrap()), 0o755);
     }
 }
