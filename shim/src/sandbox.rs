@@ -28,6 +28,19 @@ use crate::state::{self, InitDataRecord, LaunchCommand, SandboxState, StateDir};
 /// gets neither the runtime options nor a live shim) finds what to clean up.
 pub const BUNDLE_RECORD: &str = "coffer-state-dir";
 
+/// Kata's annotation for an agent policy the host sends (kata-agent's SetPolicy). A confidential
+/// pod's policy must be measured, so Coffer takes it only from the Init-Data's `policy.rego`.
+pub const KATA_POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
+
+/// The pod annotations each handler asks containerd to pass into the sandbox's spec: the
+/// Init-Data keys, and Kata's policy annotation so that a pod carrying it is refused instead of
+/// having it silently dropped.
+pub const POD_ANNOTATIONS: [&str; 3] = [
+    coffer_initdata::annotation::ANNOTATION,
+    coffer_initdata::annotation::LEGACY_ANNOTATION,
+    KATA_POLICY_ANNOTATION,
+];
+
 /// File in the handler's state root keeping this host boot's KVM speed verdict, so that the
 /// probe's timed loop runs once per host boot instead of once per pod.
 pub const KVM_SPEED_RECORD: &str = "kvm-speed.json";
@@ -125,6 +138,13 @@ impl Sandbox {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         let config = Config::load(&config_path)?;
         let annotations = spec.annotations();
+        if annotations.contains_key(KATA_POLICY_ANNOTATION) {
+            return Err(Error::InvalidArgument(format!(
+                "the pod carries {KATA_POLICY_ANNOTATION}, an agent policy sent by the host, which \
+                 no measurement covers; Coffer takes the agent policy only from the Init-Data's \
+                 policy.rego: move the policy there and remove the annotation"
+            )));
+        }
         let initdata = select_initdata(&annotations, &config)?;
         let vm = crate::sizing::vm_for_pod(&config.vm, &annotations)?;
         let dir = StateDir::new(&config.state_dir, id)?;

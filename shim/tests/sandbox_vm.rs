@@ -164,6 +164,33 @@ async fn malformed_annotation_is_refused_before_anything_starts() {
     assert_eq!(f.state_entries(), Vec::<String>::new());
 }
 
+/// An agent policy sent by the host (Kata's SetPolicy annotation) is no measured policy: refused,
+/// never silently ignored, before anything starts.
+#[tokio::test]
+async fn a_host_sent_agent_policy_is_refused_naming_the_annotation() {
+    let f = Fixture::new(None);
+    let mut annotations = f.sandbox_annotations("sb", None);
+    annotations.insert(
+        coffer_shim::sandbox::KATA_POLICY_ANNOTATION.into(),
+        "cGFja2FnZSBhZ2VudF9wb2xpY3k=".into(),
+    );
+    let bundle = f.bundle("sb", &["/pause"], &annotations);
+    let spec = BundleSpec::load(&bundle).unwrap();
+    let e = Sandbox::create("sb", &bundle, &spec, Some(&f.options))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT
+    );
+    assert!(
+        e.to_string()
+            .starts_with("the pod carries io.katacontainers.config.agent.policy,"),
+        "{e}"
+    );
+    assert_eq!(f.state_entries(), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn bad_config_is_refused_naming_file_and_field() {
     let f = Fixture::new(None);

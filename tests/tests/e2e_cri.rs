@@ -520,6 +520,37 @@ fn malformed_annotation_fails_run_pod_sandbox_and_leaves_nothing() {
     assert_nothing_left(&mut cri);
 }
 
+/// Kata's agent policy annotation reaches the shim (the handler lists it in pod_annotations) and
+/// is refused by name: a confidential pod's policy comes only from its measured Init-Data.
+#[test]
+fn a_pod_with_kata_s_policy_annotation_is_refused_by_name() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("kata-policy", "coffer-qemu", &ctd.log_root()).annotation(
+        "io.katacontainers.config.agent.policy",
+        "cGFja2FnZSBhZ2VudF9wb2xpY3k=",
+    );
+    let err = cri
+        .run_pod_sandbox(&pod)
+        .expect_err("RunPodSandbox accepted a host-sent agent policy");
+    assert!(
+        err.message()
+            .contains("the pod carries io.katacontainers.config.agent.policy"),
+        "the refusal does not name the annotation: {}",
+        err.message()
+    );
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}
+
 #[test]
 fn tee_handlers_refuse_on_a_host_without_tdx_or_snp() {
     let Some((bin, _guest)) = coffer_parts() else {

@@ -13,9 +13,11 @@ use coffer_tests::{skip, Container, Driver, Options, Pod, PrivateContainerd};
 use serde_json::Value;
 
 const HANDLERS: [&str; 3] = ["coffer-qemu", "coffer-qemu-tdx", "coffer-qemu-snp"];
-const INITDATA_KEYS: [&str; 2] = [
+/// The Init-Data keys, and Kata's policy annotation (passed so the shim can refuse it).
+const POD_ANNOTATIONS: [&str; 3] = [
     "io.katacontainers.config.hypervisor.cc_init_data",
     "io.katacontainers.config.runtime.cc_init_data",
+    "io.katacontainers.config.agent.policy",
 ];
 
 fn install_sh(args: &[&Path], extra: &[&str]) -> std::process::Output {
@@ -172,7 +174,11 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
         );
         // containerd 1.6 spells this key "PodAnnotations" in its JSON, later ones camelCase.
         let annotations = rt.get("podAnnotations").unwrap_or(&rt["PodAnnotations"]);
-        assert_eq!(annotations, &serde_json::json!(INITDATA_KEYS), "{h}: {rt}");
+        assert_eq!(
+            annotations,
+            &serde_json::json!(POD_ANNOTATIONS),
+            "{h}: {rt}"
+        );
         assert_eq!(
             rt["options"]["ConfigPath"],
             prefix
@@ -328,7 +334,7 @@ fn containerd_2_gets_a_drop_in_listed_in_imports() {
             .iter()
             .filter_map(toml::Value::as_str)
             .collect();
-        assert_eq!(keys, INITDATA_KEYS);
+        assert_eq!(keys, POD_ANNOTATIONS);
     }
 
     install_sh(&args[..4], &["--uninstall"]);

@@ -34,7 +34,7 @@ use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use coffer_initdata::annotation::KEYS as INITDATA_KEYS;
+use coffer_shim::sandbox::POD_ANNOTATIONS;
 use coffer_shim::service::RUNTIME_TYPE;
 use serde::{Deserialize, Serialize};
 use toml_edit::{ImDocument, Item, TomlError};
@@ -556,7 +556,7 @@ imports = [
                 .iter()
                 .filter_map(toml::Value::as_str)
                 .collect();
-            assert_eq!(keys, INITDATA_KEYS);
+            assert_eq!(keys, POD_ANNOTATIONS);
             assert_eq!(
                 rt[h]["options"]["ConfigPath"].as_str(),
                 Some(format!("/etc/coffer/{h}.toml").as_str())

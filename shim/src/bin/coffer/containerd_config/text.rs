@@ -173,7 +173,7 @@ pub(super) fn check(
 /// `packaging/containerd/coffer-v{2,3}.toml` show them.
 pub(super) fn tables(version: i64, handlers: &Handlers, eol: &str) -> String {
     let plugin = toml_key(cri_runtime_plugin(version));
-    let annotations = INITDATA_KEYS.map(toml_string).join(", ");
+    let annotations = POD_ANNOTATIONS.map(toml_string).join(", ");
     let mut out = String::new();
     for (i, name) in handlers.names.iter().enumerate() {
         let table = format!("plugins.{plugin}.containerd.runtimes.{}", toml_key(name));
