@@ -270,6 +270,33 @@ fn runc_pod_runs_through_crictl() {
     assert_nothing_left(&mut ctd.cri().expect("connect"));
 }
 
+/// RunPodSandbox of `pod` is refused with a message that holds each of `needles`, and leaves no
+/// VM, no state and no sandbox behind.
+fn assert_refused_leaving_nothing(
+    ctd: &PrivateContainerd,
+    cri: &mut Cri,
+    pod: &Pod,
+    needles: &[&str],
+) {
+    let err = cri
+        .run_pod_sandbox(pod)
+        .expect_err("RunPodSandbox accepted a pod it must refuse");
+    let message = err.message();
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "the refusal does not say {needle:?}: {message}"
+        );
+    }
+    assert_eq!(vms(ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(cri);
+}
+
 /// What down.sh must remove, checked after it ran.
 fn assert_down_left_nothing(dir: &Path, bridge: &str) {
     assert!(!dir.exists(), "{} still exists", dir.display());
@@ -503,21 +530,8 @@ fn malformed_annotation_fails_run_pod_sandbox_and_leaves_nothing() {
 
     let pod = Pod::new("malformed", "coffer-qemu", &ctd.log_root())
         .annotation(ANNOTATION, "this is not base64!");
-    let err = cri
-        .run_pod_sandbox(&pod)
-        .expect_err("RunPodSandbox accepted a malformed Init-Data annotation");
-    let message = err.message();
-    assert!(
-        message.contains("base64"),
-        "the error does not name the problem (invalid base64): {message}"
-    );
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
-    assert_eq!(
-        state_entries(&ctd),
-        Vec::<String>::new(),
-        "state was left behind"
-    );
-    assert_nothing_left(&mut cri);
+    // The error names the problem (invalid base64).
+    assert_refused_leaving_nothing(&ctd, &mut cri, &pod, &["base64"]);
 }
 
 /// Kata's agent policy annotation reaches the shim (the handler lists it in pod_annotations) and
@@ -533,22 +547,12 @@ fn a_pod_with_kata_s_policy_annotation_is_refused_by_name() {
         "io.katacontainers.config.agent.policy",
         "cGFja2FnZSBhZ2VudF9wb2xpY3k=",
     );
-    let err = cri
-        .run_pod_sandbox(&pod)
-        .expect_err("RunPodSandbox accepted a host-sent agent policy");
-    assert!(
-        err.message()
-            .contains("the pod carries io.katacontainers.config.agent.policy"),
-        "the refusal does not name the annotation: {}",
-        err.message()
+    assert_refused_leaving_nothing(
+        &ctd,
+        &mut cri,
+        &pod,
+        &["the pod carries io.katacontainers.config.agent.policy"],
     );
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
-    assert_eq!(
-        state_entries(&ctd),
-        Vec::<String>::new(),
-        "state was left behind"
-    );
-    assert_nothing_left(&mut cri);
 }
 
 #[test]
@@ -673,20 +677,10 @@ fn the_pods_limits_size_its_vm() {
         cpu_quota: 0,
         cpu_period: 100_000,
     });
-    let err = cri
-        .run_pod_sandbox(&huge)
-        .expect_err("RunPodSandbox accepted a pod larger than the host");
-    assert!(
-        err.message().contains("max_memory_mib")
-            && err.message().contains("io.kubernetes.cri.sandbox-memory"),
-        "the refusal does not say what is too large: {}",
-        err.message()
+    assert_refused_leaving_nothing(
+        &ctd,
+        &mut cri,
+        &huge,
+        &["max_memory_mib", "io.kubernetes.cri.sandbox-memory"],
     );
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
-    assert_eq!(
-        state_entries(&ctd),
-        Vec::<String>::new(),
-        "state was left behind"
-    );
-    assert_nothing_left(&mut cri);
 }
