@@ -49,11 +49,7 @@ impl Pod {
     async fn process_exited(&self, id: &str, exec_id: Option<&str>, exit: Exit) {
         let io = {
             let mut tasks = self.tasks.lock().await;
-            let Some(p) = tasks
-                .containers
-                .get_mut(id)
-                .and_then(|c| c.process_for_event(exec_id))
-            else {
+            let Some(p) = tasks.process_mut(id, exec_id) else {
                 return;
             };
             if p.exit().is_some() {
@@ -68,11 +64,7 @@ impl Pod {
         }
         let pid = {
             let mut tasks = self.tasks.lock().await;
-            let Some(p) = tasks
-                .containers
-                .get_mut(id)
-                .and_then(|c| c.process_for_event(exec_id))
-            else {
+            let Some(p) = tasks.process_mut(id, exec_id) else {
                 return;
             };
             if !p.set_exited(exit) {
@@ -107,9 +99,7 @@ impl Pod {
                 } => {
                     let mut tasks = self.tasks.lock().await;
                     if let Some(io) = tasks
-                        .containers
-                        .get_mut(&id)
-                        .and_then(|c| c.process_for_event(exec_id.as_deref()))
+                        .process_mut(&id, exec_id.as_deref())
                         .and_then(|p| p.io.as_mut())
                     {
                         io.write(stream, data);

@@ -73,6 +73,13 @@ impl Tasks {
             .ok_or_else(|| Error::NotFound(format!("task {id}")))
     }
 
+    /// The process a guest event is about: a container's own (`exec_id` None) or an exec'd one.
+    pub(crate) fn process_mut(&mut self, id: &str, exec_id: Option<&str>) -> Option<&mut Process> {
+        self.containers
+            .get_mut(id)
+            .and_then(|c| c.process_for_event(exec_id))
+    }
+
     /// The guest agent, while the sandbox VM runs.
     fn agent(&self) -> Result<Arc<AgentClient>> {
         self.sandbox
