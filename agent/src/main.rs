@@ -31,6 +31,9 @@ fn main() {
     boot::load_modules();
     boot::mount_configfs();
     boot::watch_power_button();
+    if let Err(e) = guest::network::loopback_up() {
+        boot::log(&format!("bringing up the loopback interface: {e}"));
+    }
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (cmdline, cmdline_error) = match KernelParams::parse(&cmdline_text) {

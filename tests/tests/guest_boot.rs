@@ -367,6 +367,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             process: shell(
                 "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
             ),
+            files: vec![],
         })
         .await
         .unwrap();
@@ -459,6 +460,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             hostname: None,
             // Waits for the host to drop a file into the share, so it runs after the reconnect.
             process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
+            files: vec![],
         })
         .await
         .unwrap();
@@ -574,6 +576,7 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
                 rootfs: "rootfs1".into(),
                 hostname: None,
                 process: shell("echo must not run"),
+                files: vec![],
             })
             .await
             .unwrap_err();

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use super::error::ContainerError;
+use super::files::FileMount;
 use super::pty::{pts_path, DEVPTS_OPTIONS, NO_TTY};
 use super::report::{failed_message, pid_message, Step, READY};
 use super::stdio::ChildIo;
@@ -44,6 +45,37 @@ pub(super) struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The process runs on a terminal (a container's child then needs its devpts).
     terminal: bool,
+    /// Files bind-mounted into a container's root once /proc is there.
+    binds: Vec<Bind>,
+}
+
+/// A file bind-mounted into the container: from `/proc/self/fd/N` to `target`.
+#[derive(Debug)]
+struct Bind {
+    source: CString,
+    target: CString,
+    /// Directories to create first, outermost first (a missing `/etc`, say).
+    parents: Vec<CString>,
+    readonly: bool,
+}
+
+impl Bind {
+    fn new(m: &FileMount) -> Result<Bind, ContainerError> {
+        let target = Path::new(&m.target);
+        let mut parents: Vec<CString> = target
+            .ancestors()
+            .skip(1)
+            .filter(|p| p.parent().is_some())
+            .map(|p| cstring("file mount directory", &p.to_string_lossy()))
+            .collect::<Result<_, _>>()?;
+        parents.reverse();
+        Ok(Bind {
+            source: cstring("file mount", &m.source())?,
+            target: cstring("file mount", &m.target)?,
+            parents,
+            readonly: m.readonly,
+        })
+    }
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, ContainerError> {
@@ -111,7 +143,14 @@ impl Prepared {
             gid: p.gid,
             groups: p.additional_gids.clone(),
             terminal: p.terminal,
+            binds: Vec::new(),
         })
+    }
+
+    /// Adds the container's file mounts (its first process makes them).
+    pub(super) fn with_files(mut self, files: &[FileMount]) -> Result<Prepared, ContainerError> {
+        self.binds = files.iter().map(Bind::new).collect::<Result<_, _>>()?;
+        Ok(self)
     }
 }
 
@@ -316,6 +355,8 @@ unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: R
     unsafe { enter_rootfs(prep, report) };
     // SAFETY: child-only, inside the container's root.
     unsafe { mount_proc_and_dev(prep.terminal, report) };
+    // SAFETY: child-only, inside the container's root, with its /proc.
+    unsafe { mount_binds(&prep.binds, report) };
     if let Some(h) = &prep.hostname {
         // SAFETY: `h` is a C string `prep` owns, given with its length; child-only.
         unsafe {
@@ -473,6 +514,56 @@ unsafe fn mount_proc_and_dev(terminal: bool, report: RawFd) {
     if devpts == 0 {
         // SAFETY: symlink reads NUL-terminated literals.
         unsafe { libc::symlink(lit(b"pts/ptmx\0"), lit(b"/dev/ptmx\0")) };
+    }
+}
+
+/// Bind-mounts the container's files over their targets, creating what is missing.
+///
+/// # Safety
+/// Child-only, inside the container's root, once its /proc is mounted.
+unsafe fn mount_binds(binds: &[Bind], report: RawFd) {
+    let none = std::ptr::null::<c_char>();
+    for b in binds {
+        // SAFETY: mkdir, open and close take C strings `prep` owns and plain flags; an
+        // existing directory or file is fine. Child-only.
+        unsafe {
+            for dir in &b.parents {
+                libc::mkdir(dir.as_ptr(), 0o755);
+            }
+            let fd = libc::open(
+                b.target.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOCTTY,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        // SAFETY: C strings `prep` owns; a bind mount takes no type or data; the source is
+        // this process's own descriptor on the agent's copy. Child-only.
+        unsafe {
+            if libc::mount(
+                b.source.as_ptr(),
+                b.target.as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(report, Step::BindFile)
+            }
+            if b.readonly
+                && libc::mount(
+                    none,
+                    b.target.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) < 0
+            {
+                fail(report, Step::BindFile)
+            }
+        }
     }
 }
 

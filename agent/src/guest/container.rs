@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 
 use super::child::{clone_exec_helper, clone_init, Prepared};
 use super::error::{io_errno, sys, ContainerError};
+use super::files::{Files, FILES_DIR};
 use super::outgoing::Outgoing;
 use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
 use super::report::{read_report, Report};
@@ -75,6 +76,8 @@ struct Container {
     /// The agent's hold on that pty's slave until the process has it: if the container is
     /// removed unstarted, closing this hangs the terminal up and ends its output reader.
     tty_slave: Option<OwnedFd>,
+    /// The copies of its file mounts, removed with it.
+    _files: Files,
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +137,9 @@ impl Containers {
                 req.rootfs
             )));
         }
-        let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?;
+        let files = super::files::write(Path::new(FILES_DIR), &req.id, &req.files)?;
+        let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?
+            .with_files(&files.mounts)?;
         let (start_r, start_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         // A terminal lives in the container's own devpts, which exists only once the child has
@@ -163,6 +168,7 @@ impl Containers {
                 report: None,
                 tty_index: None,
                 tty_slave: None,
+                _files: files,
             },
         );
         drop(state);

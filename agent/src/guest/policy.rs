@@ -20,6 +20,7 @@
 //! | `shutdown` | `DestroySandboxRequest` |
 //! | `read_file` | `ReadInitDataRequest` (Coffer's own; allowed when the policy does not define it) |
 //! | `write_stdin`, `close_stdin`, `resize_pty` | `WriteStreamRequest`, `CloseStdinRequest`, `TtyWinResizeRequest` |
+//! | `update_interface`, `update_routes`, `add_arp_neighbors` | `UpdateInterfaceRequest`, `UpdateRoutesRequest`, `AddARPNeighborsRequest` |
 //! | `hello` | never gated: the host needs it to learn the guest's verdict |
 //!
 //! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
@@ -175,6 +176,9 @@ pub fn rule_for(request: &Request) -> Option<&'static str> {
         Request::WriteStdin { .. } => "WriteStreamRequest",
         Request::CloseStdin { .. } => "CloseStdinRequest",
         Request::ResizePty { .. } => "TtyWinResizeRequest",
+        Request::UpdateInterface { .. } => "UpdateInterfaceRequest",
+        Request::UpdateRoutes { .. } => "UpdateRoutesRequest",
+        Request::AddArpNeighbors { .. } => "AddARPNeighborsRequest",
     })
 }
 
@@ -312,6 +316,7 @@ mod tests {
                 rootfs: "c1/rootfs".into(),
                 hostname: None,
                 process: Process::default(),
+                files: vec![],
             }),
             Request::Start { id: "c1".into() },
             exec(&["ls"]),
@@ -329,6 +334,16 @@ mod tests {
                 path: "aa.toml".into(),
             },
             Request::Shutdown,
+            Request::UpdateInterface {
+                interface: crate::protocol::network::Interface {
+                    name: "eth0".into(),
+                    hw_addr: "0a:58:0a:58:00:05".into(),
+                    mtu: 1500,
+                    ip_addresses: vec![],
+                },
+            },
+            Request::UpdateRoutes { routes: vec![] },
+            Request::AddArpNeighbors { neighbors: vec![] },
         ]
     }
 

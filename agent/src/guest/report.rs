@@ -38,11 +38,13 @@ pub(super) enum Step {
     SetUid,
     Cwd,
     Execve,
+    /// Bind-mounting a file the host gave the container (its `/etc/hosts`, ...).
+    BindFile,
 }
 
 impl Step {
     /// Every step, to decode a report.
-    const ALL: [Step; 17] = [
+    const ALL: [Step; 18] = [
         Step::Stdio,
         Step::PrivateMounts,
         Step::BindRootfs,
@@ -60,6 +62,7 @@ impl Step {
         Step::SetUid,
         Step::Cwd,
         Step::Execve,
+        Step::BindFile,
     ];
 
     /// The step as failure messages name it.
@@ -82,6 +85,7 @@ impl Step {
             Step::SetUid => "setuid",
             Step::Cwd => "chdir to the process's cwd",
             Step::Execve => "execve",
+            Step::BindFile => "bind-mounting a file mount (/etc/hosts, /etc/resolv.conf, ...)",
         }
     }
 

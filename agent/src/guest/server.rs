@@ -217,6 +217,15 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, GuestError> {
             .resize_pty(&id, exec_id.as_deref(), width, height)
             .map(|()| Response::Ok)
             .map_err(GuestError::from),
+        Request::UpdateInterface { interface } => {
+            super::network::update_interface(&interface).map(|()| Response::Ok)
+        }
+        Request::UpdateRoutes { routes } => {
+            super::network::update_routes(&routes).map(|()| Response::Ok)
+        }
+        Request::AddArpNeighbors { neighbors } => {
+            super::network::add_neighbors(&neighbors).map(|()| Response::Ok)
+        }
         Request::Shutdown => Ok(Response::Ok),
     }
 }

@@ -26,6 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::network::{ArpNeighbor, Interface, Route};
 use super::{
     encode, read_frame_async, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
     GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
@@ -337,6 +338,30 @@ impl AgentClient {
             )
             .await?;
         ok("resize_pty", r)
+    }
+
+    /// Configures the guest's NIC.
+    pub async fn update_interface(&self, interface: Interface) -> Result<(), ClientError> {
+        let r = self
+            .expect("update_interface", Request::UpdateInterface { interface })
+            .await?;
+        ok("update_interface", r)
+    }
+
+    /// Adds routes in the guest.
+    pub async fn update_routes(&self, routes: Vec<Route>) -> Result<(), ClientError> {
+        let r = self
+            .expect("update_routes", Request::UpdateRoutes { routes })
+            .await?;
+        ok("update_routes", r)
+    }
+
+    /// Adds static neighbours in the guest.
+    pub async fn add_arp_neighbors(&self, neighbors: Vec<ArpNeighbor>) -> Result<(), ClientError> {
+        let r = self
+            .expect("add_arp_neighbors", Request::AddArpNeighbors { neighbors })
+            .await?;
+        ok("add_arp_neighbors", r)
     }
 
     /// Waits for a process (the container's own when `exec_id` is `None`) to exit.
@@ -674,6 +699,7 @@ mod tests {
                 rootfs: "r".into(),
                 hostname: None,
                 process: Process::default(),
+                files: vec![],
             })
             .await
             .unwrap_err();

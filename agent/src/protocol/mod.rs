@@ -42,6 +42,7 @@ pub use coffer_contract::{Tee, AGENT_PORT_NAME, SHARE_MOUNT_TAG};
 #[cfg(feature = "client")]
 pub mod client;
 mod frame;
+pub mod network;
 
 #[cfg(feature = "client")]
 pub use frame::read_frame_async;
@@ -162,6 +163,22 @@ pub enum Request {
         /// Rows.
         height: u16,
     },
+    /// Configure the guest's NIC (found by MAC): name, MTU, addresses, up. Answered with
+    /// [`Response::Ok`].
+    UpdateInterface {
+        /// The interface.
+        interface: network::Interface,
+    },
+    /// Add routes to the main table. Answered with [`Response::Ok`].
+    UpdateRoutes {
+        /// The routes, in order (a gateway's own network before the route through it).
+        routes: Vec<network::Route>,
+    },
+    /// Add static neighbours. Answered with [`Response::Ok`].
+    AddArpNeighbors {
+        /// The neighbours.
+        neighbors: Vec<network::ArpNeighbor>,
+    },
 }
 
 /// A container to create.
@@ -177,6 +194,29 @@ pub struct CreateContainer {
     pub hostname: Option<String>,
     /// The container's process.
     pub process: Process,
+    /// Files the container sees at given paths (the pod's `/etc/hosts`, `/etc/resolv.conf`,
+    /// `/etc/hostname` and other single-file mounts of its spec), copied into the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ContainerFile>,
+}
+
+/// Most files a container may be given, and the most bytes each may hold.
+pub const MAX_CONTAINER_FILES: usize = 32;
+/// See [`MAX_CONTAINER_FILES`].
+pub const MAX_CONTAINER_FILE_BYTES: usize = 1024 * 1024;
+
+/// A file bind-mounted into a container: the guest keeps a copy and mounts it over `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerFile {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// The content.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 /// A process to run: the subset of the OCI `process` object the guest needs.

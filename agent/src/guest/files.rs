@@ -1,0 +1,198 @@
+//! Files the host gives a container (the pod's `/etc/hosts`, `/etc/resolv.conf`,
+//! `/etc/hostname`, other single-file mounts of its spec): the agent keeps a copy under
+//! [`FILES_DIR`] and the container's first process bind-mounts each over its path, through an
+//! `O_PATH` descriptor opened here (`/proc/self/fd/N`), so the copy need not be reachable from
+//! the container's root.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::ContainerError;
+use crate::protocol::{ContainerFile, MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES};
+
+/// Where the copies live, one directory per container.
+pub const FILES_DIR: &str = "/run/coffer/files";
+
+/// A file ready to be bind-mounted: an `O_PATH` descriptor on the copy, and where it goes.
+#[derive(Debug)]
+pub(super) struct FileMount {
+    /// Held open until the container's process has mounted it.
+    pub fd: OwnedFd,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+impl FileMount {
+    /// The path the child mounts from.
+    pub fn source(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+}
+
+/// Checks the files of a create request, without touching anything.
+pub(super) fn check(files: &[ContainerFile]) -> Result<(), ContainerError> {
+    if files.len() > MAX_CONTAINER_FILES {
+        return Err(ContainerError::Invalid(format!(
+            "{} file mounts; a container may have at most {MAX_CONTAINER_FILES}",
+            files.len()
+        )));
+    }
+    for f in files {
+        let p = Path::new(&f.path);
+        let ok = p.is_absolute()
+            && !f.path.contains('\0')
+            && p.components().all(|c| !matches!(c, Component::ParentDir))
+            && p.components().count() > 1;
+        if !ok {
+            return Err(ContainerError::Invalid(format!(
+                "file mount path {:?} must be absolute, below /, without '..'",
+                f.path
+            )));
+        }
+        if f.data.len() > MAX_CONTAINER_FILE_BYTES {
+            return Err(ContainerError::Invalid(format!(
+                "file mount {} is {} bytes; at most {MAX_CONTAINER_FILE_BYTES}",
+                f.path,
+                f.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The copies of one container's files; dropping this removes them.
+#[derive(Debug, Default)]
+pub(super) struct Files {
+    dir: Option<PathBuf>,
+    /// The files, ready to mount.
+    pub mounts: Vec<FileMount>,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                super::boot::log(&format!("removing {}: {e}", dir.display()));
+            }
+        }
+    }
+}
+
+/// Writes the copies of container `id`'s files in a new directory under `root` and opens them
+/// for mounting.
+pub(super) fn write(
+    root: &Path,
+    id: &str,
+    files: &[ContainerFile],
+) -> Result<Files, ContainerError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    check(files)?;
+    if files.is_empty() {
+        return Ok(Files::default());
+    }
+    let dir = root.join(format!("{id}.{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let io = |step: String| {
+        move |e: std::io::Error| ContainerError::Sys {
+            step,
+            source: super::error::io_errno(&e),
+        }
+    };
+    std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+    std::fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut out = Files {
+        dir: Some(dir.clone()),
+        mounts: Vec::with_capacity(files.len()),
+    };
+    for (n, f) in files.iter().enumerate() {
+        let path = dir.join(n.to_string());
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if f.readonly { 0o444 } else { 0o644 })
+            .open(&path)
+            .map_err(io(format!("creating {}", path.display())))?;
+        file.write_all(&f.data)
+            .map_err(io(format!("writing {}", path.display())))?;
+        drop(file);
+        let fd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(&path)
+            .map(File::into)
+            .map_err(io(format!("opening {}", path.display())))?;
+        out.mounts.push(FileMount {
+            fd,
+            target: f.path.clone(),
+            readonly: f.readonly,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, data: &[u8]) -> ContainerFile {
+        ContainerFile {
+            path: path.into(),
+            data: data.to_vec(),
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn copies_are_written_opened_and_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let files = write(
+            root.path(),
+            "c1",
+            &[
+                file("/etc/hosts", b"127.0.0.1 localhost\n"),
+                file("/etc/resolv.conf", b"nameserver 10.0.0.10\n"),
+            ],
+        )
+        .unwrap();
+        let mounts = &files.mounts;
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0].target, "/etc/hosts");
+        // The descriptor names the copy.
+        let copy = std::fs::read_link(mounts[1].source()).unwrap();
+        assert!(copy.starts_with(root.path()), "{copy:?}");
+        assert_eq!(std::fs::read(&copy).unwrap(), b"nameserver 10.0.0.10\n");
+        // A second container with the same id (a create that will be refused) has its own.
+        let again = write(root.path(), "c1", &[file("/etc/hosts", b"x")]).unwrap();
+        drop(again);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"nameserver 10.0.0.10\n");
+        drop(files);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_paths_and_sizes_are_refused() {
+        for bad in ["etc/hosts", "/", "/etc/../x", ""] {
+            let e = check(&[file(bad, b"")]).unwrap_err().to_string();
+            assert!(e.contains("must be absolute"), "{bad}: {e}");
+        }
+        let big = vec![0u8; MAX_CONTAINER_FILE_BYTES + 1];
+        let e = check(&[file("/x", &big)]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "file mount /x is {} bytes; at most {MAX_CONTAINER_FILE_BYTES}",
+                big.len()
+            )
+        );
+        let many: Vec<_> = (0..=MAX_CONTAINER_FILES).map(|_| file("/x", b"")).collect();
+        assert!(check(&many)
+            .unwrap_err()
+            .to_string()
+            .starts_with("33 file mounts"));
+    }
+}
