@@ -52,6 +52,9 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// A MAC address that is not `aa:bb:cc:dd:ee:ff`.
+    #[error("MAC address {0:?} is not of the form aa:bb:cc:dd:ee:ff")]
+    BadMac(String),
     /// A unix socket path exceeds what `sockaddr_un` holds.
     #[error("the {what} path {path:?} is {len} bytes long, over the 107 a unix socket allows; use a shorter state directory")]
     SocketPathTooLong {

@@ -30,7 +30,7 @@ mod vm;
 
 pub use config::{HypervisorKind, SnpConfig, TdxConfig, VmConfig};
 pub use error::{Error, Result};
-pub use plan::{LaunchPlan, VmResources};
+pub use plan::{LaunchPlan, Nic, VmResources, TAP_FD};
 pub use probe::{HostCapabilities, Support};
 pub use tee::{Accel, Tee};
 pub use vm::{StopStep, Vm, VmExit, VmStatus, QMP_START_TIMEOUT};

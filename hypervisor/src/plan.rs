@@ -39,6 +39,21 @@ pub struct VmResources {
     pub console_log: PathBuf,
     /// Directory shared with the guest over 9p, if any.
     pub share_dir: Option<PathBuf>,
+    /// The pod's network device, if it has one.
+    pub nic: Option<Nic>,
+}
+
+/// The descriptor number the hypervisor finds the TAP at (after stdin, stdout and stderr).
+pub const TAP_FD: i32 = 3;
+
+/// A virtio-net device backed by a TAP the caller opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The TAP's descriptor in the caller's process: borrowed, it must stay open until
+    /// [`crate::Vm::spawn`] returns. The hypervisor gets it as [`TAP_FD`].
+    pub tap_fd: i32,
+    /// The guest NIC's MAC address (the pod interface's).
+    pub mac: String,
 }
 
 impl VmResources {
@@ -52,6 +67,7 @@ impl VmResources {
             qmp_socket: dir.join("qmp.sock"),
             console_log: dir.join("console.log"),
             share_dir: Some(dir.join("share")),
+            nic: None,
             state_dir: dir,
         }
     }
@@ -152,6 +168,19 @@ impl fmt::Display for LaunchPlan {
             write!(f, " {}", shell_quote(arg))?;
         }
         Ok(())
+    }
+}
+
+/// A MAC address goes into a comma-separated option list: only `aa:bb:cc:dd:ee:ff` passes.
+fn check_mac(mac: &str) -> Result<()> {
+    let ok = mac.len() == 17
+        && mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadMac(mac.to_string()))
     }
 }
 
@@ -360,6 +389,16 @@ fn qemu_args(
             &format!("virtio-9p-pci,fsdev=share,mount_tag={SHARE_MOUNT_TAG}"),
         ]);
     }
+    if let Some(nic) = &res.nic {
+        check_mac(&nic.mac)?;
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,fd={TAP_FD}"),
+            "-device",
+            // No option ROM: the guest never boots from the network.
+            &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac),
+        ]);
+    }
     if let Some(image) = initdata_image {
         push(&[
             "-drive",
@@ -431,6 +470,10 @@ fn cloud_hypervisor_args(
         "--vsock",
         &format!("cid=3,socket={}", utf8("agent socket", &res.agent_socket)?),
     ]);
+    if let Some(nic) = &res.nic {
+        check_mac(&nic.mac)?;
+        push(&["--net", &format!("fd={TAP_FD},mac={}", nic.mac)]);
+    }
     if let Some(image) = initdata_image {
         push(&[
             "--disk",

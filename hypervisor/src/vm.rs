@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::HypervisorKind;
-use crate::plan::{LaunchPlan, VmResources};
+use crate::plan::{LaunchPlan, VmResources, TAP_FD};
 use crate::qmp::Qmp;
 use crate::{Error, Result};
 
@@ -129,22 +129,38 @@ impl Vm {
         remove_stale(&resources.qmp_socket)?;
         remove_stale(&resources.agent_socket)?;
 
-        let mut child = Command::new(&plan.program)
+        let mut command = Command::new(&plan.program);
+        command
             .args(&plan.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: plan.program.clone(),
-                hint: if source.kind() == std::io::ErrorKind::NotFound {
-                    " (is QEMU installed? set `path` in the [vm] configuration)"
-                } else {
-                    ""
-                },
-                source,
-            })?;
+            .kill_on_drop(true);
+        if let Some(nic) = &resources.nic {
+            let tap = nic.tap_fd;
+            // SAFETY: the closure runs in the child between fork and exec and makes only
+            // async-signal-safe system calls (dup2, fcntl) on plain integers.
+            unsafe {
+                command.pre_exec(move || {
+                    // dup2 onto itself keeps close-on-exec set: clear it in every case.
+                    if (tap != TAP_FD && libc::dup2(tap, TAP_FD) < 0)
+                        || libc::fcntl(TAP_FD, libc::F_SETFD, 0) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
+            program: plan.program.clone(),
+            hint: if source.kind() == std::io::ErrorKind::NotFound {
+                " (is QEMU installed? set `path` in the [vm] configuration)"
+            } else {
+                ""
+            },
+            source,
+        })?;
         let pid = child.id().unwrap_or(0);
         tracing::info!(pid, program = ?plan.program, "hypervisor started");
         let stderr = Arc::new(Mutex::new(Vec::new()));

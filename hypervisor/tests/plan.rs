@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use coffer_hypervisor::{
-    Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Support, Tee, VmConfig, VmResources,
+    Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Nic, Support, Tee, VmConfig,
+    VmResources,
 };
 use coffer_initdata::Digest;
 
@@ -166,6 +167,34 @@ fn none_golden_argv_with_and_without_initdata() {
     );
     expected.extend(common_tail("none", false));
     assert_eq!(plan.args, expected);
+}
+
+#[test]
+fn the_pods_nic_is_a_virtio_net_on_the_inherited_tap() {
+    let host = capable_host(false);
+    let mut res = resources();
+    res.nic = Some(Nic {
+        tap_fd: 17,
+        mac: "0a:58:0a:58:00:05".into(),
+    });
+    let plan = LaunchPlan::build(&config(), Tee::None, &host, None, &res).unwrap();
+    let at = plan.args.iter().position(|a| a == "-netdev").unwrap();
+    assert_eq!(
+        plan.args[at..at + 4],
+        [
+            "-netdev",
+            "tap,id=net0,fd=3",
+            "-device",
+            "virtio-net-pci,netdev=net0,mac=0a:58:0a:58:00:05,romfile="
+        ]
+    );
+    // The MAC lands in an option list: nothing else may pass.
+    res.nic = Some(Nic {
+        tap_fd: 17,
+        mac: "0a:58:0a:58:00:05,romfile=/x".into(),
+    });
+    let e = LaunchPlan::build(&config(), Tee::None, &host, None, &res).unwrap_err();
+    assert!(matches!(e, Error::BadMac(_)), "{e}");
 }
 
 /// The `coffer-qemu` handler's fast boot: an uncompressed kernel started by qboot through the

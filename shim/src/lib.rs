@@ -5,7 +5,7 @@
 //! - [`shim`]: the process lifecycle (`start`, serve, `delete`); [`service`]: the task API;
 //! - [`sandbox`]: the pod's VM, from Init-Data to a ready guest agent and back;
 //! - [`container`], [`process`], [`io`], [`mount`]: the tasks in the VM, their processes,
-//!   their output and their root filesystems;
+//!   their output and their root filesystems; [`network`]: the pod's network, joined to the VM;
 //! - [`spec`]: what is read from the OCI bundle; [`state`]: the per-sandbox state directory and
 //!   `state.json`, which `coffer inspect` reads;
 //! - [`error`]: one error type whose messages reach crictl verbatim; [`logging`]: the shim log.
@@ -17,6 +17,7 @@ mod events;
 pub mod io;
 pub mod logging;
 pub mod mount;
+pub mod network;
 pub mod options;
 mod pod;
 pub mod process;

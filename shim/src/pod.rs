@@ -252,6 +252,10 @@ impl Pod {
         }
         let agent = sandbox.agent.clone();
         let share_dir = sandbox.share_dir.clone();
+        // containerd gives a container the pod's hostname through its /etc/hostname; its UTS
+        // namespace (the VM's own) gets the same name.
+        let hostname = spec.hostname().or_else(|| sandbox.hostname.clone());
+        let files = spec.file_mounts()?;
         // Checked now: stdin is only opened once the process runs, too late to refuse it.
         crate::io::stdio_path(&req.stdin)?;
         let io = ProcessIo::open(&req.stdout, &req.stderr)?;
@@ -259,8 +263,9 @@ impl Pod {
         let create = CreateContainer {
             id: req.id.clone(),
             rootfs: rootfs.guest_path.clone(),
-            hostname: spec.hostname(),
+            hostname,
             process,
+            files,
         };
         if let Err(e) = agent.create_container(create).await {
             if let Err(u) = rootfs.unmount() {

@@ -8,21 +8,23 @@
 //! directory before the error goes back to containerd, so a refused pod leaves nothing behind.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_agent::protocol::client::{AgentClient, ClientError};
-use coffer_agent::protocol::Event;
-use coffer_hypervisor::{HostCapabilities, LaunchPlan, Tee, Vm, VmConfig, VmResources};
+use coffer_agent::protocol::{ErrorKind, Event};
+use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, Tee, Vm, VmConfig, VmResources};
 use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
-use crate::spec::BundleSpec;
-use crate::state::{self, InitDataRecord, LaunchCommand, SandboxState, StateDir};
+use crate::network::GuestNetwork;
+use crate::spec::{BundleSpec, Namespace};
+use crate::state::{self, InitDataRecord, LaunchCommand, NetworkRecord, SandboxState, StateDir};
 
 /// File in a sandbox's bundle naming its state directory, so the `delete` subcommand (which
 /// gets neither the runtime options nor a live shim) finds what to clean up.
@@ -122,8 +124,17 @@ pub struct Sandbox {
     pub share_dir: PathBuf,
     /// The guest agent.
     pub agent: Arc<AgentClient>,
+    /// The pod's hostname (its containers' UTS namespaces get it).
+    pub hostname: Option<String>,
+    /// The pod's network namespace, when the VM is connected to one.
+    netns: Option<PathBuf>,
     vm: Vm,
 }
+
+/// Why a pod on the host's network cannot run in a VM; crictl shows it verbatim.
+pub const HOST_NETWORK_REFUSED: &str = "the pod asks for the host's network (hostNetwork: true, \
+     NamespaceOption network=NODE), but a Coffer pod runs in a VM with a network stack of its own \
+     and cannot share the node's; run it without host networking, or with a runc runtime class";
 
 impl Sandbox {
     /// Creates the sandbox VM for the bundle of a pod's sandbox. Returns the sandbox and the
@@ -145,6 +156,13 @@ impl Sandbox {
                  policy.rego: move the policy there and remove the annotation"
             )));
         }
+        let netns = match spec.network_namespace() {
+            Namespace::Host if spec.is_cri_sandbox() => {
+                return Err(Error::InvalidArgument(HOST_NETWORK_REFUSED.into()))
+            }
+            Namespace::Path(p) => Some(p),
+            Namespace::Host | Namespace::Empty => None,
+        };
         let initdata = select_initdata(&annotations, &config)?;
         let vm = crate::sizing::vm_for_pod(&config.vm, &annotations)?;
         let dir = StateDir::new(&config.state_dir, id)?;
@@ -164,6 +182,7 @@ impl Sandbox {
             &config_path,
             &dir,
             initdata,
+            netns.as_deref(),
             &mut launched,
         )
         .await;
@@ -181,6 +200,8 @@ impl Sandbox {
                         record,
                         share_dir,
                         agent,
+                        hostname: spec.hostname(),
+                        netns,
                         vm,
                     },
                     events,
@@ -191,6 +212,9 @@ impl Sandbox {
                     if let Err(stop) = vm.stop(STOP_GRACE).await {
                         tracing::warn!(sandbox = id, error = %stop, "stopping the refused sandbox's VM");
                     }
+                }
+                if let Some(netns) = &netns {
+                    crate::network::detach(netns).await;
                 }
                 log_console_tail(&dir);
                 // The console goes with the state directory: keep its last words in the error.
@@ -219,6 +243,7 @@ impl Sandbox {
         config_path: &Path,
         dir: &StateDir,
         initdata: Option<(InitData, Source)>,
+        netns: Option<&Path>,
         launched: &mut Option<Vm>,
     ) -> Result<(SandboxState, Arc<AgentClient>, UnboundedReceiver<Event>)> {
         write_bundle_record(bundle, dir)?;
@@ -269,11 +294,21 @@ impl Sandbox {
         if !limits.is_empty() {
             vm.kernel_params = format!("{} {limits}", vm.kernel_params);
         }
+        let network = match netns {
+            Some(netns) => crate::network::attach(netns).await?,
+            None => None,
+        };
+        resources.nic = network.as_ref().map(|n| Nic {
+            tap_fd: n.tap.as_raw_fd(),
+            mac: n.guest.interface.hw_addr.clone(),
+        });
         let plan = LaunchPlan::build(&vm, config.tee, &host, digest.as_ref(), &resources)?;
         tracing::info!(sandbox = id, command = %plan, "launching the sandbox VM");
         let vm = Vm::spawn(&plan, &resources).await?;
         let pid = vm.pid();
         *launched = Some(vm);
+        // QEMU holds the TAP now: the shim's copy goes, so the TAP goes with QEMU.
+        let network = network.map(|n| n.guest);
 
         let (agent, hello) =
             AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await?;
@@ -287,6 +322,12 @@ impl Sandbox {
         let events = agent.take_events().ok_or_else(|| {
             Error::FailedPrecondition("the agent's event stream was already taken".into())
         })?;
+        let network = match (network, netns) {
+            (Some(guest), Some(netns)) => {
+                Some(configure_guest_network(id, &agent, guest, netns).await?)
+            }
+            _ => None,
+        };
 
         let record = SandboxState {
             sandbox_id: id.to_string(),
@@ -302,6 +343,7 @@ impl Sandbox {
             bundle: bundle.to_path_buf(),
             config_path: config_path.to_path_buf(),
             created_unix: state::now_unix(),
+            network,
         };
         dir.write_state(&record)?;
         Ok((record, Arc::new(agent), events))
@@ -320,7 +362,7 @@ impl Sandbox {
             Ok(Err(e)) => tracing::debug!(sandbox = %self.id, error = %e, "agent shutdown"),
             Err(_) => tracing::debug!(sandbox = %self.id, "agent did not acknowledge shutdown"),
         }
-        match self.vm.stop(STOP_GRACE).await {
+        let exit = match self.vm.stop(STOP_GRACE).await {
             Ok(exit) => {
                 tracing::info!(sandbox = %self.id, exit = %exit, "sandbox VM stopped");
                 exit.to_string()
@@ -329,7 +371,11 @@ impl Sandbox {
                 tracing::warn!(sandbox = %self.id, error = %e, "stopping the sandbox VM");
                 e.to_string()
             }
+        };
+        if let Some(netns) = &self.netns {
+            crate::network::detach(netns).await;
         }
+        exit
     }
 
     /// Removes everything on the host: mounts left in the share, the state directory and the
@@ -338,6 +384,53 @@ impl Sandbox {
         remove_state_dir(&self.dir)?;
         let _ = std::fs::remove_file(self.record.bundle.join(BUNDLE_RECORD));
         Ok(())
+    }
+}
+
+/// Gives the guest the pod's interface, routes and neighbours. An agent policy that denies
+/// them leaves the pod without network: that is recorded and logged, not an error.
+async fn configure_guest_network(
+    id: &str,
+    agent: &AgentClient,
+    guest: GuestNetwork,
+    netns: &Path,
+) -> Result<NetworkRecord> {
+    let mut record = NetworkRecord {
+        netns: netns.to_path_buf(),
+        interface: guest.interface.name.clone(),
+        mac: guest.interface.hw_addr.clone(),
+        addresses: guest
+            .interface
+            .ip_addresses
+            .iter()
+            .map(|a| format!("{}/{}", a.address, a.prefix_len))
+            .collect(),
+        status: "configured".into(),
+    };
+    let mut result = agent.update_interface(guest.interface).await;
+    if result.is_ok() && !guest.routes.is_empty() {
+        result = agent.update_routes(guest.routes).await;
+    }
+    if result.is_ok() && !guest.neighbors.is_empty() {
+        result = agent.add_arp_neighbors(guest.neighbors).await;
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!(sandbox = id, interface = %record.interface, addresses = ?record.addresses, "pod network configured in the guest");
+            Ok(record)
+        }
+        Err(ClientError::Remote {
+            kind: ErrorKind::PermissionDenied,
+            message,
+            ..
+        }) => {
+            record.status = format!("none: the agent policy denied it ({message})");
+            tracing::warn!(sandbox = id, reason = %message, "the agent policy denied the pod's network: the pod runs without network");
+            Ok(record)
+        }
+        Err(e) => Err(Error::FailedPrecondition(format!(
+            "configuring the pod's network in the guest failed: {e}"
+        ))),
     }
 }
 

@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use coffer_agent::protocol::Process;
-use oci_spec::runtime::Spec;
+use coffer_agent::protocol::{
+    ContainerFile, Process, MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES,
+};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
@@ -98,6 +100,94 @@ impl BundleSpec {
     pub fn hostname(&self) -> Option<String> {
         self.spec.hostname().clone().filter(|h| !h.is_empty())
     }
+
+    /// Whether containerd's CRI made this spec for a pod's sandbox.
+    pub fn is_cri_sandbox(&self) -> bool {
+        self.annotations().get(CONTAINER_TYPE).map(String::as_str) == Some(TYPE_SANDBOX)
+    }
+
+    /// Where the sandbox's network comes from.
+    pub fn network_namespace(&self) -> Namespace {
+        let namespaces = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        match namespaces
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+        {
+            None => Namespace::Host,
+            Some(n) => match n.path() {
+                Some(p) if !p.as_os_str().is_empty() => Namespace::Path(p.clone()),
+                _ => Namespace::Empty,
+            },
+        }
+    }
+
+    /// The spec's single-file bind mounts (containerd's `/etc/hosts`, `/etc/resolv.conf`,
+    /// `/etc/hostname`, a kubelet's termination log...), read to be copied into the guest.
+    /// Directory mounts are not carried into the guest.
+    pub fn file_mounts(&self) -> Result<Vec<ContainerFile>> {
+        let mut files = Vec::new();
+        for m in self.spec.mounts().iter().flatten() {
+            let options = m.options().clone().unwrap_or_default();
+            let bind = m.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind");
+            let Some(source) = m.source().as_ref().filter(|_| bind) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(source) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let target = m.destination().to_string_lossy().into_owned();
+            let too_big = || {
+                Error::InvalidArgument(format!(
+                "mount {target}: {} is {} bytes; Coffer copies file mounts into the VM, at most {MAX_CONTAINER_FILE_BYTES} bytes each",
+                source.display(),
+                meta.len()
+            ))
+            };
+            if meta.len() > u64::try_from(MAX_CONTAINER_FILE_BYTES).unwrap_or(u64::MAX) {
+                return Err(too_big());
+            }
+            let data = std::fs::read(source).map_err(|e| Error::Io {
+                what: "cannot read the file mount",
+                path: source.clone(),
+                source: e,
+            })?;
+            if data.len() > MAX_CONTAINER_FILE_BYTES {
+                return Err(too_big());
+            }
+            files.push(ContainerFile {
+                path: target,
+                data,
+                readonly: options.iter().any(|o| o == "ro"),
+            });
+        }
+        if files.len() > MAX_CONTAINER_FILES {
+            return Err(Error::InvalidArgument(format!(
+                "the container has {} file mounts; Coffer copies at most {MAX_CONTAINER_FILES} into the VM",
+                files.len()
+            )));
+        }
+        Ok(files)
+    }
+}
+
+/// Where a sandbox's network comes from, read from its OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespace {
+    /// The spec names no network namespace: the pod shares the host's.
+    Host,
+    /// A new, empty namespace (a spec without a path, as `ctr run` makes): no network.
+    Empty,
+    /// The namespace CNI set up.
+    Path(PathBuf),
 }
 
 /// Converts an OCI process into what the guest runs; refuses what the guest cannot honour.
@@ -230,6 +320,63 @@ mod tests {
             e.starts_with("exec process spec is not valid OCI JSON"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_network_namespace_says_host_new_or_cni() {
+        let with = |ns: &str| {
+            load(&format!(
+                r#"{{"ociVersion":"1.0.2","process":{{"args":["x"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"root":{{"path":"rootfs"}},"linux":{{"namespaces":[{{"type":"pid"}}{ns}]}}}}"#
+            ))
+        };
+        assert_eq!(with("").network_namespace(), Namespace::Host);
+        assert_eq!(
+            with(r#",{"type":"network"}"#).network_namespace(),
+            Namespace::Empty
+        );
+        assert_eq!(
+            with(r#",{"type":"network","path":"/var/run/netns/cni-1"}"#).network_namespace(),
+            Namespace::Path("/var/run/netns/cni-1".into())
+        );
+        assert!(load(SANDBOX).is_cri_sandbox());
+        assert!(!load(CONTAINER).is_cri_sandbox());
+    }
+
+    #[test]
+    fn single_file_bind_mounts_are_copied_and_others_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "10.88.0.5 a\n").unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_CONTAINER_FILE_BYTES + 1]).unwrap();
+        let spec = |mounts: &str| {
+            load(&format!(
+                r#"{{"ociVersion":"1.0.2","process":{{"args":["x"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"root":{{"path":"rootfs"}},"mounts":[{mounts}]}}"#
+            ))
+        };
+        let s = spec(&format!(
+            r#"{{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","rprivate","ro"]}},
+               {{"destination":"/data","type":"bind","source":"{}","options":["rbind"]}},
+               {{"destination":"/proc","type":"proc","source":"proc"}}"#,
+            hosts.display(),
+            dir.path().display()
+        ));
+        let files = s.file_mounts().unwrap();
+        assert_eq!(
+            files,
+            [ContainerFile {
+                path: "/etc/hosts".into(),
+                data: b"10.88.0.5 a\n".to_vec(),
+                readonly: true
+            }]
+        );
+        let s = spec(&format!(
+            r#"{{"destination":"/etc/big","type":"bind","source":"{}","options":["rbind"]}}"#,
+            big.display()
+        ));
+        let e = s.file_mounts().unwrap_err().to_string();
+        assert!(e.starts_with("mount /etc/big: "), "{e}");
+        assert!(e.ends_with("at most 1048576 bytes each"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,24 @@ pub struct SandboxState {
     pub config_path: PathBuf,
     /// When the sandbox became ready, seconds since the Unix epoch (UTC).
     pub created_unix: u64,
+    /// The pod's network as the VM got it; absent for a pod without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRecord>,
+}
+
+/// The pod's network, connected to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// The pod's network namespace (CNI's).
+    pub netns: PathBuf,
+    /// The interface connected to the VM, e.g. `eth0`.
+    pub interface: String,
+    /// Its MAC address, which the guest NIC has too.
+    pub mac: String,
+    /// Its addresses, `10.88.0.5/16`.
+    pub addresses: Vec<String>,
+    /// `configured`, or why the guest has no network.
+    pub status: String,
 }
 
 /// The Init-Data facts worth showing (never the document itself).
@@ -274,6 +292,7 @@ mod tests {
             },
             bundle: "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc".into(),
             config_path: "/etc/coffer/config.toml".into(),
+            network: None,
             created_unix: 1_795_000_000,
         }
     }

@@ -37,6 +37,7 @@ fn write_sandbox(root: &Path, id: &str) {
         },
         bundle: "/b".into(),
         config_path: "/etc/coffer/coffer-qemu.toml".into(),
+        network: None,
         created_unix: 1_795_000_000,
     })
     .unwrap();

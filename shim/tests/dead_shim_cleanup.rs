@@ -31,6 +31,7 @@ fn record(id: &str, pid: u32, program: &str) -> SandboxState {
         },
         bundle: "/unused".into(),
         config_path: "/unused".into(),
+        network: None,
         created_unix: 0,
     }
 }

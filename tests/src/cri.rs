@@ -229,6 +229,11 @@ impl Cri {
                 pod.name.clone()
             },
             log_directory: pod.log_directory.to_string_lossy().into_owned(),
+            dns_config: pod.dns.as_ref().map(|d| api::DnsConfig {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            }),
             annotations: pod
                 .annotations
                 .iter()
@@ -337,6 +342,16 @@ impl Cri {
             }),
             command: container.command.clone(),
             log_path: container.log_path.clone(),
+            mounts: container
+                .mounts
+                .iter()
+                .map(|(host, path, readonly)| api::Mount {
+                    container_path: path.clone(),
+                    host_path: host.to_string_lossy().into_owned(),
+                    readonly: *readonly,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         let mut c = self.runtime.clone();

@@ -113,6 +113,10 @@ impl Crictl {
         if !pod.host_network {
             config["hostname"] = json!(pod.name);
         }
+        if let Some(d) = &pod.dns {
+            config["dns_config"] =
+                json!({ "servers": d.servers, "searches": d.searches, "options": d.options });
+        }
         if let Some(r) = pod.resources {
             config["linux"]["resources"] = json!({
                 "memory_limit_in_bytes": r.memory_bytes,
@@ -130,6 +134,9 @@ impl Crictl {
             "image": { "image": container.image },
             "command": container.command,
             "log_path": container.log_path,
+            "mounts": container.mounts.iter().map(|(host, path, readonly)| json!({
+                "host_path": host, "container_path": path, "readonly": readonly
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -30,6 +30,19 @@ pub struct Pod {
     /// The sum of the containers' limits, as kubelet sends it in `LinuxPodSandboxConfig`:
     /// memory in bytes, CPU quota and period in µs.
     pub resources: Option<PodResources>,
+    /// The pod's DNS configuration (`PodSandboxConfig.dns_config`).
+    pub dns: Option<DnsConfig>,
+}
+
+/// A pod's DNS configuration, as kubelet sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
 }
 
 /// A pod's resource limits (`LinuxPodSandboxConfig.resources`).
@@ -44,7 +57,8 @@ pub struct PodResources {
 }
 
 impl Pod {
-    /// A host-network pod named `name` on `handler`, logging under `log_root/name`.
+    /// A pod named `name` on `handler`, on the private CNI network, logging under
+    /// `log_root/name`.
     pub fn new(name: &str, handler: &str, log_root: &Path) -> Pod {
         Pod {
             name: name.to_owned(),
@@ -52,9 +66,10 @@ impl Pod {
             uid: format!("{name}-uid"),
             handler: handler.to_owned(),
             annotations: BTreeMap::new(),
-            host_network: true,
+            host_network: false,
             log_directory: log_root.join(name),
             resources: None,
+            dns: None,
         }
     }
 
@@ -70,9 +85,15 @@ impl Pod {
         self
     }
 
-    /// Uses a pod network namespace set up by CNI instead of the node's.
-    pub fn pod_network(mut self) -> Pod {
-        self.host_network = false;
+    /// Shares the node's network namespace instead of one CNI sets up.
+    pub fn host_network(mut self) -> Pod {
+        self.host_network = true;
+        self
+    }
+
+    /// Sets the pod's DNS configuration.
+    pub fn dns(mut self, dns: DnsConfig) -> Pod {
+        self.dns = Some(dns);
         self
     }
 }
@@ -88,9 +109,19 @@ pub struct Container {
     pub command: Vec<String>,
     /// Log file, relative to the pod's log directory.
     pub log_path: String,
+    /// Host paths mounted into the container, as kubelet asks: (host path, container path,
+    /// read-only).
+    pub mounts: Vec<(PathBuf, String, bool)>,
 }
 
 impl Container {
+    /// Mounts `host` at `path` in the container.
+    pub fn mount(mut self, host: &Path, path: &str, readonly: bool) -> Container {
+        self.mounts
+            .push((host.to_path_buf(), path.to_owned(), readonly));
+        self
+    }
+
     /// A busybox container running `sh -c script`.
     pub fn busybox_sh(name: &str, script: &str) -> Container {
         Container {
@@ -98,6 +129,7 @@ impl Container {
             image: BUSYBOX_IMAGE.to_owned(),
             command: vec!["sh".into(), "-c".into(), script.to_owned()],
             log_path: format!("{name}.log"),
+            mounts: Vec::new(),
         }
     }
 }

@@ -206,3 +206,50 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `GET /` from `addr` over plain HTTP/1.0, retried until `wait` runs out (a server that is
+/// still starting refuses the connection); returns the body.
+pub fn http_get(addr: std::net::SocketAddr, wait: std::time::Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut reply = Vec::new();
+            s.take(1 << 20).read_to_end(&mut reply)?;
+            Ok(String::from_utf8_lossy(&reply).into_owned())
+        })();
+        match attempt {
+            Ok(reply) => {
+                return match reply.split_once("\r\n\r\n") {
+                    Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                        Ok(body.to_owned())
+                    }
+                    _ => Err(format!("unexpected reply from {addr}: {reply:?}")),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    Err(format!("no answer from {addr} in {wait:?}: {last}"))
+}
+
+/// Runs `ip` with `args` inside the named network namespace; its stdout, or why it failed.
+pub fn ip_in(netns: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .arg("-n")
+        .arg(netns)
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

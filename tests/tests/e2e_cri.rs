@@ -220,7 +220,7 @@ fn runc_pod_gets_an_address_from_the_private_cni_network() {
     };
     let mut cri = ctd.cri().expect("connect to the private containerd");
 
-    let pod = Pod::new("runc-cni", "runc", &ctd.log_root()).pod_network();
+    let pod = Pod::new("runc-cni", "runc", &ctd.log_root());
     let running = start_busybox(&mut cri, &pod);
     let status = cri
         .pod_sandbox_status(&running.pod_id)
@@ -336,7 +336,7 @@ fn down_cleans_up(containerd_alive: bool) {
         return;
     };
     let mut cri = ctd.cri().expect("connect");
-    let pod = Pod::new("left-running", "runc", &ctd.log_root()).pod_network();
+    let pod = Pod::new("left-running", "runc", &ctd.log_root());
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let container = Container::busybox_sh("main", "exec sleep 3600");
     let id = cri
@@ -682,5 +682,177 @@ fn the_pods_limits_size_its_vm() {
         &mut cri,
         &huge,
         &["max_memory_mib", "io.kubernetes.cri.sandbox-memory"],
+    );
+}
+
+/// The pod's network namespace as the shim recorded it (`state.json`'s `network.netns`).
+fn pod_netns(ctd: &PrivateContainerd, pod_id: &str) -> PathBuf {
+    let record = std::fs::read_to_string(ctd.coffer_state_dir().join(pod_id).join("state.json"))
+        .expect("the sandbox's state.json");
+    let v: serde_json::Value = serde_json::from_str(&record).expect("state.json is JSON");
+    PathBuf::from(
+        v["network"]["netns"]
+            .as_str()
+            .unwrap_or_else(|| panic!("state.json has no network: {record}")),
+    )
+}
+
+/// The pod IP the CRI reports.
+fn pod_ip(cri: &mut Cri, pod_id: &str) -> String {
+    let status = cri.pod_sandbox_status(pod_id).expect("PodSandboxStatus");
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(!ip.is_empty(), "pod {pod_id} has no IP");
+    ip
+}
+
+/// Runs `args` in the container and returns its stdout; fails the test on a non-zero exit.
+fn exec_ok(cri: &mut Cri, container_id: &str, args: &[&str]) -> String {
+    let exec = cri.exec_sync(container_id, args).expect("ExecSync");
+    assert_eq!(
+        exec.exit_code,
+        0,
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&exec.stdout),
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    String::from_utf8_lossy(&exec.stdout).into_owned()
+}
+
+/// Two Coffer pods on the private CNI network: A serves HTTP from its VM, the host and B fetch
+/// it; B has the pod's DNS config, hostname and a kubelet-style /etc/hosts; each container's
+/// eth0 has the IP the CRI reports; the TAP and the redirect live in the pod's namespace and
+/// go with the pod.
+#[test]
+fn coffer_pods_are_reachable_on_the_pod_network() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+
+    let pod_a = Pod::new("net-a", "coffer-qemu", &ctd.log_root());
+    let a = cri.run_pod_sandbox(&pod_a).expect("RunPodSandbox A");
+    let server = Container::busybox_sh(
+        "httpd",
+        "mkdir -p /www && echo served-from-pod-a > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    let server = cri
+        .create_container(&a, &pod_a, &server)
+        .expect("CreateContainer httpd");
+    cri.start_container(&server).expect("StartContainer httpd");
+    let ip_a = pod_ip(&mut cri, &a);
+
+    // The container's eth0 has the pod IP the CRI reports.
+    let addr = exec_ok(
+        &mut cri,
+        &server,
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    );
+    assert!(
+        addr.contains(&format!("inet {ip_a}/")),
+        "eth0 in pod A does not have {ip_a}: {addr}"
+    );
+    // The host reaches the VM through the bridge, the pod's veth, the redirect and the TAP.
+    let socket = format!("{ip_a}:8080").parse().expect("socket address");
+    let body = tools::http_get(socket, Duration::from_secs(60)).expect("GET from the host");
+    assert_eq!(body, "served-from-pod-a\n");
+
+    // The TAP and both redirects are in pod A's namespace.
+    let netns_a = pod_netns(&ctd, &a);
+    let ns_a = netns_a.file_name().unwrap().to_string_lossy().into_owned();
+    tools::ip_in(&ns_a, &["link", "show", coffer_shim::network::TAP_NAME])
+        .expect("the TAP in the pod's namespace");
+    let filters = std::process::Command::new("tc")
+        .args(["-n", &ns_a, "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .expect("run tc");
+    let filters = String::from_utf8_lossy(&filters.stdout);
+    assert!(
+        filters.contains("mirred") && filters.contains(coffer_shim::network::TAP_NAME),
+        "no redirect from eth0 to the TAP: {filters}"
+    );
+
+    // Pod B: DNS config, hostname, and a hosts file as kubelet mounts it.
+    let dns = coffer_tests::DnsConfig {
+        servers: vec!["10.0.0.10".into()],
+        searches: vec!["svc.example".into()],
+        options: vec!["ndots:2".into()],
+    };
+    let pod_b = Pod::new("net-b", "coffer-qemu", &ctd.log_root()).dns(dns);
+    let b = cri.run_pod_sandbox(&pod_b).expect("RunPodSandbox B");
+    let hosts = ctd.scratch().join("net-b-hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip_a} pod-a\n")).expect("hosts file");
+    let client =
+        Container::busybox_sh("client", "exec sleep 3600").mount(&hosts, "/etc/hosts", true);
+    let client = cri
+        .create_container(&b, &pod_b, &client)
+        .expect("CreateContainer client");
+    cri.start_container(&client).expect("StartContainer client");
+    let ip_b = pod_ip(&mut cri, &b);
+    let addr = exec_ok(
+        &mut cri,
+        &client,
+        &["ip", "-o", "-4", "addr", "show", "eth0"],
+    );
+    assert!(
+        addr.contains(&format!("inet {ip_b}/")),
+        "eth0 in pod B: {addr}"
+    );
+
+    let page = exec_ok(
+        &mut cri,
+        &client,
+        &["wget", "-q", "-T", "20", "-O", "-", "http://pod-a:8080/"],
+    );
+    assert_eq!(page, "served-from-pod-a\n");
+    assert_eq!(
+        exec_ok(&mut cri, &client, &["cat", "/etc/resolv.conf"]),
+        "search svc.example\nnameserver 10.0.0.10\noptions ndots:2\n"
+    );
+    assert_eq!(exec_ok(&mut cri, &client, &["hostname"]), "net-b\n");
+    assert_eq!(
+        exec_ok(&mut cri, &client, &["cat", "/etc/hostname"]),
+        "net-b\n"
+    );
+    // The mount is read-only, as the container config asked.
+    let write = cri
+        .exec_sync(&client, &["sh", "-c", "echo x >> /etc/hosts"])
+        .expect("ExecSync");
+    assert_ne!(write.exit_code, 0, "/etc/hosts is writable");
+
+    // Teardown: the TAP and the redirect go with the pod, then the namespace.
+    cri.stop_pod_sandbox(&a).expect("StopPodSandbox A");
+    if netns_a.exists() {
+        assert!(
+            tools::ip_in(&ns_a, &["link", "show", coffer_shim::network::TAP_NAME]).is_err(),
+            "the TAP outlived StopPodSandbox"
+        );
+    }
+    cri.remove_pod_sandbox(&a).expect("RemovePodSandbox A");
+    cri.stop_pod_sandbox(&b).expect("StopPodSandbox B");
+    cri.remove_pod_sandbox(&b).expect("RemovePodSandbox B");
+    assert!(!netns_a.exists(), "pod A's namespace outlived the pod");
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}
+
+#[test]
+fn a_host_network_pod_is_refused_by_the_vm_handler() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("hostnet", "coffer-qemu", &ctd.log_root()).host_network();
+    assert_refused_leaving_nothing(
+        &ctd,
+        &mut cri,
+        &pod,
+        &["asks for the host's network", "runc runtime class"],
     );
 }

@@ -86,6 +86,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if !state.guest_report.is_empty() {
         println!("guest:       {}", state.guest_report);
     }
+    match &state.network {
+        Some(n) => println!(
+            "network:     {} {} {} ({}; namespace {})",
+            n.interface,
+            n.mac,
+            n.addresses.join(" "),
+            n.status,
+            n.netns.display()
+        ),
+        None => println!("network:     none"),
+    }
     println!("vm pid:      {}", state.vm_pid);
     println!("created:     {}", format_utc(state.created_unix));
     println!("config:      {}", state.config_path.display());
