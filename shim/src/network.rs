@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::AddressFamily;
+use netlink_sys::TokioSocket;
 use rtnetlink::{Handle, LinkUnspec};
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +39,8 @@ pub const TAP_NAME: &str = "tap0_coffer";
 /// namespace that misbehaves).
 const NETLINK_DEADLINE: Duration = Duration::from_secs(10);
 
-/// `ETH_P_ALL`, as tc's `protocol all`.
-const ETH_P_ALL: u16 = 0x0003;
+/// `ETH_P_ALL`, as tc's `protocol all`: the kernel compares it in network byte order.
+const ETH_P_ALL: u16 = 0x0003_u16.to_be();
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_PARENT: u32 = 0xffff_0000;
@@ -74,17 +75,19 @@ fn net_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
 fn in_namespace(netns: &Path, tap: bool) -> Result<(Handle, Option<OwnedFd>)> {
     let ns = File::open(netns).map_err(|e| net_error(format!("opening {}", netns.display()), e))?;
     let netns = netns.to_path_buf();
-    let made = std::thread::spawn(move || -> Result<_> {
+    let (socket, tap) = std::thread::spawn(move || -> Result<_> {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| net_error(format!("entering {}", netns.display()), e))?;
         let tap = if tap { Some(open_tap()?) } else { None };
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| net_error("opening a netlink socket", e))?;
-        Ok((conn, handle, tap))
+        let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+            .map_err(|e| net_error("opening a netlink socket", e))?;
+        Ok((socket, tap))
     })
     .join()
     .map_err(|_| net_error("the namespace thread", "panicked"))??;
-    let (conn, handle, tap) = made;
+    // SAFETY: the descriptor is the netlink socket just opened, whose ownership moves here.
+    let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+    let (conn, handle, _) = rtnetlink::from_socket(socket);
     tokio::spawn(conn);
     Ok((handle, tap))
 }

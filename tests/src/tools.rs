@@ -239,14 +239,13 @@ pub fn http_get(addr: std::net::SocketAddr, wait: std::time::Duration) -> Result
     Err(format!("no answer from {addr} in {wait:?}: {last}"))
 }
 
-/// Runs `ip` with `args` inside the named network namespace; its stdout, or why it failed.
-pub fn ip_in(netns: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("ip")
-        .arg("-n")
-        .arg(netns)
+/// Runs `args` inside the network namespace at `netns` (nsenter); its stdout, or why it failed.
+pub fn in_netns(netns: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
         .args(args)
         .output()
-        .map_err(|e| format!("ip: {e}"))?;
+        .map_err(|e| format!("nsenter: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

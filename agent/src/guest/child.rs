@@ -23,7 +23,7 @@ use super::files::FileMount;
 use super::pty::{pts_path, DEVPTS_OPTIONS, NO_TTY};
 use super::report::{failed_message, pid_message, Step, READY};
 use super::stdio::ChildIo;
-use crate::protocol::Process;
+use crate::protocol::{Process, MAX_CONTAINER_FILES};
 
 /// `PATH` used to find `args[0]` when the process's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -49,10 +49,11 @@ pub(super) struct Prepared {
     binds: Vec<Bind>,
 }
 
-/// A file bind-mounted into the container: from `/proc/self/fd/N` to `target`.
+/// A file bind-mounted into the container: the agent's copy at `copy`, opened before the
+/// child enters its root, mounted over `target` from `/proc/self/fd/N` once inside.
 #[derive(Debug)]
 struct Bind {
-    source: CString,
+    copy: CString,
     target: CString,
     /// Directories to create first, outermost first (a missing `/etc`, say).
     parents: Vec<CString>,
@@ -70,7 +71,7 @@ impl Bind {
             .collect::<Result<_, _>>()?;
         parents.reverse();
         Ok(Bind {
-            source: cstring("file mount", &m.source())?,
+            copy: cstring("file mount copy", &m.copy.to_string_lossy())?,
             target: cstring("file mount", &m.target)?,
             parents,
             readonly: m.readonly,
@@ -351,12 +352,24 @@ fn lit(s: &'static [u8]) -> *const c_char {
 unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: RawFd) -> ! {
     // SAFETY: child-only, as this function; `io` holds this process's copies of the streams.
     unsafe { setup_stdio(io, report) };
+    // A bind mount's source must be in the caller's mount namespace: the copies are opened
+    // here, in the clone's new namespace, before its root changes.
+    let mut copies = [-1; MAX_CONTAINER_FILES];
+    for (fd, b) in copies.iter_mut().zip(&prep.binds) {
+        // SAFETY: open takes a C string `prep` owns and plain flags. Child-only.
+        *fd = unsafe { libc::open(b.copy.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if *fd < 0 {
+            // SAFETY: child-only.
+            unsafe { fail(report, Step::BindFile) }
+        }
+    }
     // SAFETY: child-only, in the new mount namespace the clone made.
     unsafe { enter_rootfs(prep, report) };
     // SAFETY: child-only, inside the container's root.
     unsafe { mount_proc_and_dev(prep.terminal, report) };
-    // SAFETY: child-only, inside the container's root, with its /proc.
-    unsafe { mount_binds(&prep.binds, report) };
+    // SAFETY: child-only, inside the container's root, with its /proc; `copies` holds the
+    // descriptors opened above, one per bind.
+    unsafe { mount_binds(&prep.binds, &copies, report) };
     if let Some(h) = &prep.hostname {
         // SAFETY: `h` is a C string `prep` owns, given with its length; child-only.
         unsafe {
@@ -521,9 +534,11 @@ unsafe fn mount_proc_and_dev(terminal: bool, report: RawFd) {
 ///
 /// # Safety
 /// Child-only, inside the container's root, once its /proc is mounted.
-unsafe fn mount_binds(binds: &[Bind], report: RawFd) {
+unsafe fn mount_binds(binds: &[Bind], copies: &[RawFd], report: RawFd) {
     let none = std::ptr::null::<c_char>();
-    for b in binds {
+    for (b, &fd) in binds.iter().zip(copies) {
+        let mut source = [0u8; 32];
+        fd_path(fd, &mut source);
         // SAFETY: mkdir, open and close take C strings `prep` owns and plain flags; an
         // existing directory or file is fine. Child-only.
         unsafe {
@@ -543,7 +558,7 @@ unsafe fn mount_binds(binds: &[Bind], report: RawFd) {
         // this process's own descriptor on the agent's copy. Child-only.
         unsafe {
             if libc::mount(
-                b.source.as_ptr(),
+                source.as_ptr().cast(),
                 b.target.as_ptr(),
                 none,
                 libc::MS_BIND,
@@ -565,6 +580,27 @@ unsafe fn mount_binds(binds: &[Bind], report: RawFd) {
             }
         }
     }
+}
+
+/// Writes `/proc/self/fd/<fd>` and a NUL into `buf`, without allocating.
+fn fd_path(fd: RawFd, buf: &mut [u8; 32]) {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        len += 1;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        buf[PREFIX.len() + i] = *d;
+    }
+    buf[PREFIX.len() + len] = 0;
 }
 
 /// Tells the agent the root is ready (`R`) and waits for start; returns the index of the pty to
@@ -659,6 +695,20 @@ unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fd_paths_are_written_without_allocating() {
+        for (fd, text) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
+            let mut buf = [0xffu8; 32];
+            fd_path(fd, &mut buf);
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), text);
+        }
+    }
+
     use std::fs::File;
     use std::io::{Read, Write};
     use std::path::Path;

@@ -1,12 +1,10 @@
 //! Files the host gives a container (the pod's `/etc/hosts`, `/etc/resolv.conf`,
 //! `/etc/hostname`, other single-file mounts of its spec): the agent keeps a copy under
-//! [`FILES_DIR`] and the container's first process bind-mounts each over its path, through an
-//! `O_PATH` descriptor opened here (`/proc/self/fd/N`), so the copy need not be reachable from
-//! the container's root.
+//! [`FILES_DIR`] and the container's first process bind-mounts each over its path. It opens the
+//! copies (`O_PATH`) in its own mount namespace before it enters its root, and mounts them from
+//! `/proc/self/fd/N` once inside, so the copies need not be reachable from the container's root.
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,22 +15,15 @@ use crate::protocol::{ContainerFile, MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYT
 /// Where the copies live, one directory per container.
 pub const FILES_DIR: &str = "/run/coffer/files";
 
-/// A file ready to be bind-mounted: an `O_PATH` descriptor on the copy, and where it goes.
+/// A file ready to be bind-mounted: the agent's copy, and where it goes.
 #[derive(Debug)]
 pub(super) struct FileMount {
-    /// Held open until the container's process has mounted it.
-    pub fd: OwnedFd,
+    /// The copy.
+    pub copy: PathBuf,
     /// Absolute path inside the container.
     pub target: String,
     /// Mounted read-only.
     pub readonly: bool,
-}
-
-impl FileMount {
-    /// The path the child mounts from.
-    pub fn source(&self) -> String {
-        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
-    }
 }
 
 /// Checks the files of a create request, without touching anything.
@@ -120,14 +111,8 @@ pub(super) fn write(
         file.write_all(&f.data)
             .map_err(io(format!("writing {}", path.display())))?;
         drop(file);
-        let fd: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(&path)
-            .map(File::into)
-            .map_err(io(format!("opening {}", path.display())))?;
         out.mounts.push(FileMount {
-            fd,
+            copy: path,
             target: f.path.clone(),
             readonly: f.readonly,
         });
@@ -162,8 +147,7 @@ mod tests {
         let mounts = &files.mounts;
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0].target, "/etc/hosts");
-        // The descriptor names the copy.
-        let copy = std::fs::read_link(mounts[1].source()).unwrap();
+        let copy = mounts[1].copy.clone();
         assert!(copy.starts_with(root.path()), "{copy:?}");
         assert_eq!(std::fs::read(&copy).unwrap(), b"nameserver 10.0.0.10\n");
         // A second container with the same id (a create that will be refused) has its own.
