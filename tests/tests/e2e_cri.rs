@@ -871,3 +871,72 @@ fn a_host_network_pod_is_refused_by_the_vm_handler() {
         &["asks for the host's network", "runc runtime class"],
     );
 }
+
+/// A Coffer pod serving HTTP keeps its network across a containerd restart; after its shim is
+/// killed, StopPodSandbox and RemovePodSandbox still tear everything down: CNI's namespace, the
+/// VM, the TAP and the state.
+#[test]
+fn pod_network_survives_containerd_restart_and_a_dead_shim_leaves_nothing() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(mut ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("net-crash", "coffer-qemu", &ctd.log_root());
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let server = Container::busybox_sh(
+        "httpd",
+        "mkdir -p /www && echo still-here > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    let server = cri
+        .create_container(&pod_id, &pod, &server)
+        .expect("CreateContainer");
+    cri.start_container(&server).expect("StartContainer");
+    let socket = format!("{}:8080", pod_ip(&mut cri, &pod_id))
+        .parse()
+        .expect("socket address");
+    let wait = Duration::from_secs(60);
+    assert_eq!(tools::http_get(socket, wait).expect("GET"), "still-here\n");
+    let netns = pod_netns(&ctd, &pod_id);
+
+    ctd.stop_containerd().expect("stop containerd");
+    assert_eq!(
+        tools::http_get(socket, wait).expect("GET while containerd is down"),
+        "still-here\n"
+    );
+    ctd.restart().expect("containerd restarts");
+    let mut cri = ctd.cri().expect("connect again");
+    assert!(cri.pod_ready(&pod_id).expect("PodSandboxStatus"));
+    assert_eq!(
+        tools::http_get(socket, wait).expect("GET after the restart"),
+        "still-here\n"
+    );
+
+    let shims = tools::processes("containerd-shim-coffer-v2", &pod_id);
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &shims[0].to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -KILL {}", shims[0]);
+
+    cri.stop_pod_sandbox(&pod_id)
+        .expect("StopPodSandbox after the shim died");
+    cri.remove_pod_sandbox(&pod_id)
+        .expect("RemovePodSandbox after the shim died");
+    assert!(!netns.exists(), "the pod's namespace outlived the pod");
+    // containerd runs the dead shim's `delete` in the background when it notices the death:
+    // its cleanup may finish after RemovePodSandbox returned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (!vms(&ctd).is_empty() || !state_entries(&ctd).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind; containerd's log:\n{}",
+        ctd.containerd_log_tail(40)
+    );
+    assert_nothing_left(&mut cri);
+}
