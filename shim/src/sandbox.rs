@@ -744,6 +744,7 @@ mod tests {
             bundle: "/b".into(),
             config_path: "/c".into(),
             created_unix: 0,
+            network: None,
         };
         // This test process is not QEMU.
         assert!(!is_our_vm(

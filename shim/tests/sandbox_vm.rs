@@ -83,7 +83,8 @@ impl Fixture {
         }
     }
 
-    /// A bundle with a config.json carrying `annotations`.
+    /// A bundle with a config.json carrying `annotations`, in a network namespace without
+    /// interfaces.
     fn bundle(&self, name: &str, args: &[&str], annotations: &HashMap<String, String>) -> PathBuf {
         let bundle = self.root.join(name);
         std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
@@ -91,6 +92,8 @@ impl Fixture {
             "ociVersion": "1.0.2",
             "process": {"args": args, "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}},
             "root": {"path": "rootfs"},
+            // A network namespace of its own without CNI: a VM without a NIC.
+            "linux": {"namespaces": [{"type": "network"}]},
             "annotations": annotations,
         });
         std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
