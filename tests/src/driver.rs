@@ -88,6 +88,22 @@ pub struct Container {
     pub command: Vec<String>,
     /// Log file, relative to the pod's log directory.
     pub log_path: String,
+    /// The container's security context (`linux.security_context`); only the CRI client
+    /// sends it.
+    pub security: Option<ContainerSecurity>,
+}
+
+/// What a test asks of a container's `LinuxContainerSecurityContext`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSecurity {
+    /// Capabilities added to the runtime's defaults (`"SYS_TIME"`, as kubelet writes them).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities dropped from them.
+    pub drop_capabilities: Vec<String>,
+    /// `no_new_privs`.
+    pub no_new_privs: bool,
+    /// The runtime's default seccomp profile (RuntimeDefault) instead of none.
+    pub seccomp_runtime_default: bool,
 }
 
 impl Container {
@@ -98,7 +114,14 @@ impl Container {
             image: BUSYBOX_IMAGE.to_owned(),
             command: vec!["sh".into(), "-c".into(), script.to_owned()],
             log_path: format!("{name}.log"),
+            security: None,
         }
+    }
+
+    /// Sets the container's security context.
+    pub fn security(mut self, security: ContainerSecurity) -> Container {
+        self.security = Some(security);
+        self
     }
 }
 

@@ -18,7 +18,10 @@ pub mod tools;
 pub use containerd::{Options, PrivateContainerd, StartError};
 pub use cri::{Cri, CriError};
 pub use crictl::Crictl;
-pub use driver::{Container, ContainerState, Driver, ExecResult, Pod, PodResources, BUSYBOX_IMAGE};
+pub use driver::{
+    Container, ContainerSecurity, ContainerState, Driver, ExecResult, Pod, PodResources,
+    BUSYBOX_IMAGE,
+};
 
 /// Prints why a test does not run, in the form CI greps for, and lets the caller return.
 pub fn skip(reason: impl std::fmt::Display) {

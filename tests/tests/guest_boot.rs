@@ -367,6 +367,9 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             process: shell(
                 "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
             ),
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            readonly_root: false,
         })
         .await
         .unwrap();
@@ -459,6 +462,9 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             hostname: None,
             // Waits for the host to drop a file into the share, so it runs after the reconnect.
             process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            readonly_root: false,
         })
         .await
         .unwrap();
@@ -574,6 +580,9 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
                 rootfs: "rootfs1".into(),
                 hostname: None,
                 process: shell("echo must not run"),
+                masked_paths: Vec::new(),
+                readonly_paths: Vec::new(),
+                readonly_root: false,
             })
             .await
             .unwrap_err();

@@ -25,6 +25,7 @@ use super::error::{io_errno, sys, ContainerError};
 use super::outgoing::Outgoing;
 use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
 use super::report::{read_report, Report};
+use super::security::RootfsSecurity;
 use super::stdio::{forward_output, pipe, AgentIo, ChildIo};
 use crate::protocol::{CreateContainer, Event, ExitStatus, GuestFrame, Process, SHARE_MOUNT};
 
@@ -134,7 +135,8 @@ impl Containers {
                 req.rootfs
             )));
         }
-        let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?;
+        let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?
+            .with_rootfs_security(RootfsSecurity::new(&req)?);
         let (start_r, start_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         // A terminal lives in the container's own devpts, which exists only once the child has

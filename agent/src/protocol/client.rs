@@ -674,6 +674,9 @@ mod tests {
                 rootfs: "r".into(),
                 hostname: None,
                 process: Process::default(),
+                masked_paths: Vec::new(),
+                readonly_paths: Vec::new(),
+                readonly_root: false,
             })
             .await
             .unwrap_err();
