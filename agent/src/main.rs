@@ -1,6 +1,6 @@
 //! `coffer-agent`: PID 1 of the Coffer guest.
 //!
-//! Boot order: early filesystems, kernel modules, the Init-Data (find, read, verify, deliver,
+//! Boot order: off the initramfs, early filesystems, kernel modules, the Init-Data (find, read, verify, deliver,
 //! start the attestation services), the 9p share, then the host channel. Whatever fails along the
 //! way is reported in hello rather than ending PID 1, because an agent that answers explains the
 //! failure to the host and one that died only leaves a kernel panic on the console.
@@ -26,6 +26,13 @@ fn main() {
             "coffer-agent is the init process of the Coffer guest (/init of its initramfs); it does not run on a host"
         );
         std::process::exit(2);
+    }
+    // Before anything is mounted: containers can only pivot_root away from a root that is not
+    // the initramfs.
+    if let Err(e) = boot::leave_initramfs() {
+        boot::log(&format!(
+            "cannot leave the initramfs ({e}); containers will fail to pivot_root"
+        ));
     }
     boot::mount_early();
     boot::load_modules();

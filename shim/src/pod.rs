@@ -266,6 +266,9 @@ impl Pod {
             hostname,
             process,
             files,
+            masked_paths: spec.masked_paths(),
+            readonly_paths: spec.readonly_paths(),
+            readonly_root: spec.readonly_root(),
         };
         if let Err(e) = agent.create_container(create).await {
             if let Err(u) = rootfs.unmount() {
@@ -373,9 +376,6 @@ impl Pod {
             .as_ref()
             .map(|any| any.value.clone())
             .ok_or_else(|| Error::InvalidArgument("exec request without a process spec".into()))?;
-        let mut guest = spec::exec_process(&json)?;
-        guest.terminal |= req.terminal;
-        guest.stdin = !req.stdin.is_empty();
         let mut tasks = self.tasks.lock().await;
         let container = tasks.container_mut(&req.id)?;
         if container.kind == Kind::Sandbox {
@@ -387,6 +387,11 @@ impl Pod {
                 req.exec_id, req.id
             )));
         }
+        // The exec'd process is confined by its container's seccomp profile, as runc does.
+        let container_spec = BundleSpec::load(&container.bundle)?;
+        let mut guest = spec::exec_process(&json, container_spec.seccomp())?;
+        guest.terminal |= req.terminal;
+        guest.stdin = !req.stdin.is_empty();
         let mut process = Process::new(
             Some(req.exec_id.clone()),
             &req.stdin,

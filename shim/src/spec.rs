@@ -4,15 +4,19 @@
 //! `io.kubernetes.cri.container-type: sandbox`, every container carries
 //! `io.kubernetes.cri.sandbox-id`, and the pod's own annotations (those the handler's
 //! `pod_annotations` lets through, such as the Init-Data) appear in the sandbox's spec.
-//! Only the subset of `process` the guest needs is sent into the VM, and never an annotation.
+//! Only the subset of `process` the guest needs is sent into the VM (with the container's
+//! seccomp profile, masked and read-only paths and read-only root, which the guest applies as
+//! runc would), and never an annotation.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use coffer_agent::protocol::{
-    ContainerFile, Process, MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES,
+    Capabilities, ContainerFile, Process, Rlimit, Seccomp, SeccompArg, SeccompSyscall,
+    MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES,
 };
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
@@ -90,10 +94,42 @@ impl BundleSpec {
                 path: self.path.clone(),
                 reason: "it has no process".into(),
             })?;
-        guest_process(&process).map_err(|reason| Error::Spec {
+        guest_process(&process, self.seccomp()).map_err(|reason| Error::Spec {
             path: self.path.clone(),
             reason,
         })
+    }
+
+    /// The container's seccomp profile (`linux.seccomp`), if it has one.
+    pub fn seccomp(&self) -> Option<&LinuxSeccomp> {
+        self.spec.linux().as_ref()?.seccomp().as_ref()
+    }
+
+    /// Paths the guest hides in the container (`linux.maskedPaths`).
+    pub fn masked_paths(&self) -> Vec<String> {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default()
+    }
+
+    /// Paths the guest makes read-only in the container (`linux.readonlyPaths`).
+    pub fn readonly_paths(&self) -> Vec<String> {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.readonly_paths().clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the container's root filesystem is read-only (`root.readonly`).
+    pub fn readonly_root(&self) -> bool {
+        self.spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false)
     }
 
     /// The hostname the container asks for, if any.
@@ -190,9 +226,69 @@ pub enum Namespace {
     Path(PathBuf),
 }
 
+/// The name the OCI spec writes for a value of one of oci-spec's enums (`"CAP_CHOWN"`,
+/// `"SCMP_ACT_ERRNO"`, ...): its JSON string.
+fn oci_name<T: Serialize + std::fmt::Debug>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{value:?}"),
+    }
+}
+
+/// The names of a capability set, sorted (oci-spec keeps them in a hash set).
+fn capability_names(set: &Option<oci_spec::runtime::Capabilities>) -> Vec<String> {
+    let mut names: Vec<String> = set.iter().flatten().map(oci_name).collect();
+    names.sort();
+    names
+}
+
+/// Converts the OCI `linux.seccomp` object for the guest; refuses a notify listener, which the
+/// guest cannot serve. Actions and operators travel by name: the guest refuses the ones it does
+/// not support.
+pub fn guest_seccomp(s: &LinuxSeccomp) -> std::result::Result<Seccomp, String> {
+    if s.listener_path().is_some() {
+        return Err(
+            "linux.seccomp.listenerPath is set: seccomp notifications (SCMP_ACT_NOTIFY) are not supported in the guest"
+                .into(),
+        );
+    }
+    Ok(Seccomp {
+        default_action: oci_name(&s.default_action()),
+        default_errno_ret: s.default_errno_ret(),
+        architectures: s.architectures().iter().flatten().map(oci_name).collect(),
+        flags: s.flags().iter().flatten().map(oci_name).collect(),
+        syscalls: s
+            .syscalls()
+            .iter()
+            .flatten()
+            .map(|call| SeccompSyscall {
+                names: call.names().clone(),
+                action: oci_name(&call.action()),
+                errno_ret: call.errno_ret(),
+                args: call
+                    .args()
+                    .iter()
+                    .flatten()
+                    .map(|a| SeccompArg {
+                        index: u32::try_from(a.index()).unwrap_or(u32::MAX),
+                        value: a.value(),
+                        value_two: a.value_two().unwrap_or(0),
+                        op: oci_name(&a.op()),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
 /// Converts an OCI process into what the guest runs; refuses what the guest cannot honour.
-/// Whether it has stdin is not in the OCI process: the caller sets it from containerd's request.
-pub fn guest_process(p: &oci_spec::runtime::Process) -> std::result::Result<Process, String> {
+/// `seccomp` is the container's profile (`linux.seccomp`), which applies to every process of the
+/// container. Whether it has stdin is not in the OCI process: the caller sets it from
+/// containerd's request.
+pub fn guest_process(
+    p: &oci_spec::runtime::Process,
+    seccomp: Option<&LinuxSeccomp>,
+) -> std::result::Result<Process, String> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err("process.args is empty; give the container a command".into());
@@ -207,15 +303,35 @@ pub fn guest_process(p: &oci_spec::runtime::Process) -> std::result::Result<Proc
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         terminal: p.terminal().unwrap_or(false),
         stdin: false,
+        capabilities: p.capabilities().as_ref().map(|c| Capabilities {
+            bounding: capability_names(c.bounding()),
+            effective: capability_names(c.effective()),
+            permitted: capability_names(c.permitted()),
+            inheritable: capability_names(c.inheritable()),
+            ambient: capability_names(c.ambient()),
+        }),
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        rlimits: p
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Rlimit {
+                kind: oci_name(&r.typ()),
+                hard: r.hard(),
+                soft: r.soft(),
+            })
+            .collect(),
+        seccomp: seccomp.map(guest_seccomp).transpose()?,
     })
 }
 
-/// Parses the OCI process JSON containerd sends with an exec.
-pub fn exec_process(json: &[u8]) -> Result<Process> {
+/// Parses the OCI process JSON containerd sends with an exec; `seccomp` is the container's
+/// profile, which the exec'd process gets too.
+pub fn exec_process(json: &[u8], seccomp: Option<&LinuxSeccomp>) -> Result<Process> {
     let p: oci_spec::runtime::Process = serde_json::from_slice(json).map_err(|e| {
         Error::InvalidArgument(format!("exec process spec is not valid OCI JSON: {e}"))
     })?;
-    guest_process(&p).map_err(|r| Error::InvalidArgument(format!("exec refused: {r}")))
+    guest_process(&p, seccomp).map_err(|r| Error::InvalidArgument(format!("exec refused: {r}")))
 }
 
 #[cfg(test)]
@@ -303,23 +419,126 @@ mod tests {
 
     #[test]
     fn terminal_is_carried_and_empty_args_are_refused_with_reason() {
-        let p =
-            exec_process(br#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#)
-                .unwrap();
+        let p = exec_process(
+            br#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+            None,
+        )
+        .unwrap();
         assert!(p.terminal);
         assert!(!p.stdin);
-        let e = exec_process(br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#)
+        let e = exec_process(br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "exec refused: process.args is empty; give the container a command"
         );
-        let e = exec_process(b"{").unwrap_err().to_string();
+        let e = exec_process(b"{", None).unwrap_err().to_string();
         assert!(
             e.starts_with("exec process spec is not valid OCI JSON"),
             "{e}"
         );
+    }
+
+    /// A container as containerd's CRI plugin writes it for a pod asking for capabilities,
+    /// no_new_privs, rlimits and the RuntimeDefault seccomp profile (shortened).
+    const HARDENED: &str = r#"{
+      "ociVersion": "1.0.2",
+      "process": {
+        "args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "capabilities": {
+          "bounding": ["CAP_KILL", "CAP_CHOWN"],
+          "effective": ["CAP_KILL", "CAP_CHOWN"],
+          "permitted": ["CAP_KILL", "CAP_CHOWN"]
+        },
+        "noNewPrivileges": true,
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]
+      },
+      "root": {"path": "rootfs", "readonly": true},
+      "linux": {
+        "maskedPaths": ["/proc/kcore", "/sys/firmware"],
+        "readonlyPaths": ["/proc/sys"],
+        "seccomp": {
+          "defaultAction": "SCMP_ACT_ERRNO",
+          "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+          "syscalls": [
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+          ]
+        }
+      },
+      "annotations": {
+        "io.kubernetes.cri.container-type": "container",
+        "io.kubernetes.cri.sandbox-id": "sb1"
+      }
+    }"#;
+
+    #[test]
+    fn security_settings_are_carried_by_name() {
+        let s = load(HARDENED);
+        let p = s.process().unwrap();
+        let caps = p.capabilities.unwrap();
+        assert_eq!(caps.bounding, ["CAP_CHOWN", "CAP_KILL"]);
+        assert_eq!(caps.effective, ["CAP_CHOWN", "CAP_KILL"]);
+        assert!(caps.inheritable.is_empty() && caps.ambient.is_empty());
+        assert!(p.no_new_privileges);
+        assert_eq!(
+            p.rlimits,
+            [Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                hard: 1024,
+                soft: 512
+            }]
+        );
+        let seccomp = p.seccomp.unwrap();
+        assert_eq!(seccomp.default_action, "SCMP_ACT_ERRNO");
+        assert_eq!(
+            seccomp.architectures,
+            ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+        );
+        assert_eq!(seccomp.syscalls.len(), 3);
+        assert_eq!(
+            seccomp.syscalls[1].args,
+            [SeccompArg {
+                index: 0,
+                value: 2_114_060_288,
+                value_two: 0,
+                op: "SCMP_CMP_MASKED_EQ".into()
+            }]
+        );
+        assert_eq!(seccomp.syscalls[2].action, "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp.syscalls[2].errno_ret, Some(38));
+        assert_eq!(s.masked_paths(), ["/proc/kcore", "/sys/firmware"]);
+        assert_eq!(s.readonly_paths(), ["/proc/sys"]);
+        assert!(s.readonly_root());
+
+        // An exec'd process gets its container's profile.
+        let e = exec_process(
+            br#"{"args":["ls"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+            s.seccomp(),
+        )
+        .unwrap();
+        assert_eq!(e.seccomp.unwrap().syscalls.len(), 3);
+        assert_eq!(e.capabilities, None);
+
+        // A spec without any of it asks for nothing.
+        let plain = load(CONTAINER);
+        let p = plain.process().unwrap();
+        assert_eq!(p.capabilities, None);
+        assert!(!p.no_new_privileges && p.rlimits.is_empty() && p.seccomp.is_none());
+        assert!(plain.masked_paths().is_empty() && !plain.readonly_root());
+    }
+
+    #[test]
+    fn a_seccomp_notify_listener_is_refused() {
+        let json = HARDENED.replace(
+            r#""defaultAction": "SCMP_ACT_ERRNO","#,
+            r#""defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/agent.sock","#,
+        );
+        let e = load(&json).process().unwrap_err().to_string();
+        assert!(e.contains("listenerPath"), "{e}");
     }
 
     #[test]

@@ -352,6 +352,25 @@ impl Cri {
                     ..Default::default()
                 })
                 .collect(),
+            linux: container
+                .security
+                .as_ref()
+                .map(|s| api::LinuxContainerConfig {
+                    security_context: Some(api::LinuxContainerSecurityContext {
+                        capabilities: Some(api::Capability {
+                            add_capabilities: s.add_capabilities.clone(),
+                            drop_capabilities: s.drop_capabilities.clone(),
+                            ..Default::default()
+                        }),
+                        no_new_privs: s.no_new_privs,
+                        seccomp: s.seccomp_runtime_default.then(|| api::SecurityProfile {
+                            profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
             ..Default::default()
         };
         let mut c = self.runtime.clone();

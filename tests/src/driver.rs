@@ -112,6 +112,22 @@ pub struct Container {
     /// Host paths mounted into the container, as kubelet asks: (host path, container path,
     /// read-only).
     pub mounts: Vec<(PathBuf, String, bool)>,
+    /// The container's security context (`linux.security_context`); only the CRI client
+    /// sends it.
+    pub security: Option<ContainerSecurity>,
+}
+
+/// What a test asks of a container's `LinuxContainerSecurityContext`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSecurity {
+    /// Capabilities added to the runtime's defaults (`"SYS_TIME"`, as kubelet writes them).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities dropped from them.
+    pub drop_capabilities: Vec<String>,
+    /// `no_new_privs`.
+    pub no_new_privs: bool,
+    /// The runtime's default seccomp profile (RuntimeDefault) instead of none.
+    pub seccomp_runtime_default: bool,
 }
 
 impl Container {
@@ -130,7 +146,14 @@ impl Container {
             command: vec!["sh".into(), "-c".into(), script.to_owned()],
             log_path: format!("{name}.log"),
             mounts: Vec::new(),
+            security: None,
         }
+    }
+
+    /// Sets the container's security context.
+    pub fn security(mut self, security: ContainerSecurity) -> Container {
+        self.security = Some(security);
+        self
     }
 }
 

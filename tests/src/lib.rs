@@ -19,7 +19,8 @@ pub use containerd::{Options, PrivateContainerd, StartError};
 pub use cri::{Cri, CriError};
 pub use crictl::Crictl;
 pub use driver::{
-    Container, ContainerState, DnsConfig, Driver, ExecResult, Pod, PodResources, BUSYBOX_IMAGE,
+    Container, ContainerSecurity, ContainerState, DnsConfig, Driver, ExecResult, Pod, PodResources,
+    BUSYBOX_IMAGE,
 };
 
 /// Prints why a test does not run, in the form CI greps for, and lets the caller return.

@@ -7,12 +7,21 @@
 //! [`Prepared`] and [`ChildIo`]; the child tells the agent how far it got on the report pipe
 //! ([`super::report`]), and a failed step ends it.
 //!
-//! A container's first process is cloned into new mount, PID, UTS and IPC namespaces. The
-//! initramfs root cannot be `pivot_root`ed away from, so it bind-mounts its rootfs, moves it over
-//! `/` and `chroot`s into it (what runc does with `--no-pivot`) in its private mount namespace,
-//! reports `R`, then waits on a second pipe for start: `b'S'` and the index of the pty to take
-//! ([`NO_TTY`] for none). A process exec'd into a running container is cloned by a helper that
-//! first enters the container's namespaces.
+//! A container's first process is cloned into new mount, PID, UTS and IPC namespaces. In its
+//! private mount namespace it bind-mounts its rootfs and `pivot_root`s into it, detaching the old
+//! root with everything the agent mounted (the agent moved itself off the initramfs at boot so
+//! that this works, see [`super::boot::leave_initramfs`]), mounts /proc and a small /dev, applies
+//! the container's read-only root, read-only and masked paths ([`RootfsSecurity`]), reports `R`,
+//! then waits on a second pipe for start: `b'S'` and the index of the pty to take ([`NO_TTY`]
+//! for none). A process exec'd into a running container is cloned by a helper that first enters
+//! the container's namespaces.
+//!
+//! Either process is then confined as runc confines it, just before its exec
+//! ([`ProcessSecurity`], applied in `become_process`): the agent's descriptors close on exec,
+//! rlimits, seccomp (before the capabilities go when `no_new_privs` is off, since installing it
+//! then needs `CAP_SYS_ADMIN`), the bounding set, the user (capabilities kept across setuid),
+//! the capability sets, the ambient set, `no_new_privs`, and seccomp last when `no_new_privs` is
+//! on.
 
 use std::ffi::{c_char, CString};
 use std::os::fd::{AsRawFd, RawFd};
@@ -22,8 +31,10 @@ use super::error::ContainerError;
 use super::files::FileMount;
 use super::pty::{pts_path, DEVPTS_OPTIONS, NO_TTY};
 use super::report::{failed_message, pid_message, Step, READY};
+use super::seccomp;
+use super::security::{ProcessSecurity, RootfsSecurity};
 use super::stdio::ChildIo;
-use crate::protocol::{Process, MAX_CONTAINER_FILES};
+use crate::protocol::Process;
 
 /// `PATH` used to find `args[0]` when the process's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -45,15 +56,19 @@ pub(super) struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The process runs on a terminal (a container's child then needs its devpts).
     terminal: bool,
+    /// Capabilities, rlimits, no_new_privs, seccomp.
+    security: ProcessSecurity,
+    /// A container's read-only root, read-only and masked paths.
+    rootfs_security: RootfsSecurity,
     /// Files bind-mounted into a container's root once /proc is there.
     binds: Vec<Bind>,
 }
 
-/// A file bind-mounted into the container: the agent's copy at `copy`, opened before the
-/// child enters its root, mounted over `target` from `/proc/self/fd/N` once inside.
+/// A file bind-mounted into the container: a detached mount of the agent's copy, attached over
+/// `target` once the child is inside its root.
 #[derive(Debug)]
 struct Bind {
-    copy: CString,
+    tree: RawFd,
     target: CString,
     /// Directories to create first, outermost first (a missing `/etc`, say).
     parents: Vec<CString>,
@@ -71,7 +86,7 @@ impl Bind {
             .collect::<Result<_, _>>()?;
         parents.reverse();
         Ok(Bind {
-            copy: cstring("file mount copy", &m.copy.to_string_lossy())?,
+            tree: m.tree.as_raw_fd(),
             target: cstring("file mount", &m.target)?,
             parents,
             readonly: m.readonly,
@@ -144,6 +159,8 @@ impl Prepared {
             gid: p.gid,
             groups: p.additional_gids.clone(),
             terminal: p.terminal,
+            security: ProcessSecurity::new(p)?,
+            rootfs_security: RootfsSecurity::default(),
             binds: Vec::new(),
         })
     }
@@ -152,6 +169,12 @@ impl Prepared {
     pub(super) fn with_files(mut self, files: &[FileMount]) -> Result<Prepared, ContainerError> {
         self.binds = files.iter().map(Bind::new).collect::<Result<_, _>>()?;
         Ok(self)
+    }
+
+    /// Adds what a container's first process applies to its filesystem view.
+    pub(super) fn with_rootfs_security(mut self, r: RootfsSecurity) -> Prepared {
+        self.rootfs_security = r;
+        self
     }
 }
 
@@ -289,11 +312,63 @@ unsafe fn take_terminal(fd: RawFd, report: RawFd) {
     }
 }
 
-/// Drops privileges, enters the cwd and execs.
+/// Confines the process (see the module docs for the order), enters the cwd and execs.
 ///
 /// # Safety
 /// Child-only.
 unsafe fn become_process(prep: &Prepared, report: RawFd) -> ! {
+    let sec = &prep.security;
+    // Nothing of the agent's crosses the exec: every descriptor but 0, 1 and 2 closes on it.
+    // SAFETY: close_range takes plain numbers; child-only.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
+            fail(report, Step::CloseFds)
+        }
+    }
+    for (resource, limit) in &sec.rlimits {
+        // SAFETY: prlimit64 on this process (pid 0) reads a `struct rlimit64` `prep` owns and
+        // writes no old value (null).
+        unsafe {
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                *resource,
+                std::ptr::from_ref(limit),
+                std::ptr::null::<u8>(),
+            ) < 0
+            {
+                fail(report, Step::Rlimit)
+            }
+        }
+    }
+    if !sec.no_new_privs {
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: before the drop.
+        // SAFETY: child-only, still with every capability.
+        unsafe { install_seccomp(&sec.seccomp, report) };
+    }
+    if let Some(caps) = &sec.capabilities {
+        for &cap in &caps.bounding_drop {
+            // SAFETY: prctl takes plain numbers; child-only.
+            unsafe {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                    fail(report, Step::BoundingSet)
+                }
+            }
+        }
+        // The permitted set survives the change of user; the sets are set right after it.
+        // SAFETY: as above.
+        unsafe {
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                fail(report, Step::KeepCaps)
+            }
+        }
+    }
     // The set*id calls go straight to the kernel: glibc's wrappers would signal every thread of
     // the parent (its thread list is in the copied memory) and wait forever for threads this
     // process does not have.
@@ -318,6 +393,44 @@ unsafe fn become_process(prep: &Prepared, report: RawFd) -> ! {
             fail(report, Step::Cwd)
         }
     }
+    if let Some(caps) = &sec.capabilities {
+        // A stack copy: the kernel may write its preferred version into the header.
+        let mut header = caps.header;
+        // SAFETY: prctl takes plain numbers; capset reads a header and two data structs (the
+        // layout of version 3), all live for the call. Child-only.
+        unsafe {
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0 {
+                fail(report, Step::KeepCaps)
+            }
+            if libc::syscall(
+                libc::SYS_capset,
+                std::ptr::from_mut(&mut header),
+                caps.data.as_ptr(),
+            ) < 0
+            {
+                fail(report, Step::Capset)
+            }
+        }
+        for &cap in &caps.ambient {
+            // SAFETY: prctl takes plain numbers; child-only.
+            unsafe {
+                if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0 {
+                    fail(report, Step::AmbientCaps)
+                }
+            }
+        }
+    }
+    if sec.no_new_privs {
+        // SAFETY: prctl takes plain numbers; child-only.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                fail(report, Step::NoNewPrivs)
+            }
+        }
+        // As late as possible, so the filter sees as few of the agent's own calls as can be.
+        // SAFETY: child-only, with no_new_privs set.
+        unsafe { install_seccomp(&sec.seccomp, report) };
+    }
     let mut last = libc::ENOENT;
     for program in &prep.programs {
         // SAFETY: the program is a C string, argv and envp null-terminated arrays of C strings,
@@ -339,6 +452,18 @@ unsafe fn become_process(prep: &Prepared, report: RawFd) -> ! {
     }
 }
 
+/// Installs a compiled seccomp profile (nothing when it has no program).
+///
+/// # Safety
+/// Child-only; needs `CAP_SYS_ADMIN` or `no_new_privs`.
+unsafe fn install_seccomp(compiled: &seccomp::CompiledSeccomp, report: RawFd) {
+    // SAFETY: child-only, as this function.
+    if unsafe { seccomp::install(compiled) }.is_err() {
+        // SAFETY: child-only.
+        unsafe { fail(report, Step::Seccomp) }
+    }
+}
+
 /// A NUL-terminated byte literal as a C string, without allocating.
 fn lit(s: &'static [u8]) -> *const c_char {
     s.as_ptr().cast()
@@ -352,24 +477,14 @@ fn lit(s: &'static [u8]) -> *const c_char {
 unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: RawFd) -> ! {
     // SAFETY: child-only, as this function; `io` holds this process's copies of the streams.
     unsafe { setup_stdio(io, report) };
-    // A bind mount's source must be in the caller's mount namespace: the copies are opened
-    // here, in the clone's new namespace, before its root changes.
-    let mut copies = [-1; MAX_CONTAINER_FILES];
-    for (fd, b) in copies.iter_mut().zip(&prep.binds) {
-        // SAFETY: open takes a C string `prep` owns and plain flags. Child-only.
-        *fd = unsafe { libc::open(b.copy.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-        if *fd < 0 {
-            // SAFETY: child-only.
-            unsafe { fail(report, Step::BindFile) }
-        }
-    }
     // SAFETY: child-only, in the new mount namespace the clone made.
     unsafe { enter_rootfs(prep, report) };
     // SAFETY: child-only, inside the container's root.
     unsafe { mount_proc_and_dev(prep.terminal, report) };
-    // SAFETY: child-only, inside the container's root, with its /proc; `copies` holds the
-    // descriptors opened above, one per bind.
-    unsafe { mount_binds(&prep.binds, &copies, report) };
+    // SAFETY: child-only, inside the container's root, with its /proc and /dev.
+    unsafe { mount_binds(&prep.binds, report) };
+    // SAFETY: child-only, inside the container's root, its /proc and /dev mounted.
+    unsafe { apply_rootfs_security(&prep.rootfs_security, report) };
     if let Some(h) = &prep.hostname {
         // SAFETY: `h` is a C string `prep` owns, given with its length; child-only.
         unsafe {
@@ -389,7 +504,7 @@ unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: R
     unsafe { become_process(prep, report) }
 }
 
-/// Makes the mounts private, then the rootfs the root.
+/// Makes the mounts private, then the rootfs the root (`pivot_root`), the old root detached.
 ///
 /// # Safety
 /// Child-only, in a mount namespace of its own.
@@ -433,23 +548,16 @@ unsafe fn enter_rootfs(prep: &Prepared, report: RawFd) {
             fail(report, Step::ChdirRootfs)
         }
     }
-    // SAFETY: NUL-terminated literals; a move takes no type or data. Child-only.
+    // The old root goes on top of the new one, then away with every mount under it: nothing
+    // the agent mounted (its /run, the share, /proc, /sys, /dev) stays reachable. This is
+    // runc's pivot_root(".", ".").
+    // SAFETY: NUL-terminated literals; child-only, in its own mount namespace.
     unsafe {
-        if libc::mount(
-            lit(b".\0"),
-            lit(b"/\0"),
-            none,
-            libc::MS_MOVE,
-            std::ptr::null(),
-        ) < 0
-        {
-            fail(report, Step::MoveRootfs)
+        if libc::syscall(libc::SYS_pivot_root, lit(b".\0"), lit(b".\0")) < 0 {
+            fail(report, Step::PivotRoot)
         }
-    }
-    // SAFETY: NUL-terminated literals; child-only.
-    unsafe {
-        if libc::chroot(lit(b".\0")) < 0 || libc::chdir(lit(b"/\0")) < 0 {
-            fail(report, Step::Chroot)
+        if libc::umount2(lit(b".\0"), libc::MNT_DETACH) < 0 || libc::chdir(lit(b"/\0")) < 0 {
+            fail(report, Step::DetachOldRoot)
         }
     }
 }
@@ -534,11 +642,9 @@ unsafe fn mount_proc_and_dev(terminal: bool, report: RawFd) {
 ///
 /// # Safety
 /// Child-only, inside the container's root, once its /proc is mounted.
-unsafe fn mount_binds(binds: &[Bind], copies: &[RawFd], report: RawFd) {
+unsafe fn mount_binds(binds: &[Bind], report: RawFd) {
     let none = std::ptr::null::<c_char>();
-    for (b, &fd) in binds.iter().zip(copies) {
-        let mut source = [0u8; 32];
-        fd_path(fd, &mut source);
+    for b in binds {
         // SAFETY: mkdir, open and close take C strings `prep` owns and plain flags; an
         // existing directory or file is fine. Child-only.
         unsafe {
@@ -554,15 +660,16 @@ unsafe fn mount_binds(binds: &[Bind], copies: &[RawFd], report: RawFd) {
                 libc::close(fd);
             }
         }
-        // SAFETY: C strings `prep` owns; a bind mount takes no type or data; the source is
-        // this process's own descriptor on the agent's copy. Child-only.
+        // SAFETY: move_mount attaches the detached tree `b.tree` (inherited from the agent)
+        // over the C string `prep` owns; the empty source path is a literal. Child-only.
         unsafe {
-            if libc::mount(
-                source.as_ptr().cast(),
+            if libc::syscall(
+                libc::SYS_move_mount,
+                b.tree,
+                lit(b"\0"),
+                libc::AT_FDCWD,
                 b.target.as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
             ) < 0
             {
                 fail(report, Step::BindFile)
@@ -582,25 +689,138 @@ unsafe fn mount_binds(binds: &[Bind], copies: &[RawFd], report: RawFd) {
     }
 }
 
-/// Writes `/proc/self/fd/<fd>` and a NUL into `buf`, without allocating.
-fn fd_path(fd: RawFd, buf: &mut [u8; 32]) {
-    const PREFIX: &[u8] = b"/proc/self/fd/";
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut digits = [0u8; 10];
-    let mut n = fd.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        len += 1;
-        if n == 0 || len == digits.len() {
-            break;
+/// The kernel's `struct statfs` on 64-bit architectures (the C library's type hides
+/// `f_flags` on some targets).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct KernelStatfs {
+    f_type: i64,
+    f_bsize: i64,
+    f_blocks: u64,
+    f_bfree: u64,
+    f_bavail: u64,
+    f_files: u64,
+    f_ffree: u64,
+    f_fsid: [i32; 2],
+    f_namelen: i64,
+    f_frsize: i64,
+    f_flags: i64,
+    f_spare: [i64; 4],
+}
+
+/// The flags a bind remount of `path` must keep (nosuid, nodev, noexec, atime), from statfs.
+/// Returns `None` when statfs fails (errno set).
+///
+/// # Safety
+/// Child-only: raw system calls on a stack buffer.
+unsafe fn kept_mount_flags(path: *const c_char) -> Option<libc::c_ulong> {
+    let mut st = KernelStatfs::default();
+    // SAFETY: `path` is a NUL-terminated string, `st` a live buffer of the right type.
+    if unsafe { libc::syscall(libc::SYS_statfs, path, std::ptr::from_mut(&mut st)) } < 0 {
+        return None;
+    }
+    // The ST_* bits of f_flags are the MS_* bits for these flags.
+    let keep = libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC
+        | libc::MS_NOATIME
+        | libc::MS_NODIRATIME
+        | libc::MS_RELATIME;
+    let flags = libc::c_ulong::try_from(st.f_flags).unwrap_or(0);
+    Some(flags & keep)
+}
+
+/// Remounts the bind mount at `path` read-only, keeping its other flags.
+///
+/// # Safety
+/// Child-only.
+unsafe fn remount_readonly(path: *const c_char) -> bool {
+    // SAFETY: child-only.
+    let Some(flags) = (unsafe { kept_mount_flags(path) }) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string; a remount takes no source, type or data.
+    unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path,
+            std::ptr::null(),
+            flags | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        ) == 0
+    }
+}
+
+/// The errno of the last failed call.
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Applies a container's read-only root, read-only paths and masked paths, in runc's order. A
+/// listed path that does not exist in the container is skipped, as runc does.
+///
+/// # Safety
+/// Child-only, inside the container's root with its /proc and /dev.
+unsafe fn apply_rootfs_security(r: &RootfsSecurity, report: RawFd) {
+    let none = std::ptr::null::<c_char>();
+    if r.readonly_root {
+        // The root is the rootfs bind mount: remount it read-only.
+        // SAFETY: a NUL-terminated literal; child-only.
+        if !unsafe { remount_readonly(lit(b"/\0")) } {
+            // SAFETY: child-only.
+            unsafe { fail(report, Step::ReadonlyRoot) }
         }
     }
-    for (i, d) in digits[..len].iter().rev().enumerate() {
-        buf[PREFIX.len() + i] = *d;
+    for path in &r.readonly_paths {
+        // SAFETY: `path` is a C string `r` owns; a bind mount takes no type or data.
+        let bound = unsafe {
+            libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if bound < 0 && errno() == libc::ENOENT {
+            continue;
+        }
+        // SAFETY: as above; child-only.
+        if bound < 0 || !unsafe { remount_readonly(path.as_ptr()) } {
+            // SAFETY: child-only.
+            unsafe { fail(report, Step::ReadonlyPath) }
+        }
     }
-    buf[PREFIX.len() + len] = 0;
+    for path in &r.masked_paths {
+        // A file disappears under /dev/null, a directory under an empty read-only tmpfs.
+        // SAFETY: `path` is a C string `r` owns, the source a literal; a bind mount takes no
+        // type or data.
+        let mut rc = unsafe {
+            libc::mount(
+                lit(b"/dev/null\0"),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 && errno() == libc::ENOTDIR {
+            // SAFETY: NUL-terminated literals and `path`; an empty tmpfs takes no data.
+            rc = unsafe {
+                libc::mount(
+                    lit(b"tmpfs\0"),
+                    path.as_ptr(),
+                    lit(b"tmpfs\0"),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            };
+        }
+        if rc < 0 && errno() != libc::ENOENT {
+            // SAFETY: child-only.
+            unsafe { fail(report, Step::MaskPath) }
+        }
+    }
 }
 
 /// Tells the agent the root is ready (`R`) and waits for start; returns the index of the pty to
@@ -695,20 +915,6 @@ unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn fd_paths_are_written_without_allocating() {
-        for (fd, text) in [
-            (0, "/proc/self/fd/0"),
-            (7, "/proc/self/fd/7"),
-            (1234, "/proc/self/fd/1234"),
-        ] {
-            let mut buf = [0xffu8; 32];
-            fd_path(fd, &mut buf);
-            let end = buf.iter().position(|&b| b == 0).unwrap();
-            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), text);
-        }
-    }
-
     use std::fs::File;
     use std::io::{Read, Write};
     use std::path::Path;
@@ -817,5 +1023,236 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains(&format!("/dev/pts/{index}\r\n")), "{text:?}");
         assert!(text.ends_with("got typed\r\n"), "{text:?}");
+    }
+
+    /// Reads what a child wrote to its stdout pipe until it closes, then reaps the child.
+    fn output_and_status(agent: AgentIo, pid: i32) -> (String, WaitStatus) {
+        let mut out = String::new();
+        for (_, mut f) in agent.outputs {
+            f.read_to_string(&mut out).unwrap();
+        }
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        (out, status)
+    }
+
+    /// The value of a `Key:\tvalue` line of /proc/PID/status output.
+    fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_exec_is_confined_with_caps_nnp_rlimits_and_seccomp() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root (the child drops capabilities and sets its groups)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let denied = tmp.path().join("denied");
+        let kept = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
+        let p = Process {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "cat /proc/self/status /proc/self/limits; mkdir {} 2>/dev/null; echo mkdir=$?",
+                    denied.display()
+                ),
+            ],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            capabilities: Some(crate::protocol::Capabilities {
+                bounding: names(&kept),
+                effective: names(&kept),
+                permitted: names(&kept),
+                inheritable: Vec::new(),
+                ambient: Vec::new(),
+            }),
+            no_new_privileges: true,
+            rlimits: vec![crate::protocol::Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                hard: 200,
+                soft: 100,
+            }],
+            seccomp: Some(crate::protocol::Seccomp {
+                default_action: "SCMP_ACT_ALLOW".into(),
+                syscalls: vec![crate::protocol::SeccompSyscall {
+                    names: names(&["mkdir", "mkdirat"]),
+                    action: "SCMP_ACT_ERRNO".into(),
+                    errno_ret: Some(13),
+                    args: Vec::new(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let prep = Prepared::new(&p, None, None).unwrap();
+        let (io, agent) = ChildIo::pipes(false).unwrap();
+        let (report_r, report_w) = pipe().unwrap();
+        // A descriptor of the agent's without close-on-exec must not reach the process.
+        let leak = nix::unistd::dup(report_w.as_raw_fd()).unwrap();
+        // SAFETY: as in `clone_exec_helper`: fork semantics, raw system calls only in the child.
+        let pid = unsafe { raw_clone(libc::SIGCHLD) };
+        if pid == 0 {
+            // SAFETY: in the child.
+            unsafe {
+                setup_stdio(&io, report_w.as_raw_fd());
+                become_process(&prep, report_w.as_raw_fd())
+            }
+        }
+        assert!(pid > 0);
+        drop(io);
+        drop(report_w);
+        nix::unistd::close(leak).unwrap();
+        assert!(matches!(
+            read_report(&mut File::from(report_r)),
+            Report::Exec
+        ));
+        let (out, status) = output_and_status(agent, pid);
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid), 0), "{out}");
+        let mask = format!("{:016x}", 1u64 | 1 << 5 | 1 << 10);
+        assert_eq!(status_field(&out, "CapBnd"), mask, "{out}");
+        assert_eq!(status_field(&out, "CapEff"), mask, "{out}");
+        assert_eq!(status_field(&out, "CapPrm"), mask, "{out}");
+        assert_eq!(status_field(&out, "NoNewPrivs"), "1", "{out}");
+        assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+        let files = out
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(
+            files.split_whitespace().collect::<Vec<_>>()[3..6],
+            ["100", "200", "files"],
+            "{files}"
+        );
+        assert!(out.ends_with("mkdir=1\n"), "{out}");
+        assert!(!denied.exists());
+    }
+
+    #[test]
+    fn a_container_pivots_into_its_rootfs_with_masked_and_readonly_paths() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root (the child makes namespaces and mounts)");
+            return;
+        }
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            eprintln!("SKIP: needs a static /bin/busybox for the container's rootfs");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        std::fs::write(rootfs.join("etc/secret"), "s3cret\n").unwrap();
+        std::fs::create_dir_all(rootfs.join("data")).unwrap();
+        std::fs::write(rootfs.join("data/file"), "visible?\n").unwrap();
+        // Something of the agent's filesystem the container must not see.
+        let outside = tmp.path().join("agent-only");
+        std::fs::write(&outside, "agent\n").unwrap();
+        let script = format!(
+            "B=/bin/busybox; $B cat /etc/secret; $B ls /data; $B touch /new 2>/dev/null; echo touch=$?; \
+             $B cat /proc/1/cmdline | $B tr '\\0' ' '; echo; \
+             $B sh -c 'echo x > /proc/sys/kernel/hostname' 2>/dev/null; echo sysctl=$?; \
+             $B ls {} 2>/dev/null; echo outside=$?; \
+             $B cat /etc/hosts /opt/conf/app.conf; $B sh -c 'echo y >> /etc/hosts' 2>/dev/null; \
+             echo hostswrite=$?; $B cat /proc/self/mountinfo",
+            outside.display()
+        );
+        // File mounts: one read-only over an existing file, one where nothing was.
+        std::fs::write(rootfs.join("etc/hosts"), "from the image\n").unwrap();
+        let files = super::super::files::write(
+            &tmp.path().join("copies"),
+            "c1",
+            &[
+                crate::protocol::ContainerFile {
+                    path: "/etc/hosts".into(),
+                    data: b"10.0.0.1 pod-a\n".to_vec(),
+                    readonly: true,
+                },
+                crate::protocol::ContainerFile {
+                    path: "/opt/conf/app.conf".into(),
+                    data: b"key=value\n".to_vec(),
+                    readonly: false,
+                },
+            ],
+        )
+        .unwrap();
+        let p = Process {
+            args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script],
+            ..Default::default()
+        };
+        let container = crate::protocol::CreateContainer {
+            id: "c1".into(),
+            rootfs: "unused".into(),
+            hostname: None,
+            process: p.clone(),
+            masked_paths: names(&["/etc/secret", "/data", "/does/not/exist"]),
+            readonly_paths: names(&["/proc/sys"]),
+            readonly_root: true,
+            files: vec![],
+        };
+        let prep = Prepared::new(&p, Some(&rootfs), Some("c1"))
+            .unwrap()
+            .with_files(&files.mounts)
+            .unwrap()
+            .with_rootfs_security(RootfsSecurity::new(&container).unwrap());
+        let (io, agent) = ChildIo::pipes(false).unwrap();
+        let (start_r, start_w) = pipe().unwrap();
+        let (report_r, report_w) = pipe().unwrap();
+        let pid = clone_init(&prep, &io, start_r.as_raw_fd(), report_w.as_raw_fd()).unwrap();
+        drop(io);
+        drop(report_w);
+        drop(start_r);
+        let mut report = File::from(report_r);
+        match read_report(&mut report) {
+            Report::Ready => {}
+            other => panic!("{}", other.into_error("container setup")),
+        }
+        let mut msg = [b'S', 0, 0, 0, 0];
+        msg[1..].copy_from_slice(&NO_TTY.to_le_bytes());
+        File::from(start_w).write_all(&msg).unwrap();
+        assert!(matches!(read_report(&mut report), Report::Exec));
+        let (out, status) = output_and_status(agent, pid);
+        assert_eq!(status, WaitStatus::Exited(Pid::from_raw(pid), 0), "{out}");
+        let mut lines = out.lines();
+        // /etc/secret reads as /dev/null, /data is an empty directory.
+        assert_eq!(lines.next(), Some("touch=1"), "{out}");
+        // PID 1 of the container's namespace is its own process.
+        let pid1 = lines.next().unwrap_or_default();
+        assert!(pid1.starts_with("/bin/busybox sh -c "), "{out}");
+        assert!(out.contains("sysctl=1\n"), "{out}");
+        assert!(out.contains("outside=1\n"), "{out}");
+        // The file mounts are there, the read-only one is read-only, and the copies stay put.
+        assert!(
+            out.contains("10.0.0.1 pod-a\nkey=value\nhostswrite=1\n"),
+            "{out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("etc/hosts")).unwrap(),
+            "from the image\n"
+        );
+        let mounts: Vec<&str> = out.lines().filter(|l| l.contains(" - ")).collect();
+        // The root is the rootfs; nothing of the old root is left.
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.split_whitespace().nth(4) == Some("/")),
+            "{out}"
+        );
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.contains("agent-only") || m.contains(" /run ")),
+            "{out}"
+        );
+        assert!(!rootfs.join("new").exists());
     }
 }

@@ -26,6 +26,7 @@ use super::files::{Files, FILES_DIR};
 use super::outgoing::Outgoing;
 use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
 use super::report::{read_report, Report};
+use super::security::RootfsSecurity;
 use super::stdio::{forward_output, pipe, AgentIo, ChildIo};
 use crate::protocol::{CreateContainer, Event, ExitStatus, GuestFrame, Process, SHARE_MOUNT};
 
@@ -139,7 +140,8 @@ impl Containers {
         }
         let files = super::files::write(Path::new(FILES_DIR), &req.id, &req.files)?;
         let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?
-            .with_files(&files.mounts)?;
+            .with_files(&files.mounts)?
+            .with_rootfs_security(RootfsSecurity::new(&req)?);
         let (start_r, start_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         // A terminal lives in the container's own devpts, which exists only once the child has

@@ -1,6 +1,7 @@
 //! Errors of container operations. Each goes back to the host as the answer to its request, so
 //! its message says what failed and, where it helps, what to do instead.
 
+use super::security::SecurityError;
 use crate::protocol::{ErrorKind, GuestError};
 
 /// Errors of container operations; the message goes to the host as is.
@@ -36,6 +37,10 @@ pub enum ContainerError {
         /// What to do.
         hint: &'static str,
     },
+    /// The process's or container's security settings (capabilities, rlimits, seccomp, masked
+    /// or read-only paths) name something the guest does not know or cannot do.
+    #[error("{0}")]
+    Security(#[from] SecurityError),
     /// A system call failed in the agent or in the child before exec.
     #[error("{step} failed: {source}")]
     Sys {
@@ -52,7 +57,7 @@ impl ContainerError {
         match self {
             ContainerError::NoContainer(_) | ContainerError::NoExec { .. } => ErrorKind::NotFound,
             ContainerError::Exists(_) => ErrorKind::AlreadyExists,
-            ContainerError::Invalid(_) => ErrorKind::InvalidArgument,
+            ContainerError::Invalid(_) | ContainerError::Security(_) => ErrorKind::InvalidArgument,
             // A failed system call is most often the container's doing (a missing binary, a
             // path that is not a directory): the request cannot succeed as the guest stands.
             ContainerError::Refused(_)
@@ -103,6 +108,10 @@ mod tests {
             ),
             (
                 ContainerError::Invalid("bad".into()),
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                ContainerError::Security(SecurityError::UnknownRlimit("RLIMIT_X".into())),
                 ErrorKind::InvalidArgument,
             ),
             (

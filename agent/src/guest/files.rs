@@ -1,10 +1,12 @@
 //! Files the host gives a container (the pod's `/etc/hosts`, `/etc/resolv.conf`,
 //! `/etc/hostname`, other single-file mounts of its spec): the agent keeps a copy under
-//! [`FILES_DIR`] and the container's first process bind-mounts each over its path. It opens the
-//! copies (`O_PATH`) in its own mount namespace before it enters its root, and mounts them from
-//! `/proc/self/fd/N` once inside, so the copies need not be reachable from the container's root.
+//! [`FILES_DIR`] and makes a detached bind mount of each (`open_tree(OPEN_TREE_CLONE)`); the
+//! container's first process attaches them over their paths (`move_mount`) once inside its
+//! root, so the copies need not be reachable from there and the old root can go.
 
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +17,11 @@ use crate::protocol::{ContainerFile, MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYT
 /// Where the copies live, one directory per container.
 pub const FILES_DIR: &str = "/run/coffer/files";
 
-/// A file ready to be bind-mounted: the agent's copy, and where it goes.
+/// A file ready to be bind-mounted: a detached mount of the agent's copy, and where it goes.
 #[derive(Debug)]
 pub(super) struct FileMount {
-    /// The copy.
-    pub copy: PathBuf,
+    /// The detached bind mount of the copy, held until the container's process attached it.
+    pub tree: OwnedFd,
     /// Absolute path inside the container.
     pub target: String,
     /// Mounted read-only.
@@ -55,6 +57,23 @@ pub(super) fn check(files: &[ContainerFile]) -> Result<(), ContainerError> {
         }
     }
     Ok(())
+}
+
+/// A detached bind mount of `path` (`open_tree(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`).
+pub(super) fn clone_tree(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    // SAFETY: open_tree reads a NUL-terminated path and takes plain flags; it returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    let fd =
+        i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned to this process and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The copies of one container's files; dropping this removes them.
@@ -112,7 +131,8 @@ pub(super) fn write(
             .map_err(io(format!("writing {}", path.display())))?;
         drop(file);
         out.mounts.push(FileMount {
-            copy: path,
+            tree: clone_tree(&path)
+                .map_err(io(format!("cloning a mount of {}", path.display())))?,
             target: f.path.clone(),
             readonly: f.readonly,
         });
@@ -147,8 +167,13 @@ mod tests {
         let mounts = &files.mounts;
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0].target, "/etc/hosts");
-        let copy = mounts[1].copy.clone();
-        assert!(copy.starts_with(root.path()), "{copy:?}");
+        let copy = std::fs::read_dir(root.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("1");
         assert_eq!(std::fs::read(&copy).unwrap(), b"nameserver 10.0.0.10\n");
         // A second container with the same id (a create that will be refused) has its own.
         let again = write(root.path(), "c1", &[file("/etc/hosts", b"x")]).unwrap();

@@ -307,16 +307,17 @@ pub struct Processed {
 pub fn process(tee_claim: Tee, cmdline: &KernelParams, limits: &Limits) -> Processed {
     // The hardware decides which TEE this is; a command line that claims one the guest lacks is
     // an error rather than a silent downgrade.
-    let detected = tee::detect();
-    let (tee, tee_error) = match (tee_claim, detected) {
-        (_, Some(t)) => (t, None),
-        (Tee::None, None) => (Tee::None, None),
-        (claim, None) => (
+    let (tee, tee_error) = match (tee_claim, tee::detect()) {
+        (_, Ok(Some(t))) => (t, None),
+        (Tee::None, Ok(None)) => (Tee::None, None),
+        (claim, Ok(None)) => (
             claim,
             Some(format!(
                 "the kernel command line says coffer.tee={claim} but the guest has no {claim} guest device (/dev/tdx_guest, /dev/sev-guest); the guest kernel lacks the driver"
             )),
         ),
+        // The CPU says TDX or SEV-SNP but its driver is missing.
+        (claim, Err(e)) => (claim, Some(e.to_string())),
     };
     // Without a digest on the command line the host attached no disk: do not wait long for one.
     let wait = if cmdline.initdata_digest.is_some() || tee != Tee::None {

@@ -2,8 +2,9 @@
 //!
 //! Bringing the guest up: `boot`, `initdata`, `tee`, `policy`. Serving the host: `server`, and
 //! `outgoing`, the ordered queue of frames to it. Containers: `container` (the registry, from
-//! create to remove), `child` (a process between clone and exec) and its `report` pipe, `stdio`
-//! and `pty` (the process's streams), and `error` (what the host is told when one fails).
+//! create to remove), `child` (a process between clone and exec) and its `report` pipe,
+//! `security` and `seccomp` (what confines the process, prepared before the clone), `stdio` and
+//! `pty` (the process's streams), and `error` (what the host is told when one fails).
 
 pub mod boot;
 mod child;
@@ -16,6 +17,8 @@ pub mod outgoing;
 pub mod policy;
 mod pty;
 mod report;
+mod seccomp;
+mod security;
 pub mod server;
 mod stdio;
 pub mod tee;

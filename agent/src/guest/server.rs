@@ -288,7 +288,7 @@ mod tests {
             }) => {
                 assert_eq!(e.kind, ErrorKind::InvalidArgument);
                 assert!(
-                    e.message.starts_with("this agent (protocol version 2) does not understand the request: malformed frame: unknown variant `format_disk`"),
+                    e.message.starts_with(&format!("this agent (protocol version {PROTOCOL_VERSION}) does not understand the request: malformed frame: unknown variant `format_disk`")),
                     "{e}"
                 );
             }

@@ -126,16 +126,114 @@ fn field<const N: usize>(
     Ok(out)
 }
 
-/// Whether this guest has a TDX or SNP guest interface, whatever the command line says.
-pub fn detect() -> Option<crate::protocol::Tee> {
-    use crate::protocol::Tee;
-    if Path::new("/dev/tdx_guest").exists() || Path::new(TDX_SYSFS_MRCONFIGID).exists() {
-        Some(Tee::Tdx)
-    } else if Path::new("/dev/sev-guest").exists() {
-        Some(Tee::Snp)
-    } else {
-        None
+/// What the CPU and the kernel say about the TEE this guest runs in, and which of its guest
+/// interfaces exist. Gathered by [`TeeFacts::gather`]; [`decide`] turns them into the TEE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TeeFacts {
+    /// CPUID leaf 0x21 answers with the vendor string `"IntelTDX    "` (only inside a TD).
+    pub cpuid_tdx: bool,
+    /// CPUID 0x8000001F EAX bit 4 (SEV-SNP), as the guest sees it.
+    pub cpuid_snp: bool,
+    /// `/proc/cpuinfo` flags include `tdx_guest` (the kernel found itself in a TD).
+    pub flag_tdx_guest: bool,
+    /// `/proc/cpuinfo` flags include `sev_snp`.
+    pub flag_sev_snp: bool,
+    /// `/dev/tdx_guest` or the TDX sysfs measurements exist (the tdx_guest driver).
+    pub tdx_interface: bool,
+    /// `/dev/sev-guest` or configfs-tsm's report directory exists (the sev-guest driver).
+    pub snp_interface: bool,
+    /// `/dev/sev-guest` exists (configfs-tsm alone does not tell the TEE apart).
+    pub sev_guest_device: bool,
+}
+
+/// Vendor string of CPUID leaf 0x21 in a TDX guest (EBX, EDX, ECX).
+const TDX_CPUID_VENDOR: &[u8; 12] = b"IntelTDX    ";
+
+impl TeeFacts {
+    /// Reads CPUID, `/proc/cpuinfo` and the device and sysfs paths.
+    pub fn gather() -> TeeFacts {
+        let (cpuid_tdx, cpuid_snp) = cpuid_facts();
+        let flags = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let has_flag = |name: &str| {
+            flags
+                .lines()
+                .filter_map(|l| l.strip_prefix("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == name))
+        };
+        TeeFacts {
+            cpuid_tdx,
+            cpuid_snp,
+            flag_tdx_guest: has_flag("tdx_guest"),
+            flag_sev_snp: has_flag("sev_snp"),
+            tdx_interface: Path::new("/dev/tdx_guest").exists()
+                || Path::new(TDX_SYSFS_MRCONFIGID).exists(),
+            snp_interface: Path::new("/dev/sev-guest").exists()
+                || Path::new("/sys/kernel/config/tsm/report").exists(),
+            sev_guest_device: Path::new("/dev/sev-guest").exists(),
+        }
     }
+}
+
+/// `(TDX, SEV-SNP)` as CPUID reports them.
+// `__cpuid` is an unsafe function on older toolchains (down to the crate's rust-version) and a
+// safe one on newer toolchains.
+#[allow(unused_unsafe)]
+#[cfg(target_arch = "x86_64")]
+fn cpuid_facts() -> (bool, bool) {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID exists on every x86_64 CPU; reading a leaf has no side effect.
+    let max = unsafe { __cpuid(0) }.eax;
+    let tdx = max >= 0x21 && {
+        // SAFETY: as above, for a leaf the CPU reports.
+        let r = unsafe { __cpuid(0x21) };
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&r.ecx.to_le_bytes());
+        &vendor == TDX_CPUID_VENDOR
+    };
+    // SAFETY: as above.
+    let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
+    let snp = max_ext >= 0x8000_001F && {
+        // SAFETY: as above, for a leaf the CPU reports.
+        let r = unsafe { __cpuid(0x8000_001F) };
+        r.eax & (1 << 4) != 0
+    };
+    (tdx, snp)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpuid_facts() -> (bool, bool) {
+    (false, false)
+}
+
+/// The TEE the facts show. A CPU that says TDX or SEV-SNP while the guest interface is missing
+/// is an error naming the driver, never "no TEE": a guest kernel without the driver must not
+/// downgrade the launch silently.
+pub fn decide(f: &TeeFacts) -> Result<Option<crate::protocol::Tee>, TeeError> {
+    use crate::protocol::Tee;
+    let tdx = f.cpuid_tdx || f.flag_tdx_guest;
+    // Outside an SNP guest, the hypervisor hides the SEV leaf; the kernel's flag confirms it.
+    let snp = f.flag_sev_snp || f.cpuid_snp;
+    match (tdx, snp) {
+        (true, _) if f.tdx_interface => Ok(Some(Tee::Tdx)),
+        (true, _) => Err(TeeError::Unavailable(
+            "the CPU says this is a TDX guest, but there is no /dev/tdx_guest and no TDX measurements in sysfs; the guest kernel needs the tdx_guest driver (CONFIG_TDX_GUEST_DRIVER)".into(),
+        )),
+        (false, true) if f.snp_interface => Ok(Some(Tee::Snp)),
+        (false, true) => Err(TeeError::Unavailable(
+            "the CPU says this is an SEV-SNP guest, but there is no /dev/sev-guest and no configfs-tsm report directory; the guest kernel needs the sev-guest driver (CONFIG_SEV_GUEST)".into(),
+        )),
+        // No CPU evidence: an interface alone still names the TEE.
+        (false, false) if f.tdx_interface => Ok(Some(Tee::Tdx)),
+        (false, false) if f.sev_guest_device => Ok(Some(Tee::Snp)),
+        (false, false) => Ok(None),
+    }
+}
+
+/// The TEE this guest runs in, from the CPU and the kernel, whatever the command line says.
+pub fn detect() -> Result<Option<crate::protocol::Tee>, TeeError> {
+    decide(&TeeFacts::gather())
 }
 
 /// Reads TDX MRCONFIGID: sysfs first, else a TDREPORT from `/dev/tdx_guest`.
@@ -319,6 +417,78 @@ mod tests {
         let mut td = vec![0u8; TDREPORT_LEN];
         td[576..624].copy_from_slice(&doc.digest().mrconfigid());
         assert_eq!(tdreport_mrconfigid(&td).unwrap(), doc.digest().mrconfigid());
+    }
+
+    #[test]
+    fn the_cpu_decides_and_a_missing_driver_is_an_error() {
+        use crate::protocol::Tee;
+        let none = TeeFacts::default();
+        assert_eq!(decide(&none), Ok(None));
+        let td = TeeFacts {
+            cpuid_tdx: true,
+            flag_tdx_guest: true,
+            tdx_interface: true,
+            ..Default::default()
+        };
+        assert_eq!(decide(&td), Ok(Some(Tee::Tdx)));
+        // The CPU alone is enough evidence; without the driver it is an error, not "no TEE".
+        for facts in [
+            TeeFacts {
+                cpuid_tdx: true,
+                ..Default::default()
+            },
+            TeeFacts {
+                flag_tdx_guest: true,
+                ..Default::default()
+            },
+        ] {
+            let e = decide(&facts).unwrap_err().to_string();
+            assert!(e.contains("tdx_guest driver"), "{e}");
+        }
+        let snp = TeeFacts {
+            cpuid_snp: true,
+            flag_sev_snp: true,
+            snp_interface: true,
+            ..Default::default()
+        };
+        assert_eq!(decide(&snp), Ok(Some(Tee::Snp)));
+        let e = decide(&TeeFacts {
+            flag_sev_snp: true,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sev-guest driver"), "{e}");
+        // An interface without CPU evidence still names its TEE; configfs-tsm alone does not.
+        assert_eq!(
+            decide(&TeeFacts {
+                tdx_interface: true,
+                ..Default::default()
+            }),
+            Ok(Some(Tee::Tdx))
+        );
+        assert_eq!(
+            decide(&TeeFacts {
+                sev_guest_device: true,
+                snp_interface: true,
+                ..Default::default()
+            }),
+            Ok(Some(Tee::Snp))
+        );
+        assert_eq!(
+            decide(&TeeFacts {
+                snp_interface: true,
+                ..Default::default()
+            }),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn gathering_facts_on_this_machine_does_not_fail() {
+        // Whatever this machine is, the facts read without panicking and decide something.
+        let facts = TeeFacts::gather();
+        let _ = decide(&facts);
     }
 
     #[test]

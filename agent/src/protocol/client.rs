@@ -700,6 +700,9 @@ mod tests {
                 hostname: None,
                 process: Process::default(),
                 files: vec![],
+                masked_paths: Vec::new(),
+                readonly_paths: Vec::new(),
+                readonly_root: false,
             })
             .await
             .unwrap_err();

@@ -49,7 +49,7 @@ pub use frame::read_frame_async;
 pub use frame::{decode, encode, read_frame, write_frame, FrameDecoder, FrameError};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts, in bytes (JSON length, without the 4-byte prefix).
 /// Large enough for a 4 MiB Init-Data document read back in base64.
@@ -198,6 +198,18 @@ pub struct CreateContainer {
     /// `/etc/hostname` and other single-file mounts of its spec), copied into the guest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ContainerFile>,
+    /// Paths made unreadable in the container (OCI `linux.maskedPaths`): `/dev/null` is bound
+    /// over a file, an empty read-only tmpfs over a directory; a path that does not exist is
+    /// skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<String>,
+    /// Paths bound read-only over themselves (OCI `linux.readonlyPaths`); a path that does not
+    /// exist is skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readonly_paths: Vec<String>,
+    /// Make the container's root filesystem read-only (OCI `root.readonly`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub readonly_root: bool,
 }
 
 /// Most files a container may be given, and the most bytes each may hold.
@@ -244,6 +256,104 @@ pub struct Process {
     /// terminal). Without it the process reads end-of-file at once.
     #[serde(skip_serializing_if = "is_false")]
     pub stdin: bool,
+    /// The capability sets the process runs with (OCI `process.capabilities`). Absent: the
+    /// guest leaves the capabilities alone, as runc does (a process of uid 0 keeps them all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// Set `no_new_privs` before the exec (OCI `process.noNewPrivileges`): execve can then not
+    /// grant privileges (setuid bits, file capabilities).
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_new_privileges: bool,
+    /// Resource limits set before the exec (OCI `process.rlimits`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// The seccomp profile installed just before the exec (the container's OCI
+    /// `linux.seccomp`; an exec'd process gets its container's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
+}
+
+/// Capability sets, each a list of names as the OCI spec writes them (`"CAP_CHOWN"`). A name
+/// the guest does not know is refused, never ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capabilities {
+    /// The bounding set: every other capability is dropped from it for good.
+    pub bounding: Vec<String>,
+    /// The effective set.
+    pub effective: Vec<String>,
+    /// The permitted set.
+    pub permitted: Vec<String>,
+    /// The inheritable set.
+    pub inheritable: Vec<String>,
+    /// The ambient set; each must also be permitted and inheritable.
+    pub ambient: Vec<String>,
+}
+
+/// One resource limit (an OCI `process.rlimits` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rlimit {
+    /// The limit's name as the OCI spec writes it, e.g. `"RLIMIT_NOFILE"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The hard limit.
+    pub hard: u64,
+    /// The soft limit.
+    pub soft: u64,
+}
+
+/// A seccomp profile: the OCI `linux.seccomp` object, its actions, architectures, flags and
+/// operators as the OCI spec names them (`"SCMP_ACT_ERRNO"`, `"SCMP_ARCH_X86_64"`,
+/// `"SCMP_CMP_MASKED_EQ"`). An action, flag or operator the guest does not support is refused;
+/// a syscall name it does not know is skipped, as libseccomp does.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Seccomp {
+    /// The action of a syscall no rule matches.
+    pub default_action: String,
+    /// The errno of a default action `SCMP_ACT_ERRNO` (default EPERM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    /// The architectures the profile is for.
+    pub architectures: Vec<String>,
+    /// Filter flags (`"SECCOMP_FILTER_FLAG_LOG"`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// The rules.
+    pub syscalls: Vec<SeccompSyscall>,
+}
+
+/// Syscalls that share an action and argument conditions (an OCI `linux.seccomp.syscalls`
+/// entry).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeccompSyscall {
+    /// Syscall names.
+    pub names: Vec<String>,
+    /// The action when a call matches.
+    pub action: String,
+    /// The errno of `SCMP_ACT_ERRNO` (default EPERM), the message of `SCMP_ACT_TRACE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    /// Conditions on the arguments, all of which must hold (conditions on the same argument
+    /// are alternatives, as runc has it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SeccompArg>,
+}
+
+/// A condition on one syscall argument (an OCI seccomp `args` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeccompArg {
+    /// The argument's index, 0 to 5.
+    pub index: u32,
+    /// The value compared with (the mask, for `SCMP_CMP_MASKED_EQ`).
+    pub value: u64,
+    /// The second value (the masked value `SCMP_CMP_MASKED_EQ` compares with).
+    pub value_two: u64,
+    /// The comparison, e.g. `"SCMP_CMP_EQ"`.
+    pub op: String,
 }
 
 // Unset flags stay off the wire, so a request without a terminal or stdin reads exactly as it
@@ -632,6 +742,35 @@ mod tests {
         assert_eq!(old, plain);
         let tty: Process = decode(br#"{"args":["sh"],"terminal":true,"stdin":true}"#).unwrap();
         assert!(tty.terminal && tty.stdin);
+    }
+
+    #[test]
+    fn security_settings_wire_format() {
+        let json = br#"{"args":["sh"],
+            "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"]},
+            "no_new_privileges":true,
+            "rlimits":[{"type":"RLIMIT_NOFILE","hard":2,"soft":1}],
+            "seccomp":{"default_action":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+              "syscalls":[{"names":["clone"],"action":"SCMP_ACT_ALLOW",
+                "args":[{"index":0,"value":2114060288,"value_two":0,"op":"SCMP_CMP_MASKED_EQ"}]}]}}"#;
+        let p: Process = decode(json).unwrap();
+        assert_eq!(p.capabilities.as_ref().unwrap().bounding, ["CAP_KILL"]);
+        assert!(p.capabilities.as_ref().unwrap().ambient.is_empty());
+        assert!(p.no_new_privileges);
+        assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
+        let seccomp = p.seccomp.as_ref().unwrap();
+        assert_eq!(seccomp.syscalls[0].args[0].op, "SCMP_CMP_MASKED_EQ");
+        assert_eq!(seccomp.default_errno_ret, None);
+        let back: Process = decode(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        // Misspelt fields are refused, not dropped.
+        assert!(decode::<Process>(br#"{"args":["sh"],"no_new_privs":true}"#).is_err());
+        let c: CreateContainer = decode(
+            br#"{"id":"c","rootfs":"r","process":{"args":["sh"]},"masked_paths":["/proc/kcore"],"readonly_root":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.masked_paths, ["/proc/kcore"]);
+        assert!(c.readonly_root && c.readonly_paths.is_empty());
     }
 
     #[test]
