@@ -940,3 +940,56 @@ fn pod_network_survives_containerd_restart_and_a_dead_shim_leaves_nothing() {
     );
     assert_nothing_left(&mut cri);
 }
+
+/// An agent policy that denies UpdateInterfaceRequest leaves the pod without network: the pod
+/// runs, its container has no pod IP on eth0, and `coffer inspect` says why.
+#[test]
+fn a_policy_that_denies_the_network_leaves_the_pod_without_one_and_says_so() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let coffer = Coffer::in_dir(&bin);
+    let example = std::fs::read_to_string(tools::seed_initdata()).expect("the example");
+    let denying = example.replace(
+        "default UpdateInterfaceRequest := true",
+        "default UpdateInterfaceRequest := false",
+    );
+    assert_ne!(
+        denying, example,
+        "the example's policy has no UpdateInterfaceRequest rule"
+    );
+    std::fs::create_dir_all(ctd.scratch()).expect("scratch dir");
+    let doc = ctd.scratch().join("deny-network.toml");
+    std::fs::write(&doc, denying).expect("write the document");
+    let annotation = coffer.encode(&doc).expect("coffer initdata encode");
+
+    let mut cri = ctd.cri().expect("connect");
+    let pod =
+        Pod::new("no-net", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let c = Container::busybox_sh("main", "exec sleep 3600");
+    let c = cri
+        .create_container(&pod_id, &pod, &c)
+        .expect("CreateContainer");
+    cri.start_container(&c).expect("StartContainer");
+    let ip = pod_ip(&mut cri, &pod_id);
+    let addr = exec_ok(&mut cri, &c, &["ip", "-o", "-4", "addr"]);
+    assert!(
+        !addr.contains(&ip),
+        "the denied interface has the pod IP: {addr}"
+    );
+
+    let out = inspect(&coffer, &ctd, &pod_id);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("none: the agent policy denied it")
+            && stdout.contains("UpdateInterfaceRequest"),
+        "coffer inspect does not say the policy denied the network:\n{stdout}"
+    );
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+}
