@@ -43,6 +43,10 @@ pub struct VmResources {
     pub nic: Option<Nic>,
 }
 
+/// QEMU's `-sandbox` setting for every VM.
+pub const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// The descriptor number the hypervisor finds the TAP at (after stdin, stdout and stderr).
 pub const TAP_FD: i32 = 3;
 
@@ -274,6 +278,10 @@ fn qemu_args(
         "-display",
         "none",
         "-no-reboot",
+        // QEMU's own seccomp filter, as Kata sets it: no obsolete calls, no new programs, no
+        // privilege or scheduling changes once the guest runs.
+        "-sandbox",
+        QEMU_SANDBOX,
     ]);
     match tee {
         Tee::None => {

@@ -12,6 +12,10 @@ use crate::{Error, Result};
 /// Longest QMP message accepted; QEMU's answers to the commands used here are far smaller.
 const MAX_MESSAGE: usize = 1 << 20;
 
+/// How long QEMU may take to answer one QMP command; it answers at once unless it is hung or
+/// stopped.
+pub const QMP_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A QMP connection in command mode.
 #[derive(Debug)]
 pub(crate) struct Qmp {
@@ -49,8 +53,26 @@ impl Qmp {
         self.execute("qmp_capabilities", None).await.map(drop)
     }
 
-    /// Runs `command` and returns its `return` value. Events that arrive first are recorded.
+    /// Runs `command` and returns its `return` value, or fails after [`QMP_COMMAND_TIMEOUT`]
+    /// (a stopped or hung QEMU). Events that arrive first are recorded.
     pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        tokio::time::timeout(
+            QMP_COMMAND_TIMEOUT,
+            self.execute_unbounded(command, arguments),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Qmp(format!(
+                "QEMU did not answer {command} within {QMP_COMMAND_TIMEOUT:?}"
+            )))
+        })
+    }
+
+    async fn execute_unbounded(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value> {
         let mut request = json!({ "execute": command });
         if let Some(args) = arguments {
             request["arguments"] = args;

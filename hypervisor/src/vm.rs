@@ -136,21 +136,34 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(nic) = &resources.nic {
-            let tap = nic.tap_fd;
-            // SAFETY: the closure runs in the child between fork and exec and makes only
-            // async-signal-safe system calls (dup2, fcntl) on plain integers.
-            unsafe {
-                command.pre_exec(move || {
+        let tap = resources.nic.as_ref().map(|nic| nic.tap_fd);
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe system calls (prctl, getppid, dup2, fcntl) on plain integers.
+        unsafe {
+            command.pre_exec(move || {
+                // The VM dies with the process that started it (the shim): no VM outlives its
+                // pod's shim, even one killed with SIGKILL. A parent already gone is caught by
+                // getppid.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "the parent exited before the VM started",
+                    ));
+                }
+                if let Some(tap) = tap {
                     // dup2 onto itself keeps close-on-exec set: clear it in every case.
                     if (tap != TAP_FD && libc::dup2(tap, TAP_FD) < 0)
                         || libc::fcntl(TAP_FD, libc::F_SETFD, 0) < 0
                     {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: plan.program.clone(),
@@ -294,6 +307,14 @@ impl Vm {
             pid = self.pid,
             "QEMU ignored powerdown and quit; killing it"
         );
+        self.kill().await
+    }
+
+    /// Kills the VM at once (SIGKILL) and reaps it: for a guest that no longer answers.
+    pub async fn kill(&mut self) -> Result<VmExit> {
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
         let status = self.kill_and_reap().await.ok_or_else(|| Error::Io {
             what: format!("cannot reap {:?} (pid {})", self.program, self.pid),
             source: std::io::Error::other("wait failed after SIGKILL"),

@@ -134,6 +134,7 @@ impl Error {
             },
             Error::Agent(e) => match e {
                 C::Timeout { .. } => Code::FAILED_PRECONDITION,
+                C::CallTimeout { .. } => Code::DEADLINE_EXCEEDED,
                 C::VersionMismatch { .. } => Code::FAILED_PRECONDITION,
                 C::Remote { kind, .. } => guest_code(*kind),
                 _ => Code::UNAVAILABLE,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use coffer_agent::protocol::client::AgentClient;
+use coffer_agent::protocol::client::{AgentClient, ClientError};
 use coffer_agent::protocol::CreateContainer;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::publisher::RemotePublisher;
@@ -134,12 +134,17 @@ impl Pod {
         }
     }
 
-    /// Stops the VM (if any is running) and reports every process as exited.
-    async fn stop_sandbox(&self, tasks: &mut Tasks, signal: u32) {
+    /// Stops the VM (if any is running; at once if its guest no longer answers) and reports
+    /// every process as exited.
+    async fn stop_sandbox(&self, tasks: &mut Tasks, signal: u32, hung: bool) {
         let Some(sandbox) = tasks.sandbox.as_mut() else {
             return;
         };
-        sandbox.stop_vm().await;
+        if hung {
+            sandbox.kill_vm().await;
+        } else {
+            sandbox.stop_vm().await;
+        }
         let sandbox_id = sandbox.id.clone();
         let (ios, exits) = tasks.exit_all(|c| {
             if c.id == sandbox_id {
@@ -299,6 +304,7 @@ impl Pod {
     pub(crate) async fn start(&self, req: StartRequest) -> Result<StartResponse> {
         let mut tasks = self.tasks.lock().await;
         let agent = tasks.sandbox.as_ref().map(|s| s.agent.clone());
+        let vm_pid = tasks.sandbox.as_ref().map_or(0, |s| s.pid());
         let container = tasks.container_mut(&req.id)?;
         let kind = container.kind;
         let process = container.process_mut(&req.exec_id)?;
@@ -317,7 +323,7 @@ impl Pod {
                 let agent = agent.ok_or_else(|| {
                     Error::FailedPrecondition("the sandbox VM is not running".into())
                 })?;
-                let pid = if exec {
+                let guest_pid = if exec {
                     agent.start(&req.id).await?
                 } else {
                     let guest = process.guest.take().ok_or_else(|| {
@@ -338,7 +344,10 @@ impl Pod {
                         tracing::warn!(container = %req.id, exec = %req.exec_id, error = %e, "stdin not forwarded");
                     }
                 }
-                pid
+                // A guest pid means nothing on the host, and containerd treats a task's pid as
+                // a host process: it is told the VM's, as Kata's shim does.
+                tracing::info!(container = %req.id, exec = %req.exec_id, guest_pid, vm_pid, "process started in the guest");
+                vm_pid
             }
         };
         process.pid = pid;
@@ -424,7 +433,7 @@ impl Pod {
         }
         if container.kind == Kind::Sandbox {
             tracing::info!(sandbox = %req.id, signal = req.signal, "stopping the sandbox VM");
-            self.stop_sandbox(&mut tasks, req.signal).await;
+            self.stop_sandbox(&mut tasks, req.signal, false).await;
             return Ok(());
         }
         if process.phase == Phase::Created {
@@ -439,8 +448,17 @@ impl Pod {
             Error::InvalidArgument(format!("signal {} is out of range", req.signal))
         })?;
         drop(tasks);
-        agent.signal(&req.id, exec_id, signal).await?;
-        Ok(())
+        match agent.signal(&req.id, exec_id, signal).await {
+            Err(e @ ClientError::CallTimeout { .. }) => {
+                // A guest that cannot take a signal cannot end anything: its VM goes, and with
+                // it every process of the pod, as containerd expects after a kill.
+                tracing::warn!(container = %req.id, error = %e, "the guest is hung; killing its VM");
+                let mut tasks = self.tasks.lock().await;
+                self.stop_sandbox(&mut tasks, 9, true).await;
+                Ok(())
+            }
+            result => Ok(result?),
+        }
     }
 
     pub(crate) async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
@@ -485,7 +503,7 @@ impl Pod {
         }
         let kind = container.kind;
         if kind == Kind::Sandbox && container.init.exit().is_none() {
-            self.stop_sandbox(&mut tasks, 9).await;
+            self.stop_sandbox(&mut tasks, 9, false).await;
         }
         let Some(container) = tasks.containers.remove(&req.id) else {
             return Err(Error::NotFound(format!("task {}", req.id)));
@@ -601,7 +619,7 @@ impl Pod {
             return Ok(());
         }
         if tasks.sandbox.is_some() {
-            self.stop_sandbox(&mut tasks, 9).await;
+            self.stop_sandbox(&mut tasks, 9, false).await;
             if let Some(sandbox) = tasks.sandbox.take() {
                 sandbox.remove_state()?;
             }

@@ -354,13 +354,34 @@ impl Sandbox {
         self.vm.pid()
     }
 
+    /// Kills a VM whose guest no longer answers, without the graceful steps of
+    /// [`Sandbox::stop_vm`]. Returns QEMU's exit description.
+    pub async fn kill_vm(&mut self) -> String {
+        let exit = match self.vm.kill().await {
+            Ok(exit) => exit.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(sandbox = %self.id, exit = %exit, "killed the unresponsive sandbox VM");
+        if let Some(netns) = &self.netns {
+            crate::network::detach(netns).await;
+        }
+        exit
+    }
+
     /// Stops the VM: the agent's shutdown first (the guest syncs and powers off), then QEMU's
     /// own stop sequence, which ends with SIGKILL. Returns QEMU's exit description.
     pub async fn stop_vm(&mut self) -> String {
         match tokio::time::timeout(SHUTDOWN_ACK, self.agent.shutdown()).await {
             Ok(Ok(())) => {}
+            // The VM is already gone: the stop below only reaps it.
+            Ok(Err(ClientError::Disconnected)) => {}
             Ok(Err(e)) => tracing::debug!(sandbox = %self.id, error = %e, "agent shutdown"),
-            Err(_) => tracing::debug!(sandbox = %self.id, "agent did not acknowledge shutdown"),
+            Err(_) => {
+                // A live guest acknowledges at once: this one is hung, and a hung QEMU
+                // answers no powerdown either.
+                tracing::warn!(sandbox = %self.id, "the agent did not acknowledge shutdown");
+                return self.kill_vm().await;
+            }
         }
         let exit = match self.vm.stop(STOP_GRACE).await {
             Ok(exit) => {

@@ -506,13 +506,15 @@ async fn containers_run_in_the_vm_with_output_exit_codes_and_exec() {
         .await
         .unwrap();
     assert_eq!(state.status.enum_value_or_default(), Status::CREATED);
-    service
+    let started = service
         .start_task(StartRequest {
             id: "c1".into(),
             ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("container start: {e}"));
+    // containerd is told a host pid, the VM's, never the guest's.
+    assert_eq!(started.pid, vm_pid);
     assert_eq!(exit_status(&service, "c1", "").await, 3);
     assert_eq!(
         std::fs::read_to_string(out.join("c1.out")).unwrap(),

@@ -993,3 +993,37 @@ fn a_policy_that_denies_the_network_leaves_the_pod_without_one_and_says_so() {
     cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
     assert_nothing_left(&mut cri);
 }
+
+/// A guest that stops answering (its QEMU stopped with SIGSTOP) does not block the pod's
+/// teardown: StopPodSandbox and RemovePodSandbox return, the VM is killed, nothing is left.
+#[test]
+fn a_hung_vm_does_not_block_stop_pod_sandbox() {
+    let Some(_) = coffer_parts() else { return };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("hung", "coffer-qemu", &ctd.log_root());
+    let running = start_busybox(&mut cri, &pod);
+    let qemu = vms(&ctd);
+    assert_eq!(qemu.len(), 1, "one VM for the pod: {qemu:?}");
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &qemu[0].to_string()])
+        .status()
+        .expect("run kill");
+    assert!(stopped.success());
+
+    let started = Instant::now();
+    cri.stop_pod_sandbox(&running.pod_id)
+        .expect("StopPodSandbox of a hung VM");
+    cri.remove_pod_sandbox(&running.pod_id)
+        .expect("RemovePodSandbox of a hung VM");
+    eprintln!("teardown of the hung pod took {:?}", started.elapsed());
+    assert_eq!(vms(&ctd), Vec::<u32>::new(), "the hung VM was left behind");
+    assert_eq!(
+        state_entries(&ctd),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+}

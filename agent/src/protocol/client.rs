@@ -32,6 +32,35 @@ use super::{
     GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
 };
 
+/// The longest the host waits for the answer to any request but a wait for an exit. Generous:
+/// under emulation a container's create takes seconds; a guest that answers nothing in this
+/// time is hung.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest the host waits for the answer to a signal or a shutdown.
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request's name in messages (`create_container`, `start`, ...).
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "hello",
+        Request::CreateContainer(_) => "create_container",
+        Request::Start { .. } => "start",
+        Request::Exec { .. } => "exec",
+        Request::Wait { .. } => "wait",
+        Request::Signal { .. } => "signal",
+        Request::Remove { .. } => "remove",
+        Request::ReadFile { .. } => "read_file",
+        Request::Shutdown => "shutdown",
+        Request::WriteStdin { .. } => "write_stdin",
+        Request::CloseStdin { .. } => "close_stdin",
+        Request::ResizePty { .. } => "resize_pty",
+        Request::UpdateInterface { .. } => "update_interface",
+        Request::UpdateRoutes { .. } => "update_routes",
+        Request::AddArpNeighbors { .. } => "add_arp_neighbors",
+    }
+}
+
 /// How often hello is resent while the guest has not answered.
 const HELLO_RETRY: Duration = Duration::from_secs(1);
 
@@ -51,6 +80,14 @@ pub enum ClientError {
         waited: Duration,
         /// The last error seen while trying, if any.
         last: Option<String>,
+    },
+    /// The guest did not answer a request in time (a hung or stopped VM).
+    #[error("the guest agent did not answer {op} within {after:?}; the VM may be hung")]
+    CallTimeout {
+        /// The request.
+        op: String,
+        /// How long the host waited.
+        after: Duration,
     },
     /// The guest speaks another protocol version.
     #[error("the guest agent speaks protocol version {guest}, this host speaks {PROTOCOL_VERSION}; use a guest image built from the same Coffer release")]
@@ -170,10 +207,32 @@ impl AgentClient {
         self.events.lock().ok().and_then(|mut e| e.take())
     }
 
-    /// Sends one request and waits for its outcome. The typed methods below are thin wrappers.
+    /// Sends one request and waits for its outcome, at most [`CALL_TIMEOUT`] ([`SIGNAL_TIMEOUT`]
+    /// for a signal or shutdown); only a wait for a process's exit waits as long as the process
+    /// runs. The typed methods below are thin
+    /// wrappers.
     pub async fn call(&self, request: Request) -> Result<Outcome, ClientError> {
-        let rx = self.send(request).await?;
-        rx.await.map_err(|_| ClientError::Disconnected)
+        let op = request_name(&request);
+        let limit = match request {
+            Request::Wait { .. } => None,
+            // A healthy guest answers these at once; the host uses them to end a pod.
+            Request::Signal { .. } | Request::Shutdown => Some(SIGNAL_TIMEOUT),
+            _ => Some(CALL_TIMEOUT),
+        };
+        let call = async {
+            let rx = self.send(request).await?;
+            rx.await.map_err(|_| ClientError::Disconnected)
+        };
+        let Some(limit) = limit else {
+            return call.await;
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::CallTimeout {
+                op: op.to_string(),
+                after: limit,
+            }),
+        }
     }
 
     async fn send(&self, request: Request) -> Result<oneshot::Receiver<Outcome>, ClientError> {
@@ -729,8 +788,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the guest agent speaks protocol version 99, this host speaks 2; use a guest image built from the same Coffer release"
+            format!("the guest agent speaks protocol version 99, this host speaks {PROTOCOL_VERSION}; use a guest image built from the same Coffer release")
         );
+        guest.await.unwrap();
+    }
+
+    /// A guest that reads requests and never answers: every call but a wait ends at its
+    /// deadline, and says which request.
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_that_stops_answering_fails_calls_at_their_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let mut s = guest_answering_hello(&listener, PROTOCOL_VERSION).await;
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+        });
+        let (client, _) = AgentClient::connect(&path, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let err = client.start("c1").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the guest agent did not answer start within {CALL_TIMEOUT:?}; the VM may be hung"
+            )
+        );
+        assert!(started.elapsed() >= CALL_TIMEOUT);
+        let err = client.signal("c1", None, 9).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::CallTimeout { after, .. } if after == SIGNAL_TIMEOUT),
+            "{err}"
+        );
+        drop(client);
         guest.await.unwrap();
     }
 
