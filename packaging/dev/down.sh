@@ -21,7 +21,13 @@ if [ -z "$(ls -A "$dir")" ]; then rmdir "$dir"; exit 0; fi
 
 sock="$dir/containerd.sock"
 bridge=
-[ -f "$dir/up.env" ] && bridge=$(sed -n 's/^BRIDGE=//p' "$dir/up.env")
+ctr_bin=
+if [ -f "$dir/up.env" ]; then
+  bridge=$(sed -n 's/^BRIDGE=//p' "$dir/up.env")
+  # The ctr of the containerd up.sh started (another version's, for a private 1.7 or 2.x).
+  ctr_bin=$(sed -n 's/^CTR=//p' "$dir/up.env")
+fi
+[ -n "$ctr_bin" ] && [ -x "$ctr_bin" ] || ctr_bin=ctr
 netns_list="$dir/.netns-to-remove"
 : > "$netns_list" 2>/dev/null || netns_list=/dev/null
 
@@ -29,7 +35,7 @@ pid=$(private_containerd_pid "$dir")
 # The pid must still be this DIR's containerd: a pid file can outlive its process, and the
 # number can since belong to anything else.
 alive() { [ -n "$pid" ] && [ "$(private_containerd_pid "$dir")" = "$pid" ]; }
-c() { timeout 60 ctr --address "$sock" "$@"; }
+c() { timeout 60 "$ctr_bin" --address "$sock" "$@"; }
 
 # 1. While containerd runs, end every task through it, so each shim stops its own VM or
 #    container and cleans up the way it does for a pod deletion.

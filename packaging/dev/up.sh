@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Starts a private containerd for trying and testing Coffer, with everything under DIR:
 #   DIR/containerd.sock                 its gRPC socket (printed on the last line of stdout)
-#   DIR/config.toml                     config version 2: CRI plugin, CNI, runtime handlers (the
-#                                       coffer-* ones added by `coffer containerd-config register`,
-#                                       which records them in DIR/containerd-config.json)
+#   DIR/config.toml                     containerd's config in the native format of the version
+#                                       it is for (version 2 for containerd 1.x, version 3 for
+#                                       2.x): CRI plugin, CNI, runtime handlers (the coffer-* ones
+#                                       added by `coffer containerd-config register`, which records
+#                                       them in DIR/containerd-config.json; on 2.x they are in the
+#                                       drop-in DIR/conf.d/coffer.toml that config.toml imports)
 #   DIR/root, DIR/state                 containerd's root and state
 #   DIR/cni/                            CNI config (bridge + host-local IPAM, loopback)
 #   DIR/coffer/<handler>.toml           the Coffer config of each handler (from packaging/config)
@@ -23,7 +26,10 @@
 #        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
 #        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)
 #        COFFER_HANDLERS   "none": register only runc (to try packaging/install.sh on it)
-#        CONTAINERD        containerd binary (default: containerd on PATH)
+#        COFFER_CONTAINERD containerd binary (default: the one DIR's containerd last ran, else
+#                          containerd on PATH), e.g. target/containerd/2.x/usr/bin/containerd
+#                          from packaging/dev/containerd-versions.sh. Its own ctr and
+#                          containerd-shim-runc-v2, when beside it, are used with it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,19 +57,44 @@ sock="$dir/containerd.sock"
 # A unix socket path must fit in sun_path (108 bytes), including the ".ttrpc" containerd adds.
 [ ${#sock} -le 100 ] || die "DIR path too long for a unix socket ($sock); use a shorter DIR"
 
-containerd_bin=${CONTAINERD:-$(command -v containerd || true)}
+# Restarting DIR's containerd: the same binary as before, which its config.toml was made for.
+last_containerd=
+[ -f "$dir/up.env" ] && last_containerd=$(sed -n 's/^CONTAINERD=//p' "$dir/up.env")
+containerd_bin=${COFFER_CONTAINERD:-${last_containerd:-$(command -v containerd || true)}}
 [ -n "$containerd_bin" ] || die "containerd not found (apt-get install containerd, or run packaging/dev/deps.sh)"
-command -v ctr >/dev/null || die "ctr not found (it comes with Debian's containerd package)"
+[ -x "$containerd_bin" ] || die "containerd $containerd_bin not found or not executable"
+containerd_bin=$(cd "$(dirname "$containerd_bin")" && pwd)/$(basename "$containerd_bin")
+containerd_dir=$(dirname "$containerd_bin")
+containerd_version=$(ask_containerd_version "$containerd_bin") ||
+  die "$containerd_bin --version failed"
+containerd_major=${containerd_version#v}
+containerd_major=${containerd_major%%.*}
+case "$containerd_major" in
+  1 | 2) ;;
+  *) die "$containerd_bin reports version $containerd_version; up.sh knows containerd 1.x and 2.x" ;;
+esac
+ctr_bin=$containerd_dir/ctr
+[ -x "$ctr_bin" ] || ctr_bin=$(command -v ctr || true)
+[ -n "$ctr_bin" ] || die "ctr not found (it comes with Debian's containerd package)"
 command -v runc >/dev/null || die "runc not found (apt-get install runc)"
 [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge not found (apt-get install containernetworking-plugins)"
 
-answers() { ctr --address "$sock" version >/dev/null 2>&1; }
+answers() { "$ctr_bin" --address "$sock" version >/dev/null 2>&1; }
 
 pidfile="$dir/containerd.pid"
 # Up already: the pid file names this DIR's containerd (not a stranger that got its pid).
 if private_containerd_pid "$dir" >/dev/null && answers; then
   echo "$sock"
   exit 0
+fi
+
+# A config.toml made before is only for a containerd of the same major version (2.x would
+# migrate a version 2 file, and with it turn on plugins that config_v3 keeps off).
+if [ -f "$dir/config.toml" ]; then
+  format=$(sed -n 's/^version *= *\([0-9]*\).*/\1/p;T;q' "$dir/config.toml")
+  [ "$format" = "$(( containerd_major + 1 ))" ] ||
+    die "$dir/config.toml is a version ${format:-?} config, not the native format of containerd" \
+        "$containerd_version ($containerd_bin); use a new DIR for it"
 fi
 
 bin_dir=${COFFER_BIN_DIR:-$(find_bin_dir)}
@@ -110,6 +141,8 @@ cat > "$dir/up.env" <<ENV
 SOCK=$sock
 BRIDGE=$bridge
 SUBNET=$subnet
+CONTAINERD=$containerd_bin
+CTR=$ctr_bin
 ENV
 
 # The Coffer configs: the installed defaults, with the guest image and the state dir moved here.
@@ -143,10 +176,11 @@ cat > "$dir/cni/net.d/10-coffer.conflist" <<CNI
 }
 CNI
 
-cri='plugins."io.containerd.grpc.v1.cri"'
-# An existing config.toml is kept: it was made for this DIR (and install.sh may have edited it).
-if [ ! -f "$dir/config.toml" ]; then
-  cat > "$dir/config.toml.tmp" <<CONF
+# config_v2 / config_v3: the config in the native format of containerd 1.x / 2.x. The same
+# settings in both; 2.x splits the CRI plugin into a runtime and an images plugin.
+config_v2() {
+  local cri='plugins."io.containerd.grpc.v1.cri"'
+  cat <<CONF
 # Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
 version = 2
 root = "$dir/root"
@@ -184,12 +218,71 @@ disabled_plugins = [
 [$cri.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 CONF
+}
+
+config_v3() {
+  local runtime='plugins."io.containerd.cri.v1.runtime"' images='plugins."io.containerd.cri.v1.images"'
+  # containerd 2.0 reads one CNI bin_dir; 2.1 and later a list, bin_dirs.
+  local cni_bin='bin_dirs = ["/usr/lib/cni"]'
+  case "${containerd_version#v}" in 2.0.*) cni_bin='bin_dir = "/usr/lib/cni"' ;; esac
+  cat <<CONF
+# Private containerd made by packaging/dev/up.sh; remove it with packaging/dev/down.sh.
+version = 3
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = [
+  # NRI's socket is machine-wide (/var/run/nri/nri.sock); 2.x enables it by default.
+  "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[$images]
+  snapshotter = "overlayfs"
+
+[$images.pinned_images]
+  sandbox = "localhost/coffer/pause:latest"
+
+[$runtime]
+  # Without CAP_SYS_RESOURCE runc cannot lower oom_score_adj below containerd's own.
+  restrict_oom_score_adj = true
+  # Pod network namespaces under DIR too, so down.sh finds and removes them.
+  netns_mounts_under_state_dir = true
+
+[$runtime.cni]
+  $cni_bin
+  conf_dir = "$dir/cni/net.d"
+
+[$runtime.containerd]
+  default_runtime_name = "runc"
+
+[$runtime.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+CONF
+}
+
+# An existing config.toml is kept: it was made for this DIR (and install.sh may have edited it).
+if [ ! -f "$dir/config.toml" ]; then
+  "config_v$(( containerd_major + 1 ))" > "$dir/config.toml.tmp"
   mv "$dir/config.toml.tmp" "$dir/config.toml"
   # The coffer-* handlers as install.sh registers them on a node, with this DIR's paths.
   if [ -n "$handlers" ]; then
     register=("$bin_dir/coffer" containerd-config register --config "$dir/config.toml"
       --record "$dir/containerd-config.json"
-      --containerd-version "$(ask_containerd_version "$containerd_bin")"
+      --containerd-version "$containerd_version"
       --shim "$bin_dir/containerd-shim-coffer-v2" --handler-config-dir "$dir/coffer")
     for h in $handlers; do register+=(--handler "$h"); done
     if ! "${register[@]}" >/dev/null; then
@@ -202,7 +295,8 @@ fi
 "$here/images.sh" "$dir/images" >/dev/null
 
 # setsid: containerd outlives this script and whatever process group ran it; down.sh stops it.
-PATH="$bin_dir:$PATH:/usr/local/sbin:/usr/sbin:/sbin" setsid "$containerd_bin" --config "$dir/config.toml" \
+# containerd finds the shims on its PATH: Coffer's, then the runc shim of its own version.
+PATH="$bin_dir:$containerd_dir:$PATH:/usr/local/sbin:/usr/sbin:/sbin" setsid "$containerd_bin" --config "$dir/config.toml" \
   </dev/null >>"$dir/containerd.log" 2>&1 &
 echo $! > "$pidfile"
 
@@ -218,10 +312,10 @@ done
 answers || die "containerd did not answer on $sock within 30 s; its log: $dir/containerd.log"
 
 for img in pause busybox; do
-  ctr --address "$sock" -n k8s.io images import "$dir/images/$img.oci.tar" >/dev/null ||
+  "$ctr_bin" --address "$sock" -n k8s.io images import "$dir/images/$img.oci.tar" >/dev/null ||
     die "importing $img image failed"
 done
 # Pinned, so the CRI never garbage-collects the sandbox image.
-ctr --address "$sock" -n k8s.io images label localhost/coffer/pause:latest io.cri-containerd.pinned=pinned >/dev/null
+"$ctr_bin" --address "$sock" -n k8s.io images label localhost/coffer/pause:latest io.cri-containerd.pinned=pinned >/dev/null
 
 echo "$sock"

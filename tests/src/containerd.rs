@@ -59,6 +59,10 @@ pub struct Options {
     /// Register only the runc handler (env COFFER_HANDLERS=none for up.sh), as a node looks
     /// before `packaging/install.sh` adds Coffer's.
     pub runc_only: bool,
+    /// The containerd binary to run (env COFFER_CONTAINERD for up.sh), e.g. one of
+    /// [`tools::other_containerd`]; up.sh writes its config in that version's native format.
+    /// None: containerd on PATH.
+    pub containerd: Option<PathBuf>,
 }
 
 impl PrivateContainerd {
@@ -69,6 +73,7 @@ impl PrivateContainerd {
             guest_dir: tools::guest_dir().ok(),
             accel: std::env::var("COFFER_ACCEL").ok().filter(|a| !a.is_empty()),
             runc_only: false,
+            containerd: None,
         })
     }
 
@@ -109,6 +114,9 @@ impl PrivateContainerd {
         }
         if options.runc_only {
             cmd.env("COFFER_HANDLERS", "none");
+        }
+        if let Some(c) = &options.containerd {
+            cmd.env("COFFER_CONTAINERD", c);
         }
         let out = cmd.output().map_err(|source| StartError::Spawn {
             script: script.clone(),
@@ -189,6 +197,24 @@ impl PrivateContainerd {
     /// The Coffer state directory the coffer-* handlers use (`state_dir` of their configs).
     pub fn coffer_state_dir(&self) -> PathBuf {
         self.dir.join("vm")
+    }
+
+    /// The VMs (QEMU processes) of this containerd's pods.
+    pub fn vms(&self) -> Vec<u32> {
+        tools::processes("qemu-system", &self.dir.to_string_lossy())
+    }
+
+    /// What the Coffer state directory holds besides the host's KVM speed verdict: the
+    /// sandboxes' state.
+    pub fn sandbox_state(&self) -> Vec<String> {
+        std::fs::read_dir(self.coffer_state_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name != coffer_shim::sandbox::KVM_SPEED_RECORD)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Where pods of the tests keep their container logs.

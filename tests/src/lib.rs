@@ -5,7 +5,8 @@
 //!   `packaging/dev/down.sh` when dropped, so a test never touches the machine's own containerd.
 //! - [`Cri`] makes the CRI calls crictl makes, through `k8s-cri` over the unix socket.
 //! - [`Crictl`] runs the same calls through a real `crictl`, where one is installed.
-//! - Both implement [`Driver`], so one scenario runs through either.
+//! - Both implement [`Driver`], so one scenario runs through either; [`lifecycle`] is the
+//!   busybox pod lifecycle the scenarios share.
 //! - [`tools`] finds the shim, the CLI and the guest image; [`skip`] prints the `SKIP:` line a
 //!   test that cannot run here leaves for CI.
 
@@ -13,6 +14,7 @@ mod containerd;
 mod cri;
 mod crictl;
 mod driver;
+pub mod lifecycle;
 pub mod tools;
 
 pub use containerd::{Options, PrivateContainerd, StartError};

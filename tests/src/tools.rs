@@ -90,6 +90,60 @@ pub fn containerd_missing() -> Option<String> {
     None
 }
 
+/// The containerd versions besides the machine's own that `packaging/dev/containerd-versions.sh`
+/// fetches from Debian (never installed): the folder name under the cache and the version
+/// prefix `containerd --version` shows.
+pub const OTHER_CONTAINERDS: [(&str, &str); 2] = [("1.7", "1.7."), ("2.x", "2.")];
+
+/// Where `packaging/dev/containerd-versions.sh` extracts them: env `COFFER_CONTAINERD_CACHE`,
+/// else `<workspace>/target/containerd`.
+pub fn containerd_cache() -> PathBuf {
+    std::env::var_os("COFFER_CONTAINERD_CACHE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| workspace().join("target/containerd"), PathBuf::from)
+}
+
+/// The containerd binary of `version` ("1.7" or "2.x") fetched by
+/// `packaging/dev/containerd-versions.sh`. Err is the reason a test prints as its SKIP line:
+/// why the script could not fetch it, or that it has not run.
+pub fn other_containerd(version: &str) -> Result<PathBuf, String> {
+    let cache = containerd_cache();
+    let bin = cache.join(version).join("usr/bin/containerd");
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    match std::fs::read_to_string(cache.join(format!("{version}.unavailable"))) {
+        Ok(reason) => Err(reason.trim().to_owned()),
+        Err(_) => Err(format!(
+            "no containerd {version} in {} (packaging/dev/containerd-versions.sh fetches it)",
+            cache.display()
+        )),
+    }
+}
+
+/// `BINARY --version`'s version word (e.g. `1.7.24~ds1`, `2.1.9+unknown`; a leading `v` is
+/// dropped).
+pub fn containerd_version(binary: &Path) -> Result<String, String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} --version failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // "containerd github.com/containerd/containerd[/v2] VERSION [REVISION]"
+    text.split_whitespace()
+        .nth(2)
+        .map(|v| v.trim_start_matches('v').to_owned())
+        .ok_or_else(|| format!("{} --version printed {text:?}", binary.display()))
+}
+
 /// The `coffer` CLI under test.
 #[derive(Debug, Clone)]
 pub struct Coffer {

@@ -49,6 +49,35 @@ fn cri_config(ctd: &PrivateContainerd) -> Value {
     serde_json::from_str(config).expect("the CRI config is JSON")
 }
 
+/// containerd's CRI config lists each handler as install.sh under `prefix` registered it.
+fn assert_handlers_loaded(config: &Value, prefix: &Path) {
+    let shim = prefix.join("bin/containerd-shim-coffer-v2");
+    for h in HANDLERS {
+        let rt = &config["containerd"]["runtimes"][h];
+        assert_eq!(rt["runtimeType"], "io.containerd.coffer.v2", "{h}: {rt}");
+        assert_eq!(
+            rt["runtimePath"],
+            shim.to_string_lossy().as_ref(),
+            "{h}: {rt}"
+        );
+        // containerd 1.6 spells this key "PodAnnotations" in its JSON, later ones camelCase.
+        let annotations = rt.get("podAnnotations").unwrap_or(&rt["PodAnnotations"]);
+        assert_eq!(
+            annotations,
+            &serde_json::json!(POD_ANNOTATIONS),
+            "{h}: {rt}"
+        );
+        assert_eq!(
+            rt["options"]["ConfigPath"],
+            prefix
+                .join(format!("etc/coffer/{h}.toml"))
+                .to_string_lossy()
+                .as_ref(),
+            "{h}: {rt}"
+        );
+    }
+}
+
 /// Every file under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<PathBuf> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
@@ -164,30 +193,7 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
         config["containerd"]["runtimes"]["runc"]["runtimeType"],
         "io.containerd.runc.v2"
     );
-    for h in HANDLERS {
-        let rt = &config["containerd"]["runtimes"][h];
-        assert_eq!(rt["runtimeType"], "io.containerd.coffer.v2", "{h}: {rt}");
-        assert_eq!(
-            rt["runtimePath"],
-            shim.to_string_lossy().as_ref(),
-            "{h}: {rt}"
-        );
-        // containerd 1.6 spells this key "PodAnnotations" in its JSON, later ones camelCase.
-        let annotations = rt.get("podAnnotations").unwrap_or(&rt["PodAnnotations"]);
-        assert_eq!(
-            annotations,
-            &serde_json::json!(POD_ANNOTATIONS),
-            "{h}: {rt}"
-        );
-        assert_eq!(
-            rt["options"]["ConfigPath"],
-            prefix
-                .join(format!("etc/coffer/{h}.toml"))
-                .to_string_lossy()
-                .as_ref(),
-            "{h}: {rt}"
-        );
-    }
+    assert_handlers_loaded(&config, &prefix);
     if guest.is_some() {
         // A pod on the installed coffer-qemu handler runs, with the installed guest image.
         let mut cri = ctd.cri().expect("connect");
@@ -257,8 +263,9 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
     }
 }
 
-/// containerd 2.x (not installable here) takes the handlers as a version 3 drop-in listed in
-/// `imports`; checked on the files install.sh writes.
+/// containerd 2.x takes the handlers as a version 3 drop-in listed first in `imports`, before the
+/// entries already there; checked on the files install.sh writes (a real 2.x loads them in
+/// `install_on_containerd_2_writes_a_drop_in_and_uninstall_restores_the_config`).
 #[test]
 fn containerd_2_gets_a_drop_in_listed_in_imports() {
     let bin = match tools::bin_dir() {
@@ -344,6 +351,130 @@ fn containerd_2_gets_a_drop_in_listed_in_imports() {
     );
     assert!(!dropin.exists() && !etc.join("conf.d").exists());
     assert!(!prefix.exists());
+}
+
+/// install.sh on a real containerd of another version (`tools::other_containerd`), on the
+/// private containerd's own config in that version's native format: 1.x gets the handler tables
+/// appended to the config, 2.x a version 3 drop-in listed first in `imports`. containerd then
+/// lists the handlers in its CRI config; --uninstall gives back the config byte for byte and
+/// containerd lists them no more.
+fn install_on_containerd(folder: &str, drop_in: bool) {
+    if let Some(reason) = tools::containerd_missing() {
+        return skip(reason);
+    }
+    let bin = match tools::bin_dir() {
+        Ok(b) => b,
+        Err(reason) => return skip(reason),
+    };
+    let containerd = match tools::other_containerd(folder) {
+        Ok(c) => c,
+        Err(reason) => return skip(reason),
+    };
+    let version = tools::containerd_version(&containerd).unwrap_or_else(|e| panic!("{e}"));
+    let mut ctd = PrivateContainerd::start_with(&Options {
+        runc_only: true,
+        containerd: Some(containerd),
+        ..Options::default()
+    })
+    .expect("the private containerd starts");
+    for h in HANDLERS {
+        assert!(
+            cri_config(&ctd)["containerd"]["runtimes"].get(h).is_none(),
+            "{h} registered before the install"
+        );
+    }
+
+    ctd.stop_containerd().expect("stop containerd");
+    let config_file = ctd.config_path();
+    let before = std::fs::read(&config_file).expect("read the containerd config");
+    let prefix = ctd.dir().join("prefix");
+    let no_guest = ctd.dir().join("no-guest");
+    let version_arg = PathBuf::from(&version);
+    let args: [&Path; 10] = [
+        Path::new("--prefix"),
+        &prefix,
+        Path::new("--containerd-config"),
+        &config_file,
+        Path::new("--bin-dir"),
+        &bin,
+        Path::new("--guest-dir"),
+        &no_guest,
+        Path::new("--containerd-version"),
+        &version_arg,
+    ];
+    install_sh(&args, &[]);
+
+    let after = std::fs::read_to_string(&config_file).expect("read the containerd config");
+    let dropin = ctd.dir().join("conf.d/coffer.toml");
+    if drop_in {
+        let config: toml::Table = after.parse().expect("the edited config is TOML");
+        assert_eq!(config["version"].as_integer(), Some(3));
+        assert_eq!(
+            config["imports"],
+            toml::Value::Array(vec![dropin.to_string_lossy().into_owned().into()])
+        );
+        let d: toml::Table = std::fs::read_to_string(&dropin)
+            .expect("the drop-in")
+            .parse()
+            .expect("the drop-in is TOML");
+        assert_eq!(d["version"].as_integer(), Some(3));
+        assert!(
+            d["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+                .get("coffer-qemu")
+                .is_some(),
+            "the drop-in has no coffer-qemu: {d}"
+        );
+    } else {
+        assert!(
+            after.as_bytes().starts_with(&before),
+            "install.sh changed existing bytes of the config"
+        );
+        assert!(!dropin.exists(), "a drop-in for containerd {version}");
+    }
+
+    ctd.restart()
+        .expect("containerd restarts with the edited config");
+    assert!(
+        !ctd.containerd_log().to_lowercase().contains("migrat"),
+        "containerd {version} migrated its config:\n{}",
+        ctd.containerd_log_tail(20)
+    );
+    let config = cri_config(&ctd);
+    assert_eq!(
+        config["containerd"]["runtimes"]["runc"]["runtimeType"],
+        "io.containerd.runc.v2"
+    );
+    assert_handlers_loaded(&config, &prefix);
+
+    ctd.stop_containerd().expect("stop containerd");
+    install_sh(&args[..4], &["--uninstall"]);
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&config_file).expect("config")),
+        String::from_utf8_lossy(&before),
+        "the config after --uninstall differs from before the install"
+    );
+    assert!(!dropin.exists() && !ctd.dir().join("conf.d").exists());
+    assert!(!prefix.exists(), "left behind: {:?}", tree(&prefix));
+
+    ctd.restart()
+        .expect("containerd restarts with the restored config");
+    let config = cri_config(&ctd);
+    for h in HANDLERS {
+        assert!(
+            config["containerd"]["runtimes"].get(h).is_none(),
+            "{h} still registered"
+        );
+    }
+}
+
+#[test]
+fn install_on_containerd_1_7_appends_the_handlers_and_uninstall_restores_the_config() {
+    install_on_containerd("1.7", false);
+}
+
+#[test]
+fn install_on_containerd_2_writes_a_drop_in_and_uninstall_restores_the_config() {
+    install_on_containerd("2.x", true);
 }
 
 /// The packaged per-handler configs name the TEE their handler is for and the default paths
