@@ -10,13 +10,9 @@ use std::time::{Duration, Instant};
 
 use coffer_initdata::annotation::{ANNOTATION, LEGACY_ANNOTATION};
 use coffer_initdata::InitData;
+use coffer_tests::lifecycle::{assert_nothing_left, start_busybox, stop_and_remove};
 use coffer_tests::tools::{self, Coffer};
-use coffer_tests::{
-    skip, Container, ContainerState, Cri, Crictl, Driver, Pod, PodResources, PrivateContainerd,
-};
-
-/// Bound on waiting for a container's output to reach its log.
-const LOG_WAIT: Duration = Duration::from_secs(120);
+use coffer_tests::{skip, Container, Cri, Crictl, Driver, Pod, PodResources, PrivateContainerd};
 
 fn private_containerd() -> Option<PrivateContainerd> {
     if let Some(reason) = tools::containerd_missing() {
@@ -46,146 +42,6 @@ fn coffer_parts() -> Option<(PathBuf, PathBuf)> {
         }
     };
     Some((bin, guest))
-}
-
-fn wait_for_log_line(driver: &mut dyn Driver, id: &str, line: &str) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let lines = driver
-            .logs(id)
-            .unwrap_or_else(|e| panic!("{}: reading the log of {id}: {e}", driver.name()));
-        if lines.iter().any(|l| l == line) || start.elapsed() > LOG_WAIT {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// What the busybox scenario saw, for handler-specific checks before teardown.
-struct Running {
-    pod_id: String,
-    container_id: String,
-}
-
-/// RunPodSandbox -> ready; CreateContainer + StartContainer of a busybox that prints a line and
-/// stays up; the line in its CRI log; ExecSync output and exit code.
-fn start_busybox(driver: &mut dyn Driver, pod: &Pod) -> Running {
-    let who = driver.name();
-    let pod_id = driver
-        .run_pod(pod)
-        .unwrap_or_else(|e| panic!("{who}: RunPodSandbox on {}: {e}", pod.handler));
-    assert!(
-        driver.pod_ready(&pod_id).expect("PodSandboxStatus"),
-        "{who}: sandbox {pod_id} is not ready"
-    );
-
-    let line = format!("hello from {}", pod.name);
-    let container = Container::busybox_sh("main", &format!("echo '{line}'; exec sleep 3600"));
-    let container_id = driver
-        .create_container(&pod_id, pod, &container)
-        .unwrap_or_else(|e| panic!("{who}: CreateContainer: {e}"));
-    assert_eq!(
-        driver
-            .container_state(&container_id)
-            .expect("ContainerStatus"),
-        ContainerState::Created
-    );
-    driver
-        .start_container(&container_id)
-        .unwrap_or_else(|e| panic!("{who}: StartContainer: {e}"));
-
-    let lines = wait_for_log_line(driver, &container_id, &line);
-    assert!(
-        lines.contains(&line),
-        "{who}: {line:?} not in the container's CRI log: {lines:?}"
-    );
-    assert_eq!(
-        driver
-            .container_state(&container_id)
-            .expect("ContainerStatus"),
-        ContainerState::Running
-    );
-
-    let exec = driver
-        .exec_sync(
-            &container_id,
-            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 7"],
-        )
-        .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"));
-    assert_eq!(exec.exit_code, 7, "{who}: ExecSync exit code");
-    assert_output(driver, &exec.stderr, b"exec-err\n", "ExecSync stderr");
-    if driver.exec_output_is_exact() {
-        assert_output(driver, &exec.stdout, b"exec-out\n", "ExecSync stdout");
-    }
-
-    let exec = driver
-        .exec_sync(&container_id, &["cat", "/proc/self/cmdline"])
-        .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"));
-    assert_eq!(exec.exit_code, 0, "{who}: ExecSync exit code");
-    assert_output(
-        driver,
-        &exec.stdout,
-        b"cat\0/proc/self/cmdline\0",
-        "ExecSync stdout",
-    );
-
-    Running {
-        pod_id,
-        container_id,
-    }
-}
-
-/// ExecSync output must be `expected`, exactly through the CRI; crictl wraps what it prints
-/// (see [`Driver::exec_output_is_exact`]), so there it must contain it.
-fn assert_output(driver: &dyn Driver, got: &[u8], expected: &[u8], what: &str) {
-    let who = driver.name();
-    if driver.exec_output_is_exact() {
-        assert_eq!(
-            String::from_utf8_lossy(got),
-            String::from_utf8_lossy(expected),
-            "{who}: {what}"
-        );
-    } else {
-        assert!(
-            got.windows(expected.len()).any(|w| w == expected),
-            "{who}: {what} {:?} lacks {:?}",
-            String::from_utf8_lossy(got),
-            String::from_utf8_lossy(expected)
-        );
-    }
-}
-
-fn stop_and_remove(driver: &mut dyn Driver, running: &Running) {
-    let who = driver.name();
-    driver
-        .stop_pod(&running.pod_id)
-        .unwrap_or_else(|e| panic!("{who}: StopPodSandbox: {e}"));
-    assert!(
-        !driver.pod_ready(&running.pod_id).expect("PodSandboxStatus"),
-        "{who}: sandbox still ready after StopPodSandbox"
-    );
-    driver
-        .remove_pod(&running.pod_id)
-        .unwrap_or_else(|e| panic!("{who}: RemovePodSandbox: {e}"));
-    // What is gone is NotFound, as with runc (crictl prints `code = NotFound`).
-    let err = driver
-        .exec_sync(&running.container_id, &["true"])
-        .expect_err("ExecSync into a removed container succeeded");
-    assert!(
-        err.to_string().contains("code = NotFound"),
-        "{who}: ExecSync into a removed container: {err}"
-    );
-}
-
-fn assert_nothing_left(cri: &mut Cri) {
-    assert_eq!(
-        cri.list_pod_sandboxes().expect("ListPodSandbox"),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        cri.list_containers().expect("ListContainers"),
-        Vec::<String>::new()
-    );
 }
 
 #[test]
@@ -288,9 +144,9 @@ fn assert_refused_leaving_nothing(
             "the refusal does not say {needle:?}: {message}"
         );
     }
-    assert_eq!(vms(ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
     assert_eq!(
-        state_entries(ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state was left behind"
     );
@@ -387,22 +243,6 @@ fn inspect(coffer: &Coffer, ctd: &PrivateContainerd, id: &str) -> std::process::
 }
 
 /// The VMs (QEMU processes) belonging to this private containerd.
-fn vms(ctd: &PrivateContainerd) -> Vec<u32> {
-    tools::processes("qemu-system", &ctd.dir().to_string_lossy())
-}
-
-/// What the state root holds besides the host's KVM speed verdict: the sandboxes' state.
-fn state_entries(ctd: &PrivateContainerd) -> Vec<String> {
-    std::fs::read_dir(ctd.coffer_state_dir())
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != coffer_shim::sandbox::KVM_SPEED_RECORD)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The seed-initdata pod on coffer-qemu, with the annotation under `key`, through `driver`.
 fn seed_initdata_pod(
     ctd: &PrivateContainerd,
@@ -446,16 +286,16 @@ fn seed_initdata_pod(
         record.contains(&cli_digest),
         "state.json lacks the digest: {record}"
     );
-    assert_eq!(vms(ctd).len(), 1, "expected exactly one VM for the pod");
+    assert_eq!(ctd.vms().len(), 1, "expected exactly one VM for the pod");
 
     stop_and_remove(driver, &running);
     assert_eq!(
-        vms(ctd),
+        ctd.vms(),
         Vec::<u32>::new(),
         "a QEMU process outlived its pod"
     );
     assert_eq!(
-        state_entries(ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state left in {}",
         ctd.coffer_state_dir().display()
@@ -586,12 +426,12 @@ fn tee_handlers_refuse_on_a_host_without_tdx_or_snp() {
             "{handler}: expected {expected:?} in: {message}"
         );
         assert_eq!(
-            vms(&ctd),
+            ctd.vms(),
             Vec::<u32>::new(),
             "{handler}: a VM was left behind"
         );
         assert_eq!(
-            state_entries(&ctd),
+            ctd.sandbox_state(),
             Vec::<String>::new(),
             "{handler}: state was left behind"
         );
@@ -622,9 +462,9 @@ fn a_bad_handler_config_fails_run_pod_sandbox_naming_the_file_and_field() {
         message.contains(&config.to_string_lossy().into_owned()) && message.contains("vcpus"),
         "the error does not name the file and the field: {message}"
     );
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
     assert_eq!(
-        state_entries(&ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state was left behind"
     );
@@ -847,9 +687,9 @@ fn coffer_pods_are_reachable_on_the_pod_network() {
     cri.stop_pod_sandbox(&b).expect("StopPodSandbox B");
     cri.remove_pod_sandbox(&b).expect("RemovePodSandbox B");
     assert!(!netns_a.exists(), "pod A's namespace outlived the pod");
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
     assert_eq!(
-        state_entries(&ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state was left behind"
     );
@@ -928,12 +768,12 @@ fn pod_network_survives_containerd_restart_and_a_dead_shim_leaves_nothing() {
     // containerd runs the dead shim's `delete` in the background when it notices the death:
     // its cleanup may finish after RemovePodSandbox returned.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (!vms(&ctd).is_empty() || !state_entries(&ctd).is_empty()) && Instant::now() < deadline {
+    while (!ctd.vms().is_empty() || !ctd.sandbox_state().is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
     assert_eq!(
-        state_entries(&ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state was left behind; containerd's log:\n{}",
         ctd.containerd_log_tail(40)
@@ -1005,7 +845,7 @@ fn a_hung_vm_does_not_block_stop_pod_sandbox() {
     let mut cri = ctd.cri().expect("connect");
     let pod = Pod::new("hung", "coffer-qemu", &ctd.log_root());
     let running = start_busybox(&mut cri, &pod);
-    let qemu = vms(&ctd);
+    let qemu = ctd.vms();
     assert_eq!(qemu.len(), 1, "one VM for the pod: {qemu:?}");
     let stopped = std::process::Command::new("kill")
         .args(["-STOP", &qemu[0].to_string()])
@@ -1019,9 +859,9 @@ fn a_hung_vm_does_not_block_stop_pod_sandbox() {
     cri.remove_pod_sandbox(&running.pod_id)
         .expect("RemovePodSandbox of a hung VM");
     eprintln!("teardown of the hung pod took {:?}", started.elapsed());
-    assert_eq!(vms(&ctd), Vec::<u32>::new(), "the hung VM was left behind");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "the hung VM was left behind");
     assert_eq!(
-        state_entries(&ctd),
+        ctd.sandbox_state(),
         Vec::<String>::new(),
         "state was left behind"
     );
