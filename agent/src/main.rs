@@ -38,6 +38,9 @@ fn main() {
     boot::load_modules();
     boot::mount_configfs();
     boot::watch_power_button();
+    if let Err(e) = guest::cgroup::setup(Path::new(guest::cgroup::ROOT)) {
+        boot::log(&format!("cgroups: {e}; containers cannot be created"));
+    }
     if let Err(e) = guest::network::loopback_up() {
         boot::log(&format!("bringing up the loopback interface: {e}"));
     }

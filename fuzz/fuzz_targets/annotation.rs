@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let decoded = annotation::decode(value, &limits);
     match &decoded {
         Ok(doc) => {
-            assert_eq!(Ok(doc.as_bytes()), bytes.as_deref().map_err(Clone::clone));
+            assert_eq!(bytes.as_deref().ok(), Some(doc.as_bytes()));
             let _ = doc.digest().to_hex();
             let _ = doc.warnings();
             let again = annotation::decode(&annotation::encode(doc.as_bytes()), &limits)

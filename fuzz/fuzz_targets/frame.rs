@@ -72,7 +72,7 @@ fn chunks(ctl: u8, stream: &[u8]) -> Vec<&[u8]> {
         return vec![stream];
     }
     let max = u32::from(ctl & 0x3f) + 1;
-    let mut x = u32::from(ctl) * 0x9e37_79b9 | 1;
+    let mut x = u32::from(ctl).wrapping_mul(0x9e37_79b9) | 1;
     let mut out = Vec::new();
     let mut rest = stream;
     while !rest.is_empty() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use coffer_agent::protocol::Event;
-use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::context::Context;
@@ -104,6 +104,16 @@ impl Pod {
                     {
                         io.write(stream, data);
                     }
+                }
+                Event::Oom { id } => {
+                    // containerd's CRI marks the container OOMKilled when it then exits.
+                    tracing::warn!(container = %id, "the OOM killer killed a process of the container");
+                    let event = TaskOOM {
+                        container_id: id,
+                        ..Default::default()
+                    };
+                    self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event))
+                        .await;
                 }
                 Event::Exit {
                     id,

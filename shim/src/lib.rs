@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod mount;
 pub mod network;
 pub mod options;

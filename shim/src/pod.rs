@@ -17,10 +17,12 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim_protos::api::{
     CloseIORequest, CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse,
     ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics;
@@ -270,6 +272,7 @@ impl Pod {
             rootfs: rootfs.guest_path.clone(),
             hostname,
             process,
+            resources: spec.resources(),
             files,
             masked_paths: spec.masked_paths(),
             readonly_paths: spec.readonly_paths(),
@@ -485,7 +488,7 @@ impl Pod {
         let container = tasks.container_mut(&req.id)?;
         if !req.exec_id.is_empty() {
             let process = container.process(&req.exec_id)?;
-            if process.phase == Phase::Running {
+            if matches!(process.phase, Phase::Running | Phase::Paused) {
                 return Err(Error::FailedPrecondition(format!(
                     "exec {} in container {} is still running",
                     req.exec_id, req.id
@@ -495,7 +498,9 @@ impl Pod {
             let (pid, exit) = process.map_or((0, None), |p| (p.pid, p.exit()));
             return Ok(delete_response(pid, exit));
         }
-        if container.kind == Kind::Workload && container.init.phase == Phase::Running {
+        if container.kind == Kind::Workload
+            && matches!(container.init.phase, Phase::Running | Phase::Paused)
+        {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is still running; kill it first",
                 req.id
@@ -593,6 +598,96 @@ impl Pod {
         Ok(container
             .process(&req.exec_id)?
             .state(&req.id, &container.bundle_str()))
+    }
+
+    /// The guest-side figures of a container (of every container, summed, for the sandbox),
+    /// in containerd's cgroup v2 metrics.
+    pub(crate) async fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+        let (agent, ids) = {
+            let tasks = self.tasks.lock().await;
+            let container = tasks.container(&req.id)?;
+            let ids: Vec<String> = match container.kind {
+                Kind::Workload => vec![req.id.clone()],
+                Kind::Sandbox => tasks
+                    .containers
+                    .values()
+                    .filter(|c| c.kind == Kind::Workload && c.init.phase == Phase::Running)
+                    .map(|c| c.id.clone())
+                    .collect(),
+            };
+            (tasks.agent()?, ids)
+        };
+        let mut figures = Vec::with_capacity(ids.len());
+        for id in &ids {
+            figures.push(agent.stats(id).await?);
+        }
+        let metrics = crate::metrics::cgroup_v2(&figures);
+        Ok(StatsResponse {
+            stats: MessageField::some(crate::metrics::to_any(&metrics)?),
+            ..Default::default()
+        })
+    }
+
+    /// Changes a container's limits in the guest (`crictl update`).
+    pub(crate) async fn update(&self, req: UpdateTaskRequest) -> Result<()> {
+        let agent = {
+            let tasks = self.tasks.lock().await;
+            let container = tasks.container(&req.id)?;
+            if container.kind == Kind::Sandbox {
+                // The VM's size is fixed at launch; containerd updates the sandbox with the
+                // pod's totals, which the containers' own limits already enforce.
+                return Ok(());
+            }
+            tasks.agent()?
+        };
+        let resources = match req.resources.as_ref() {
+            Some(any) => crate::metrics::resources_from_any(any)?,
+            None => return Ok(()),
+        };
+        agent.update_resources(&req.id, resources).await?;
+        tracing::info!(container = %req.id, ?resources, "resources updated");
+        Ok(())
+    }
+
+    /// Freezes (`pause`) or thaws a container's processes.
+    pub(crate) async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        let agent = {
+            let tasks = self.tasks.lock().await;
+            let container = tasks.container(id)?;
+            if container.kind == Kind::Sandbox {
+                return Err(Error::Unsupported("pausing the sandbox (pause) container"));
+            }
+            tasks.agent()?
+        };
+        agent.freeze(id, frozen).await?;
+        {
+            let mut tasks = self.tasks.lock().await;
+            if let Some(p) = tasks.process_mut(id, None) {
+                if p.phase == Phase::Running || p.phase == Phase::Paused {
+                    p.phase = if frozen {
+                        Phase::Paused
+                    } else {
+                        Phase::Running
+                    };
+                }
+            }
+        }
+        if frozen {
+            let event = TaskPaused {
+                container_id: id.to_string(),
+                ..Default::default()
+            };
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
+                .await;
+        } else {
+            let event = TaskResumed {
+                container_id: id.to_string(),
+                ..Default::default()
+            };
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
+                .await;
+        }
+        Ok(())
     }
 
     pub(crate) async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {

@@ -55,6 +55,8 @@ pub enum Phase {
     Created,
     /// Running.
     Running,
+    /// Frozen by a pause.
+    Paused,
     /// Exited.
     Stopped,
 }
@@ -125,6 +127,7 @@ impl Process {
         let status = match self.phase {
             Phase::Created => Status::CREATED,
             Phase::Running => Status::RUNNING,
+            Phase::Paused => Status::PAUSED,
             Phase::Stopped => Status::STOPPED,
         };
         let exit = self.exit();

@@ -137,6 +137,15 @@ impl BundleSpec {
         self.spec.hostname().clone().filter(|h| !h.is_empty())
     }
 
+    /// The container's resource limits (`linux.resources`), if the spec sets any.
+    pub fn resources(&self) -> Option<coffer_agent::protocol::Resources> {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .map(crate::metrics::resources)
+    }
+
     /// Whether containerd's CRI made this spec for a pod's sandbox.
     pub fn is_cri_sandbox(&self) -> bool {
         self.annotations().get(CONTAINER_TYPE).map(String::as_str) == Some(TYPE_SANDBOX)

@@ -11,14 +11,15 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::TtrpcContext;
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PidsRequest,
-    PidsResponse, ResizePtyRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest,
-    StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+    PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, UpdateTaskRequest,
+    WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::Result as TtrpcResult;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pod::Pod;
 
 /// The task service of one pod.
@@ -130,10 +131,30 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let id = req.id.clone();
+        tracing::info!(id, "update");
         answer(
             "update",
+            &id,
+            self.pod.update(req).await.map(|()| Empty::new()),
+        )
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        tracing::info!(id = %req.id, "pause");
+        answer(
+            "pause",
             &req.id,
-            Err(Error::Unsupported("updating resources")),
+            self.pod.freeze(&req.id, true).await.map(|()| Empty::new()),
+        )
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        tracing::info!(id = %req.id, "resume");
+        answer(
+            "resume",
+            &req.id,
+            self.pod.freeze(&req.id, false).await.map(|()| Empty::new()),
         )
     }
 
@@ -143,7 +164,8 @@ impl Task for TaskService {
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        answer("stats", &req.id, Err(Error::Unsupported("task statistics")))
+        let id = req.id.clone();
+        answer("stats", &id, self.pod.stats(req).await)
     }
 
     async fn connect(

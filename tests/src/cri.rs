@@ -352,25 +352,17 @@ impl Cri {
                     ..Default::default()
                 })
                 .collect(),
-            linux: container
-                .security
-                .as_ref()
-                .map(|s| api::LinuxContainerConfig {
-                    security_context: Some(api::LinuxContainerSecurityContext {
-                        capabilities: Some(api::Capability {
-                            add_capabilities: s.add_capabilities.clone(),
-                            drop_capabilities: s.drop_capabilities.clone(),
+            linux: (container.security.is_some() || container.memory_limit.is_some()).then(|| {
+                api::LinuxContainerConfig {
+                    resources: container
+                        .memory_limit
+                        .map(|m| api::LinuxContainerResources {
+                            memory_limit_in_bytes: m,
                             ..Default::default()
                         }),
-                        no_new_privs: s.no_new_privs,
-                        seccomp: s.seccomp_runtime_default.then(|| api::SecurityProfile {
-                            profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
+                    ..linux_security(container.security.as_ref())
+                }
+            }),
             ..Default::default()
         };
         let mut c = self.runtime.clone();
@@ -414,6 +406,50 @@ impl Cri {
             call: "ContainerStatus",
             field: "status",
         })
+    }
+
+    /// ContainerStats: CPU time used (ns) and the memory working set (bytes), as `crictl
+    /// stats` shows them.
+    pub fn container_stats(&mut self, id: &str) -> Result<(u64, u64), CriError> {
+        let mut c = self.runtime.clone();
+        let resp = self.call(
+            "ContainerStats",
+            CALL,
+            c.container_stats(api::ContainerStatsRequest {
+                container_id: id.to_owned(),
+            }),
+        )?;
+        let stats = resp.stats.ok_or(CriError::Incomplete {
+            call: "ContainerStats",
+            field: "stats",
+        })?;
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        Ok((cpu, memory))
+    }
+
+    /// UpdateContainerResources with a new memory limit, as `crictl update --memory`.
+    pub fn update_memory_limit(&mut self, id: &str, bytes: i64) -> Result<(), CriError> {
+        let mut c = self.runtime.clone();
+        self.call(
+            "UpdateContainerResources",
+            CALL,
+            c.update_container_resources(api::UpdateContainerResourcesRequest {
+                container_id: id.to_owned(),
+                linux: Some(api::LinuxContainerResources {
+                    memory_limit_in_bytes: bytes,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )?;
+        Ok(())
     }
 
     /// Reads the container's CRI log file (the path ContainerStatus reports) and returns its
@@ -537,5 +573,28 @@ impl Driver for Cri {
 
     fn remove_pod(&mut self, pod_id: &str) -> Result<(), CriError> {
         self.remove_pod_sandbox(pod_id)
+    }
+}
+
+/// The container config's security context as the harness asks for it (none when `None`).
+fn linux_security(security: Option<&crate::ContainerSecurity>) -> api::LinuxContainerConfig {
+    let Some(s) = security else {
+        return api::LinuxContainerConfig::default();
+    };
+    api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            capabilities: Some(api::Capability {
+                add_capabilities: s.add_capabilities.clone(),
+                drop_capabilities: s.drop_capabilities.clone(),
+                ..Default::default()
+            }),
+            no_new_privs: s.no_new_privs,
+            seccomp: s.seccomp_runtime_default.then(|| api::SecurityProfile {
+                profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }

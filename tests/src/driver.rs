@@ -115,6 +115,9 @@ pub struct Container {
     /// The container's security context (`linux.security_context`); only the CRI client
     /// sends it.
     pub security: Option<ContainerSecurity>,
+    /// Its memory limit in bytes (`linux.resources.memory_limit_in_bytes`); only the CRI client
+    /// sends it.
+    pub memory_limit: Option<i64>,
 }
 
 /// What a test asks of a container's `LinuxContainerSecurityContext`.
@@ -147,6 +150,7 @@ impl Container {
             log_path: format!("{name}.log"),
             mounts: Vec::new(),
             security: None,
+            memory_limit: None,
         }
     }
 

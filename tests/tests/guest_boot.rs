@@ -368,6 +368,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
                 "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
             ),
             files: vec![],
+            resources: None,
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
@@ -464,6 +465,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             // Waits for the host to drop a file into the share, so it runs after the reconnect.
             process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
             files: vec![],
+            resources: None,
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
@@ -583,6 +585,7 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
                 hostname: None,
                 process: shell("echo must not run"),
                 files: vec![],
+                resources: None,
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,

@@ -60,6 +60,9 @@ pub(super) struct Prepared {
     security: ProcessSecurity,
     /// A container's read-only root, read-only and masked paths.
     rootfs_security: RootfsSecurity,
+    /// The container's `cgroup.procs`, open for writing: the process joins before anything else
+    /// (-1: none).
+    cgroup_procs: RawFd,
     /// Files bind-mounted into a container's root once /proc is there.
     binds: Vec<Bind>,
 }
@@ -162,7 +165,15 @@ impl Prepared {
             security: ProcessSecurity::new(p)?,
             rootfs_security: RootfsSecurity::default(),
             binds: Vec::new(),
+            cgroup_procs: -1,
         })
+    }
+
+    /// The process joins the cgroup whose `cgroup.procs` is open at `procs` (the caller keeps
+    /// it open until the clone returned).
+    pub(super) fn with_cgroup(mut self, procs: RawFd) -> Prepared {
+        self.cgroup_procs = procs;
+        self
     }
 
     /// Adds the container's file mounts (its first process makes them).
@@ -475,6 +486,8 @@ fn lit(s: &'static [u8]) -> *const c_char {
 /// # Safety
 /// Child-only.
 unsafe fn container_child(prep: &Prepared, io: &ChildIo, start: RawFd, report: RawFd) -> ! {
+    // SAFETY: child-only.
+    unsafe { join_cgroup(prep.cgroup_procs, report) };
     // SAFETY: child-only, as this function; `io` holds this process's copies of the streams.
     unsafe { setup_stdio(io, report) };
     // SAFETY: child-only, in the new mount namespace the clone made.
@@ -823,6 +836,23 @@ unsafe fn apply_rootfs_security(r: &RootfsSecurity, report: RawFd) {
     }
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open at `procs` (writing
+/// `0` means the writer); nothing when `procs` is -1.
+///
+/// # Safety
+/// Child-only.
+unsafe fn join_cgroup(procs: RawFd, report: RawFd) {
+    if procs < 0 {
+        return;
+    }
+    // SAFETY: writes a one-byte literal to a descriptor the agent opened. Child-only.
+    unsafe {
+        if libc::write(procs, lit(b"0\0").cast(), 1) != 1 {
+            fail(report, Step::Cgroup)
+        }
+    }
+}
+
 /// Tells the agent the root is ready (`R`) and waits for start; returns the index of the pty to
 /// take ([`NO_TTY`]: none). Ends the process if the agent drops the container instead.
 ///
@@ -891,6 +921,9 @@ unsafe fn exec_helper(prep: &Prepared, io: &ChildIo, ns: &[RawFd], report: RawFd
             }
         }
     }
+    // The helper joins the container's cgroup before it clones: the process inherits it.
+    // SAFETY: child-only.
+    unsafe { join_cgroup(prep.cgroup_procs, report) };
     // SAFETY: fork semantics again; the new child only makes raw system calls until it execs.
     let pid = unsafe { raw_clone(libc::CLONE_PARENT | libc::SIGCHLD) };
     if pid == 0 {
@@ -1198,6 +1231,7 @@ mod tests {
             readonly_paths: names(&["/proc/sys"]),
             readonly_root: true,
             files: vec![],
+            resources: None,
         };
         let prep = Prepared::new(&p, Some(&rootfs), Some("c1"))
             .unwrap()

@@ -20,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::cgroup::{self, Cgroup};
 use super::child::{clone_exec_helper, clone_init, Prepared};
 use super::error::{io_errno, sys, ContainerError};
 use super::files::{Files, FILES_DIR};
@@ -28,7 +29,9 @@ use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
 use super::report::{read_report, Report};
 use super::security::RootfsSecurity;
 use super::stdio::{forward_output, pipe, AgentIo, ChildIo};
-use crate::protocol::{CreateContainer, Event, ExitStatus, GuestFrame, Process, SHARE_MOUNT};
+use crate::protocol::{
+    ContainerStats, CreateContainer, Event, ExitStatus, GuestFrame, Process, Resources, SHARE_MOUNT,
+};
 
 /// How long an exit waits for output streams a leftover child keeps open.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
@@ -79,6 +82,8 @@ struct Container {
     tty_slave: Option<OwnedFd>,
     /// The copies of its file mounts, removed with it.
     _files: Files,
+    /// Its cgroup, removed with it.
+    cgroup: Arc<Cgroup>,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +147,15 @@ impl Containers {
         let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?
             .with_files(&files.mounts)?
             .with_rootfs_security(RootfsSecurity::new(&req)?);
+        if self.lock().containers.contains_key(&req.id) {
+            return Err(ContainerError::Exists(format!("container \"{}\"", req.id)));
+        }
+        let cgroup = Arc::new(Cgroup::create(
+            Path::new(cgroup::ROOT),
+            &req.id,
+            &req.resources.unwrap_or_default(),
+        )?);
+        let prep = prep.with_cgroup(cgroup.procs_fd());
         let (start_r, start_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         // A terminal lives in the container's own devpts, which exists only once the child has
@@ -171,6 +185,7 @@ impl Containers {
                 tty_index: None,
                 tty_slave: None,
                 _files: files,
+                cgroup,
             },
         );
         drop(state);
@@ -267,6 +282,29 @@ impl Containers {
         }
     }
 
+    fn cgroup_of(&self, id: &str) -> Result<Arc<Cgroup>, ContainerError> {
+        self.lock()
+            .containers
+            .get(id)
+            .map(|c| c.cgroup.clone())
+            .ok_or_else(|| ContainerError::NoContainer(id.into()))
+    }
+
+    /// The container's figures from its cgroup.
+    pub fn stats(&self, id: &str) -> Result<ContainerStats, ContainerError> {
+        Ok(self.cgroup_of(id)?.stats())
+    }
+
+    /// Changes the container's limits.
+    pub fn update(&self, id: &str, resources: &Resources) -> Result<(), ContainerError> {
+        self.cgroup_of(id)?.apply(resources)
+    }
+
+    /// Freezes (`true`) or thaws the container.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), ContainerError> {
+        self.cgroup_of(id)?.freeze(frozen)
+    }
+
     /// Runs another process in a running container.
     pub fn exec(&self, id: &str, exec_id: &str, process: &Process) -> Result<u32, ContainerError> {
         self.refuse()?;
@@ -288,9 +326,10 @@ impl Containers {
                     hint: "exec needs a started container whose process still runs",
                 });
             }
-            c.init.pid
+            (c.init.pid, c.cgroup.clone())
         };
-        let prep = Prepared::new(process, None, None)?;
+        let (init_pid, cgroup) = init_pid;
+        let prep = Prepared::new(process, None, None)?.with_cgroup(cgroup.procs_fd());
         let mut ns = Vec::new();
         for kind in ["ipc", "uts", "pid", "mnt"] {
             let path = format!("/proc/{init_pid}/ns/{kind}");
@@ -364,7 +403,8 @@ impl Containers {
         });
         self.attach(&proc, io);
         if let Some(status) = state.early_exits.remove(&pid) {
-            self.finish(proc.clone(), status);
+            let cgroup = state.containers.get(id).map(|c| c.cgroup.clone());
+            self.finish(proc.clone(), status, cgroup);
         } else {
             state.by_pid.insert(pid, proc.clone());
         }
@@ -543,8 +583,9 @@ impl Containers {
             let mut state = self.lock();
             match state.by_pid.remove(&pid.as_raw()) {
                 Some(proc) => {
+                    let cgroup = state.containers.get(&proc.id).map(|c| c.cgroup.clone());
                     drop(state);
-                    self.finish(proc, status);
+                    self.finish(proc, status, cgroup);
                 }
                 None => {
                     if state.early_exits.len() >= MAX_EARLY_EXITS {
@@ -556,10 +597,23 @@ impl Containers {
         }
     }
 
-    /// Records an exit once the output has drained, then tells the host.
-    fn finish(&self, proc: Arc<Proc>, status: ExitStatus) {
+    /// Records an exit once the output has drained, then tells the host; a process the OOM
+    /// killer took is announced as such first.
+    fn finish(&self, proc: Arc<Proc>, status: ExitStatus, cgroup: Option<Arc<Cgroup>>) {
         let events = self.events.clone();
         std::thread::spawn(move || {
+            let killed = status.signal == Some(libc::SIGKILL);
+            if let Some(cgroup) = cgroup.filter(|c| killed && c.new_oom_kills()) {
+                drop(cgroup);
+                let _ = events.send(
+                    GuestFrame::Event {
+                        event: Event::Oom {
+                            id: proc.id.clone(),
+                        },
+                    }
+                    .into(),
+                );
+            }
             let outputs = std::mem::take(&mut *lock(&proc.outputs));
             let end = Instant::now() + OUTPUT_GRACE;
             for rx in outputs {

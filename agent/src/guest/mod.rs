@@ -7,6 +7,7 @@
 //! `pty` (the process's streams), and `error` (what the host is told when one fails).
 
 pub mod boot;
+pub mod cgroup;
 mod child;
 pub mod container;
 mod error;

@@ -21,6 +21,7 @@
 //! | `read_file` | `ReadInitDataRequest` (Coffer's own; allowed when the policy does not define it) |
 //! | `write_stdin`, `close_stdin`, `resize_pty` | `WriteStreamRequest`, `CloseStdinRequest`, `TtyWinResizeRequest` |
 //! | `update_interface`, `update_routes`, `add_arp_neighbors` | `UpdateInterfaceRequest`, `UpdateRoutesRequest`, `AddARPNeighborsRequest` |
+//! | `stats`, `update_resources`, `pause`, `resume` | `StatsContainerRequest`, `UpdateContainerRequest`, `PauseContainerRequest`, `ResumeContainerRequest` |
 //! | `hello` | never gated: the host needs it to learn the guest's verdict |
 //!
 //! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
@@ -179,6 +180,10 @@ pub fn rule_for(request: &Request) -> Option<&'static str> {
         Request::UpdateInterface { .. } => "UpdateInterfaceRequest",
         Request::UpdateRoutes { .. } => "UpdateRoutesRequest",
         Request::AddArpNeighbors { .. } => "AddARPNeighborsRequest",
+        Request::Stats { .. } => "StatsContainerRequest",
+        Request::UpdateResources { .. } => "UpdateContainerRequest",
+        Request::Pause { .. } => "PauseContainerRequest",
+        Request::Resume { .. } => "ResumeContainerRequest",
     })
 }
 
@@ -317,6 +322,7 @@ mod tests {
                 hostname: None,
                 process: Process::default(),
                 files: vec![],
+                resources: None,
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,

@@ -51,11 +51,13 @@ pub(super) enum Step {
     Execve,
     /// Bind-mounting a file the host gave the container (its `/etc/hosts`, ...).
     BindFile,
+    /// Joining the container's cgroup.
+    Cgroup,
 }
 
 impl Step {
     /// Every step, to decode a report.
-    const ALL: [Step; 29] = [
+    const ALL: [Step; 30] = [
         Step::Stdio,
         Step::PrivateMounts,
         Step::BindRootfs,
@@ -85,6 +87,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::Execve,
         Step::BindFile,
+        Step::Cgroup,
     ];
 
     /// The step as failure messages name it.
@@ -119,6 +122,7 @@ impl Step {
             Step::NoNewPrivs => "setting no_new_privs (PR_SET_NO_NEW_PRIVS)",
             Step::Execve => "execve",
             Step::BindFile => "bind-mounting a file mount (/etc/hosts, /etc/resolv.conf, ...)",
+            Step::Cgroup => "joining the container's cgroup",
         }
     }
 

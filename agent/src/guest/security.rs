@@ -485,6 +485,7 @@ mod tests {
             readonly_paths: names(&["/proc/sys"]),
             readonly_root: true,
             files: vec![],
+            resources: None,
         };
         let r = RootfsSecurity::new(&c).unwrap();
         assert!(r.readonly_root);

@@ -226,6 +226,19 @@ fn handle(agent: &Agent, request: Request) -> Result<Response, GuestError> {
         Request::AddArpNeighbors { neighbors } => {
             super::network::add_neighbors(&neighbors).map(|()| Response::Ok)
         }
+        Request::Stats { id } => c.stats(&id).map(Response::Stats).map_err(GuestError::from),
+        Request::UpdateResources { id, resources } => c
+            .update(&id, &resources)
+            .map(|()| Response::Ok)
+            .map_err(GuestError::from),
+        Request::Pause { id } => c
+            .freeze(&id, true)
+            .map(|()| Response::Ok)
+            .map_err(GuestError::from),
+        Request::Resume { id } => c
+            .freeze(&id, false)
+            .map(|()| Response::Ok)
+            .map_err(GuestError::from),
         Request::Shutdown => Ok(Response::Ok),
     }
 }

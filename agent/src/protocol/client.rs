@@ -28,8 +28,9 @@ use tokio::time::Instant;
 
 use super::network::{ArpNeighbor, Interface, Route};
 use super::{
-    encode, read_frame_async, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
-    GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
+    encode, read_frame_async, ContainerStats, CreateContainer, ErrorKind, Event, ExitStatus,
+    FrameError, GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Resources, Response,
+    PROTOCOL_VERSION,
 };
 
 /// The longest the host waits for the answer to any request but a wait for an exit. Generous:
@@ -58,6 +59,10 @@ fn request_name(request: &Request) -> &'static str {
         Request::UpdateInterface { .. } => "update_interface",
         Request::UpdateRoutes { .. } => "update_routes",
         Request::AddArpNeighbors { .. } => "add_arp_neighbors",
+        Request::Stats { .. } => "stats",
+        Request::UpdateResources { .. } => "update_resources",
+        Request::Pause { .. } => "pause",
+        Request::Resume { .. } => "resume",
     }
 }
 
@@ -423,6 +428,46 @@ impl AgentClient {
         ok("add_arp_neighbors", r)
     }
 
+    /// A container's figures.
+    pub async fn stats(&self, id: &str) -> Result<ContainerStats, ClientError> {
+        match self
+            .expect("stats", Request::Stats { id: id.into() })
+            .await?
+        {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// Changes a container's limits.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: Resources,
+    ) -> Result<(), ClientError> {
+        let r = self
+            .expect(
+                "update_resources",
+                Request::UpdateResources {
+                    id: id.into(),
+                    resources,
+                },
+            )
+            .await?;
+        ok("update_resources", r)
+    }
+
+    /// Freezes (`true`) or thaws a container.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ClientError> {
+        let (op, request) = if frozen {
+            ("pause", Request::Pause { id: id.into() })
+        } else {
+            ("resume", Request::Resume { id: id.into() })
+        };
+        let r = self.expect(op, request).await?;
+        ok(op, r)
+    }
+
     /// Waits for a process (the container's own when `exec_id` is `None`) to exit.
     pub async fn wait(&self, id: &str, exec_id: Option<&str>) -> Result<ExitStatus, ClientError> {
         let r = self
@@ -549,6 +594,7 @@ fn unexpected(op: &'static str, r: &Response) -> ClientError {
         Response::Started { .. } => "started",
         Response::Exited { .. } => "exited",
         Response::File { .. } => "file",
+        Response::Stats(_) => "stats",
     };
     ClientError::Unexpected {
         op,
@@ -759,6 +805,7 @@ mod tests {
                 hostname: None,
                 process: Process::default(),
                 files: vec![],
+                resources: None,
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,

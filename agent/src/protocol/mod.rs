@@ -179,6 +179,85 @@ pub enum Request {
         /// The neighbours.
         neighbors: Vec<network::ArpNeighbor>,
     },
+    /// A container's CPU, memory and pids figures, from its cgroup. Answered with
+    /// [`Response::Stats`].
+    Stats {
+        /// Container id.
+        id: String,
+    },
+    /// Change a container's resource limits. Answered with [`Response::Ok`].
+    UpdateResources {
+        /// Container id.
+        id: String,
+        /// The new limits; an absent one is left as it is.
+        resources: Resources,
+    },
+    /// Freeze every process of a container (cgroup freezer). Answered with [`Response::Ok`].
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container. Answered with [`Response::Ok`].
+    Resume {
+        /// Container id.
+        id: String,
+    },
+}
+
+/// A container's resource limits, as the OCI spec's `linux.resources` sets them, applied to its
+/// cgroup (v2) in the guest. An absent field is not limited (or, in an update, not changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in bytes (`memory.max`); negative means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<i64>,
+    /// CFS quota in µs per period (`cpu.max`); negative means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// CFS period in µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// CPU shares (cgroup v1 units, turned into `cpu.weight`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// Most processes (`pids.max`); zero or negative means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+}
+
+/// A container's figures, read from its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerStats {
+    /// CPU time used, µs (`cpu.stat usage_usec`).
+    pub cpu_usage_usec: u64,
+    /// Of which in user mode.
+    pub cpu_user_usec: u64,
+    /// Of which in the kernel.
+    pub cpu_system_usec: u64,
+    /// Periods throttled by the quota.
+    pub cpu_nr_throttled: u64,
+    /// Memory in use, bytes (`memory.current`).
+    pub memory_usage: u64,
+    /// The memory limit, bytes (`memory.max`; `u64::MAX` for none).
+    pub memory_limit: u64,
+    /// Anonymous memory.
+    pub memory_anon: u64,
+    /// Page cache.
+    pub memory_file: u64,
+    /// Page cache not recently used (what the kubelet leaves out of the working set).
+    pub memory_inactive_file: u64,
+    /// Page cache recently used.
+    pub memory_active_file: u64,
+    /// Times the limit was hit (`memory.events max`).
+    pub memory_max_events: u64,
+    /// Processes the OOM killer killed (`memory.events oom_kill`).
+    pub oom_kills: u64,
+    /// Processes (`pids.current`).
+    pub pids_current: u64,
+    /// Their limit (`pids.max`; 0 for none).
+    pub pids_limit: u64,
 }
 
 /// A container to create.
@@ -194,6 +273,9 @@ pub struct CreateContainer {
     pub hostname: Option<String>,
     /// The container's process.
     pub process: Process,
+    /// Its resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
     /// Files the container sees at given paths (the pod's `/etc/hosts`, `/etc/resolv.conf`,
     /// `/etc/hostname` and other single-file mounts of its spec), copied into the guest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -449,6 +531,8 @@ pub enum Response {
         /// How.
         status: ExitStatus,
     },
+    /// A container's figures.
+    Stats(ContainerStats),
     /// A file's content.
     File {
         /// The bytes.
@@ -615,6 +699,12 @@ pub enum Event {
         /// The bytes.
         #[serde(with = "base64_bytes")]
         data: Vec<u8>,
+    },
+    /// The OOM killer killed a process of the container (its memory limit was reached). Sent
+    /// before that process's exit.
+    Oom {
+        /// Container id.
+        id: String,
     },
     /// A process exited. Sent after its output streams closed (or after a short grace time if a
     /// child of it keeps them open).
