@@ -19,6 +19,7 @@
 //! ```
 
 pub mod config;
+pub mod console;
 mod error;
 pub mod plan;
 pub mod probe;

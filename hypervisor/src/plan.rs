@@ -35,8 +35,10 @@ pub struct VmResources {
     pub agent_socket: PathBuf,
     /// QMP control socket (QEMU listens).
     pub qmp_socket: PathBuf,
-    /// Where the guest's serial console is written.
+    /// Where the guest's serial console is written (bounded, see [`crate::console`]).
     pub console_log: PathBuf,
+    /// The socket QEMU writes the console to (QEMU listens).
+    pub console_socket: PathBuf,
     /// Directory shared with the guest over 9p, if any.
     pub share_dir: Option<PathBuf>,
     /// The pod's network device, if it has one.
@@ -70,6 +72,7 @@ impl VmResources {
             agent_socket: dir.join("agent.sock"),
             qmp_socket: dir.join("qmp.sock"),
             console_log: dir.join("console.log"),
+            console_socket: dir.join("console.sock"),
             share_dir: Some(dir.join("share")),
             nic: None,
             state_dir: dir,
@@ -130,6 +133,7 @@ impl LaunchPlan {
         for (what, path) in [
             ("agent socket", &resources.agent_socket),
             ("QMP socket", &resources.qmp_socket),
+            ("console socket", &resources.console_socket),
         ] {
             let len = path.as_os_str().len();
             if len > MAX_SOCKET_PATH {
@@ -282,6 +286,8 @@ fn qemu_args(
         // privilege or scheduling changes once the guest runs.
         "-sandbox",
         QEMU_SANDBOX,
+        // The guest starts once the host listens to its console (QMP `cont`).
+        "-S",
     ]);
     match tee {
         Tee::None => {
@@ -360,8 +366,8 @@ fn qemu_args(
     push(&[
         "-chardev",
         &format!(
-            "file,id=console,path={}",
-            qemu_path("console log", &res.console_log)?
+            "socket,id=console,path={},server=on,wait=off",
+            qemu_path("console socket", &res.console_socket)?
         ),
         "-serial",
         "chardev:console",

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -128,6 +129,7 @@ impl Vm {
         // A socket left by an earlier run would accept nothing and only delay the start.
         remove_stale(&resources.qmp_socket)?;
         remove_stale(&resources.agent_socket)?;
+        remove_stale(&resources.console_socket)?;
 
         let mut command = Command::new(&plan.program);
         command
@@ -190,16 +192,33 @@ impl Vm {
             stderr_task,
             exit: None,
         };
-        match vm.connect_qmp(&resources.qmp_socket).await {
-            Ok(qmp) => {
-                vm.qmp = Some(qmp);
-                Ok(vm)
-            }
+        match vm.start(resources).await {
+            Ok(()) => Ok(vm),
             Err(e) => {
                 vm.kill_and_reap().await;
                 Err(e)
             }
         }
+    }
+
+    /// QMP, then the console, then the guest runs (QEMU was started with `-S`).
+    async fn start(&mut self, resources: &VmResources) -> Result<()> {
+        let qmp = self.connect_qmp(&resources.qmp_socket).await?;
+        self.qmp = Some(qmp);
+        // QEMU made every socket before it answered QMP.
+        let console = UnixStream::connect(&resources.console_socket)
+            .await
+            .map_err(|e| Error::Qmp(format!("cannot connect to the console socket: {e}")))?;
+        tokio::spawn(crate::console::pump(
+            console,
+            resources.console_log.clone(),
+            crate::console::CONSOLE_CAP,
+        ));
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| Error::Qmp("the QMP connection is closed".into()))?;
+        qmp.execute("cont", None).await.map(drop)
     }
 
     async fn connect_qmp(&mut self, path: &std::path::Path) -> Result<Qmp> {

@@ -65,7 +65,7 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
     let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
     v.push(cmdline);
     v.extend(words(
-        "-chardev file,id=console,path=/run/coffer/s1/console.log -serial chardev:console \
+        "-chardev socket,id=console,path=/run/coffer/s1/console.sock,server=on,wait=off -serial chardev:console \
          -chardev socket,id=qmp,path=/run/coffer/s1/qmp.sock,server=on,wait=off \
          -mon chardev=qmp,mode=control \
          -device virtio-serial-pci,id=vser0 \
@@ -93,7 +93,7 @@ fn snp_golden_argv() {
         &resources(),
     )
     .unwrap();
-    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -object");
+    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -object");
     expected.push(format!(
         "sev-snp-guest,id=snp0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000,host-data={SNP_HOST_DATA_B64}"
     ));
@@ -116,7 +116,7 @@ fn tdx_golden_argv() {
         &resources(),
     )
     .unwrap();
-    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -object");
+    let mut expected = words("-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -object");
     expected.push(format!("tdx-guest,id=tdx0,mrconfigid={TDX_MRCONFIGID_B64}"));
     expected.extend(words(
         "-machine q35,kernel-irqchip=split,confidential-guest-support=tdx0 -accel kvm -cpu host \
@@ -138,7 +138,7 @@ fn tdx_with_a_quote_socket_uses_the_json_object_form() {
         &resources(),
     )
     .unwrap();
-    let object: serde_json::Value = serde_json::from_str(&plan.args[8]).unwrap();
+    let object: serde_json::Value = serde_json::from_str(&plan.args[9]).unwrap();
     assert_eq!(
         object,
         serde_json::json!({
@@ -156,14 +156,14 @@ fn none_golden_argv_with_and_without_initdata() {
     let plan =
         LaunchPlan::build(&config(), Tee::None, &host, Some(&digest()), &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -machine q35 -accel tcg -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg -cpu max",
     );
     expected.extend(common_tail("none", true));
     assert_eq!(plan.args, expected);
 
     let plan = LaunchPlan::build(&config(), Tee::None, &host, None, &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -machine q35 -accel tcg -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg -cpu max",
     );
     expected.extend(common_tail("none", false));
     assert_eq!(plan.args, expected);
@@ -278,7 +278,7 @@ fn snp_without_a_cbitpos_says_how_to_set_it() {
     host.snp_cbitpos = Some(47);
     let plan = LaunchPlan::build(&c, Tee::Snp, &host, None, &resources()).unwrap();
     assert_eq!(
-        plan.args[8],
+        plan.args[9],
         "sev-snp-guest,id=snp0,cbitpos=47,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000"
     );
 }
@@ -433,7 +433,7 @@ fn without_initdata_no_register_is_set_and_no_disk_is_attached() {
         &resources(),
     )
     .unwrap();
-    assert_eq!(plan.args[8], "tdx-guest,id=tdx0");
+    assert_eq!(plan.args[9], "tdx-guest,id=tdx0");
     assert!(!plan.args.iter().any(|a| a.contains("initdata")), "{plan}");
     let append = plan.args.iter().position(|a| a == "-append").unwrap();
     assert_eq!(

@@ -527,22 +527,33 @@ pub fn read_bundle_record(bundle: &Path) -> Option<PathBuf> {
     path.is_absolute().then_some(path)
 }
 
+/// The last `n` bytes of the guest console (the console is bounded, but only its end is
+/// read anyway).
+fn console_tail(dir: &StateDir, n: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(dir.path().join("console.log")) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    if file.seek(SeekFrom::Start(len.saturating_sub(n))).is_err() {
+        return Vec::new();
+    }
+    let mut tail = Vec::new();
+    let _ = file.take(n).read_to_end(&mut tail);
+    tail
+}
+
 /// Logs the end of the guest console: the first place to look when a guest did not answer.
 fn log_console_tail(dir: &StateDir) {
-    let path = dir.path().join("console.log");
-    let Ok(bytes) = std::fs::read(&path) else {
-        return;
-    };
-    let tail = &bytes[bytes.len().saturating_sub(2048)..];
-    tracing::warn!(console = %String::from_utf8_lossy(tail), "guest console (last 2 KiB)");
+    let tail = console_tail(dir, 2048);
+    tracing::warn!(console = %String::from_utf8_lossy(&tail), "guest console (last 2 KiB)");
 }
 
 /// The last `n` non-empty lines of the guest console, joined with " | " (or a note that it is
 /// empty), bounded in size for an error message.
 fn console_last_lines(dir: &StateDir, n: usize) -> String {
-    let bytes = std::fs::read(dir.path().join("console.log")).unwrap_or_default();
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    let text = String::from_utf8_lossy(tail);
+    let tail = console_tail(dir, 4096);
+    let text = String::from_utf8_lossy(&tail);
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)

@@ -108,6 +108,54 @@ impl Shim for CofferShim {
     }
 }
 
+/// What a sandbox state directory may hold: the files [`crate::sandbox`] writes there.
+const STATE_ENTRIES: [&str; 10] = [
+    "state.json",
+    "initdata.img",
+    "agent.sock",
+    "qmp.sock",
+    "console.sock",
+    "console.log",
+    "console.log.1",
+    "share",
+    ".state.json.tmp",
+    ".initdata.img.tmp",
+];
+
+/// Whether `state` is the sandbox state directory of `bundle`, before anything in it is killed
+/// or removed: named after the bundle (both carry the sandbox id), and its `state.json` names
+/// this bundle, or (a shim that died while creating the sandbox) it holds nothing but what a
+/// sandbox's state directory holds. A record that was tampered with to name another directory
+/// removes nothing.
+pub fn is_sandbox_state_of(state: &StateDir, bundle: &Path) -> Result<(), String> {
+    let dir = state.path();
+    if !dir.exists() {
+        return Ok(());
+    }
+    if dir.file_name() != bundle.file_name() {
+        return Err("is not named after the bundle's sandbox".into());
+    }
+    match state.read_state() {
+        Ok(Some(record)) if record.bundle == bundle => return Ok(()),
+        Ok(Some(record)) => {
+            return Err(format!("belongs to the bundle {}", record.bundle.display()))
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("has an unreadable state.json ({e})")),
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot be listed ({e})"))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !STATE_ENTRIES.iter().any(|n| name.as_os_str() == *n) {
+            return Err(format!(
+                "holds {:?}, which no sandbox state directory holds",
+                name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What the `delete` action does: the sandbox's VM and state (if this bundle is a sandbox's),
 /// then the bundle's root filesystem mount.
 pub fn cleanup_bundle(bundle: &Path) -> Result<(), String> {
@@ -119,11 +167,20 @@ pub fn cleanup_bundle(bundle: &Path) -> Result<(), String> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         match StateDir::new(&root, &id) {
-            Ok(state) => {
-                if let Err(e) = cleanup_leftover(&state) {
-                    problems.push(e.to_string());
+            Ok(state) => match is_sandbox_state_of(&state, bundle) {
+                Ok(()) => {
+                    if let Err(e) = cleanup_leftover(&state) {
+                        problems.push(e.to_string());
+                    }
                 }
-            }
+                Err(why) => {
+                    tracing::warn!(dir = %dir.display(), reason = %why, "not removing what the bundle's record names");
+                    problems.push(format!(
+                        "the bundle's record names {}, which {why}; it was left alone",
+                        dir.display()
+                    ));
+                }
+            },
             Err(e) => problems.push(e.to_string()),
         }
         let _ = std::fs::remove_file(bundle.join(crate::sandbox::BUNDLE_RECORD));

@@ -17,7 +17,7 @@ use coffer_shim::sandbox::BUNDLE_RECORD;
 use coffer_shim::service::cleanup_bundle;
 use coffer_shim::state::{LaunchCommand, SandboxState, StateDir};
 
-fn record(id: &str, pid: u32, program: &str) -> SandboxState {
+fn record(id: &str, pid: u32, program: &str, bundle: &Path) -> SandboxState {
     SandboxState {
         sandbox_id: id.into(),
         tee: "none".into(),
@@ -29,7 +29,7 @@ fn record(id: &str, pid: u32, program: &str) -> SandboxState {
             program: program.into(),
             args: vec![],
         },
-        bundle: "/unused".into(),
+        bundle: bundle.to_path_buf(),
         config_path: "/unused".into(),
         network: None,
         created_unix: 0,
@@ -51,9 +51,9 @@ fn leftover(root: &Path, id: &str) -> (StateDir, std::path::PathBuf, Child) {
     let console = dir.path().join("console.log");
     std::fs::write(&console, b"").unwrap();
     let vm = spawn_tail(&console);
-    dir.write_state(&record(id, vm.id(), "/usr/bin/tail"))
+    let bundle = root.join("bundles").join(id);
+    dir.write_state(&record(id, vm.id(), "/usr/bin/tail", &bundle))
         .unwrap();
-    let bundle = root.join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
     std::fs::write(bundle.join(BUNDLE_RECORD), dir.path().to_str().unwrap()).unwrap();
     (dir, bundle, vm)
@@ -109,7 +109,7 @@ fn delete_does_not_kill_a_process_that_reused_the_pid() {
     let stranger_file = tmp.path().join("other.log");
     std::fs::write(&stranger_file, b"").unwrap();
     let mut stranger = spawn_tail(&stranger_file);
-    dir.write_state(&record("pod2", stranger.id(), "/usr/bin/tail"))
+    dir.write_state(&record("pod2", stranger.id(), "/usr/bin/tail", &bundle))
         .unwrap();
 
     cleanup_bundle(&bundle).unwrap();
@@ -120,6 +120,38 @@ fn delete_does_not_kill_a_process_that_reused_the_pid() {
     stranger.wait().unwrap();
     vm.kill().unwrap();
     vm.wait().unwrap();
+}
+
+#[test]
+fn delete_never_touches_a_directory_the_record_was_made_to_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, bundle, mut vm) = leftover(tmp.path(), "pod3");
+    // The record names another pod's state directory, then a directory that is no state.
+    let (other, _, mut other_vm) = leftover(&tmp.path().join("x"), "pod4");
+    std::fs::write(bundle.join(BUNDLE_RECORD), other.path().to_str().unwrap()).unwrap();
+    let e = cleanup_bundle(&bundle).unwrap_err();
+    assert!(e.contains("is not named after the bundle's sandbox"), "{e}");
+    assert!(other.path().join("state.json").exists());
+    let precious = tmp.path().join("etc").join("pod3");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("passwd"), b"root").unwrap();
+    std::fs::write(bundle.join(BUNDLE_RECORD), precious.to_str().unwrap()).unwrap();
+    let e = cleanup_bundle(&bundle).unwrap_err();
+    assert!(
+        e.contains("holds \"passwd\", which no sandbox state directory holds"),
+        "{e}"
+    );
+    assert!(precious.join("passwd").exists());
+    assert_eq!(
+        other_vm.try_wait().unwrap(),
+        None,
+        "another pod's VM was killed"
+    );
+    assert!(dir.path().exists());
+    for child in [&mut vm, &mut other_vm] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }
 
 #[test]
