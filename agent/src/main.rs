@@ -93,7 +93,8 @@ fn main() {
 
     let (out, frames) = mpsc::sync_channel(server::QUEUE);
     std::thread::spawn(move || server::writer(write_port, frames));
-    let containers = container::Containers::new(out.clone(), refusal);
+    let policy = Arc::new(policy);
+    let containers = container::Containers::new(out.clone(), refusal, policy.clone());
     let agent = Arc::new(server::Agent {
         report,
         containers,

@@ -867,3 +867,66 @@ fn a_hung_vm_does_not_block_stop_pod_sandbox() {
     );
     assert_nothing_left(&mut cri);
 }
+
+/// A policy with `ReadStreamRequest := false` keeps the containers' output in the guest, as
+/// kata-agent does: the process runs, its CRI log stays empty, ExecSync returns no output.
+#[test]
+fn read_stream_request_false_keeps_output_in_the_guest() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let coffer = Coffer::in_dir(&bin);
+    let example = std::fs::read_to_string(tools::seed_initdata()).expect("the example");
+    let quiet = example.replace(
+        "default ReadStreamRequest := true",
+        "default ReadStreamRequest := false",
+    );
+    assert_ne!(
+        quiet, example,
+        "the example's policy has no ReadStreamRequest rule"
+    );
+    std::fs::create_dir_all(ctd.scratch()).expect("scratch dir");
+    let doc = ctd.scratch().join("quiet.toml");
+    std::fs::write(&doc, quiet).expect("write the document");
+    let annotation = coffer.encode(&doc).expect("coffer initdata encode");
+
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("quiet", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let c = Container::busybox_sh(
+        "main",
+        "echo secret-line; echo secret-err >&2; touch /printed; exec sleep 3600",
+    );
+    let c = cri
+        .create_container(&pod_id, &pod, &c)
+        .expect("CreateContainer");
+    cri.start_container(&c).expect("StartContainer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exec = cri
+            .exec_sync(&c, &["test", "-f", "/printed"])
+            .expect("ExecSync");
+        if exec.exit_code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the container never printed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exec = cri
+        .exec_sync(&c, &["sh", "-c", "echo exec-secret; echo err-secret >&2"])
+        .expect("ExecSync");
+    assert_eq!(exec.exit_code, 0);
+    assert!(exec.stdout.is_empty() && exec.stderr.is_empty(), "{exec:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = cri.read_log(&c).expect("the CRI log");
+    assert!(
+        !log.iter().any(|l| l.contains("secret")),
+        "the container's output reached the host: {log:?}"
+    );
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+}

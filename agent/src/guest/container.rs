@@ -25,6 +25,7 @@ use super::child::{clone_exec_helper, clone_init, Prepared};
 use super::error::{io_errno, sys, ContainerError};
 use super::files::{Files, FILES_DIR};
 use super::outgoing::Outgoing;
+use super::policy::AgentPolicy;
 use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
 use super::report::{read_report, Report};
 use super::security::RootfsSecurity;
@@ -100,15 +101,22 @@ pub struct Containers {
     events: SyncSender<Outgoing>,
     /// Set when containers must not run (unverified Init-Data, no share).
     refusal: Option<String>,
+    /// The agent policy: it decides which output the host may read.
+    policy: Arc<AgentPolicy>,
 }
 
 impl Containers {
     /// Creates the registry and starts the thread that reaps every child of PID 1.
-    pub fn new(events: SyncSender<Outgoing>, refusal: Option<String>) -> Arc<Containers> {
+    pub fn new(
+        events: SyncSender<Outgoing>,
+        refusal: Option<String>,
+        policy: Arc<AgentPolicy>,
+    ) -> Arc<Containers> {
         let this = Arc::new(Containers {
             state: Mutex::default(),
             events,
             refusal,
+            policy,
         });
         let reaper = this.clone();
         std::thread::spawn(move || reaper.reap());
@@ -424,7 +432,13 @@ impl Containers {
             done.push(rx);
             let events = self.events.clone();
             let (id, exec_id) = (proc.id.clone(), proc.exec_id.clone());
-            std::thread::spawn(move || forward_output(file, stream, id, exec_id, events, tx));
+            let policy = self.policy.clone();
+            let may_read = move |id: &str, exec_id: Option<&str>, len: usize| {
+                policy.allows_reading(id, exec_id, len)
+            };
+            std::thread::spawn(move || {
+                forward_output(file, stream, id, exec_id, events, tx, &may_read)
+            });
         }
         lock(&proc.outputs).extend(done);
         *lock(&proc.stdin) = stdin;

@@ -46,6 +46,9 @@ const PACKAGE: &str = "agent_policy";
 /// The source name errors refer to.
 const SOURCE: &str = "policy.rego";
 
+/// kata-agent's rule for reading a process's output.
+pub const READ_STREAM_RULE: &str = "ReadStreamRequest";
+
 /// Coffer's rule for [`Request::ReadFile`]; Kata policies do not know it.
 pub const READ_INITDATA_RULE: &str = "ReadInitDataRequest";
 
@@ -112,6 +115,26 @@ impl AgentPolicy {
                 Err(PolicyError::Invalid(reason)) => AgentPolicy::Invalid(reason),
                 Err(other) => AgentPolicy::Invalid(other.to_string()),
             },
+        }
+    }
+
+    /// Whether the host may read `len` bytes of a process's output: kata-agent's
+    /// `ReadStreamRequest`, with its input (`container_id`, `exec_id`, `len`). As kata-agent
+    /// does, output the policy does not allow stays in the guest (a policy that does not define
+    /// the rule keeps all of it there).
+    pub fn allows_reading(&self, id: &str, exec_id: Option<&str>, len: usize) -> bool {
+        match self {
+            AgentPolicy::AllowAll => true,
+            AgentPolicy::Invalid(_) => false,
+            AgentPolicy::Enforced(e) => {
+                let input = serde_json::json!({
+                    "container_id": id,
+                    "exec_id": exec_id.unwrap_or(id),
+                    "len": len,
+                })
+                .to_string();
+                e.check_input(READ_STREAM_RULE, &input).is_ok()
+            }
         }
     }
 
@@ -233,6 +256,11 @@ impl Enforcer {
             rule,
             reason: e.to_string(),
         })?;
+        self.check_input(rule, &input)
+    }
+
+    /// Evaluates `rule` with `input` (JSON).
+    fn check_input(&self, rule: &'static str, input: &str) -> Result<(), PolicyError> {
         // A thread that panicked mid-evaluation leaves nothing half done that matters: input and
         // evaluation state are reset below.
         let mut engine = self
@@ -240,7 +268,7 @@ impl Enforcer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         engine
-            .set_input_json(&input)
+            .set_input_json(input)
             .map_err(|e| PolicyError::Input {
                 rule,
                 reason: chain(e),
@@ -378,6 +406,20 @@ mod tests {
         for r in every_request() {
             assert_eq!(p.check(&r), Ok(()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn output_is_read_only_as_read_stream_request_allows() {
+        assert!(AgentPolicy::AllowAll.allows_reading("c1", None, 10));
+        assert!(load(&seed_policy()).allows_reading("c1", None, 10));
+        let p = load(
+            "package agent_policy\ndefault ReadStreamRequest := false\nReadStreamRequest { input.container_id == \"chatty\" }\n",
+        );
+        assert!(p.allows_reading("chatty", Some("e1"), 5));
+        assert!(!p.allows_reading("quiet", None, 5));
+        // Undefined: kept in the guest, as kata-agent keeps it.
+        let p = load("package agent_policy\ndefault CreateContainerRequest := true\n");
+        assert!(!p.allows_reading("c1", None, 5));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Agent {
     /// Frames to the host.
     pub out: SyncSender<Outgoing>,
     /// The Init-Data's agent policy, checked before each request is served.
-    pub policy: AgentPolicy,
+    pub policy: Arc<AgentPolicy>,
 }
 
 /// Writes frames to the port in order. A write blocks while no host is connected.

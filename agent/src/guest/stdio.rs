@@ -128,7 +128,9 @@ pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
 }
 
-/// Streams one pipe to the host as output events; an empty event marks its end.
+/// Streams one pipe to the host as output events; an empty event marks its end. A chunk
+/// `may_read` refuses (the agent policy's `ReadStreamRequest`) is read and dropped: the
+/// process is not held up, and the host never sees it.
 pub(super) fn forward_output(
     mut pipe: File,
     stream: Stream,
@@ -136,14 +138,25 @@ pub(super) fn forward_output(
     exec_id: Option<String>,
     events: SyncSender<Outgoing>,
     done: mpsc::Sender<()>,
+    may_read: &dyn Fn(&str, Option<&str>, usize) -> bool,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut withheld = false;
     loop {
         let n = match pipe.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => 0,
         };
+        if n > 0 && !may_read(&id, exec_id.as_deref(), n) {
+            if !withheld {
+                withheld = true;
+                super::boot::log(&format!(
+                    "the agent policy (ReadStreamRequest) keeps the {stream:?} of container {id} in the guest"
+                ));
+            }
+            continue;
+        }
         let event = Event::Output {
             id: id.clone(),
             exec_id: exec_id.clone(),
