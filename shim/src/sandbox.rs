@@ -334,7 +334,7 @@ impl Sandbox {
             tee: config.tee.to_string(),
             measured: config.tee != Tee::None,
             initdata: record_initdata,
-            guest_report: describe_report(&hello.initdata.verification),
+            guest_report: describe_guest(&hello.initdata),
             vm_pid: pid,
             launch: LaunchCommand {
                 program: plan.program.clone(),
@@ -492,6 +492,19 @@ pub fn check_hello(
 }
 
 /// One line on what the guest found, for `state.json` and `coffer inspect`.
+/// What the guest reported, for `coffer inspect`: the Init-Data check, and a warning when the
+/// agent policy does not enforce what it denies.
+pub fn describe_guest(report: &coffer_agent::protocol::InitDataReport) -> String {
+    let mut text = describe_report(&report.verification);
+    if let coffer_agent::protocol::PolicyStatus::Permissive { .. } = report.policy {
+        text.push_str(
+            "; INSECURE: the agent policy sets AllowRequestsFailingPolicy, so denied requests are served",
+        );
+    }
+    text
+}
+
+/// One line on the guest's Init-Data check.
 pub fn describe_report(v: &coffer_agent::protocol::Verification) -> String {
     use coffer_agent::protocol::Verification as V;
     match v {

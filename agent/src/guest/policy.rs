@@ -46,6 +46,12 @@ const PACKAGE: &str = "agent_policy";
 /// The source name errors refer to.
 const SOURCE: &str = "policy.rego";
 
+/// Kata's debugging switch: denials are logged and the request is served anyway.
+pub const ALLOW_FAILURES_RULE: &str = "AllowRequestsFailingPolicy";
+
+/// Most bytes of `print()` output a denial carries.
+const MAX_PRINTS: usize = 2048;
+
 /// kata-agent's rule for reading a process's output.
 pub const READ_STREAM_RULE: &str = "ReadStreamRequest";
 
@@ -63,6 +69,14 @@ pub enum PolicyError {
     Denied {
         /// The kata-agent rule that was evaluated.
         rule: &'static str,
+    },
+    /// The rule did not evaluate to `true`, and the policy said why with `print()`.
+    #[error("the agent policy denies {rule}: {prints}")]
+    DeniedSaying {
+        /// The kata-agent rule that was evaluated.
+        rule: &'static str,
+        /// What the policy printed while evaluating it (bounded), as kata-agent reports it.
+        prints: String,
     },
     /// The rule could not be evaluated (a builtin failed, conflicting values, ...).
     #[error("the agent policy denies {rule}: evaluating it failed: {reason}")]
@@ -102,6 +116,8 @@ pub struct Enforcer {
     rules: usize,
     /// Whether the policy has its own say on [`Request::ReadFile`].
     defines_read_initdata: bool,
+    /// `AllowRequestsFailingPolicy := true`: denials are logged, not enforced.
+    allow_failures: bool,
 }
 
 impl AgentPolicy {
@@ -142,6 +158,9 @@ impl AgentPolicy {
     pub fn status(&self) -> PolicyStatus {
         match self {
             AgentPolicy::AllowAll => PolicyStatus::None,
+            AgentPolicy::Enforced(e) if e.allow_failures => {
+                PolicyStatus::Permissive { rules: e.rules }
+            }
             AgentPolicy::Enforced(e) => PolicyStatus::Enforced { rules: e.rules },
             AgentPolicy::Invalid(reason) => PolicyStatus::Invalid {
                 reason: reason.clone(),
@@ -164,7 +183,15 @@ impl AgentPolicy {
                 Ok(())
             }
             AgentPolicy::Invalid(reason) => Err(PolicyError::Invalid(reason.clone())),
-            AgentPolicy::Enforced(e) => e.check(rule, request),
+            AgentPolicy::Enforced(e) => match e.check(rule, request) {
+                Err(denied) if e.allow_failures => {
+                    super::boot::log(&format!(
+                        "{denied}; served anyway: the policy sets AllowRequestsFailingPolicy"
+                    ));
+                    Ok(())
+                }
+                result => result,
+            },
         }
     }
 }
@@ -176,6 +203,7 @@ impl From<PolicyError> for GuestError {
         let kind = match e {
             PolicyError::Invalid(_) => ErrorKind::FailedPrecondition,
             PolicyError::Denied { .. }
+            | PolicyError::DeniedSaying { .. }
             | PolicyError::EvalFailed { .. }
             | PolicyError::Input { .. } => ErrorKind::PermissionDenied,
         };
@@ -213,10 +241,21 @@ pub fn rule_for(request: &Request) -> Option<&'static str> {
 impl Enforcer {
     /// Parses and prepares `rego`, so that errors show at boot rather than at the first request.
     pub fn load(rego: &str) -> Result<Enforcer, PolicyError> {
+        // Rego v1 first (what Kata's engine reads by default), then v0, where genpolicy's
+        // `Rule { ... }` bodies and `import future.keywords` live: a policy that parses as v1
+        // means what v1 says, and a v0 policy is not valid v1.
+        match Self::load_as(rego, false) {
+            Ok(e) => Ok(e),
+            Err(_) => Self::load_as(rego, true),
+        }
+    }
+
+    fn load_as(rego: &str, v0: bool) -> Result<Enforcer, PolicyError> {
         let invalid = |e| PolicyError::Invalid(chain(e));
         let mut engine = Engine::new();
-        // What kata-agent's regorus parses: Rego v0, where `import rego.v1` opts into v1.
-        engine.set_rego_v0(true);
+        engine.set_rego_v0(v0);
+        // print() output is gathered and reported with a denial, as kata-agent does.
+        engine.set_gather_prints(true);
         // regorus caps policy files (1 MiB, 20 000 lines, 1 024 columns) against pathological
         // input; here the Init-Data limits the host validated with already bound the size, and
         // generated Kata policies exceed those caps.
@@ -241,10 +280,19 @@ impl Enforcer {
         let defines_read_initdata = engine
             .has_declared_rule_rooted_at(SOURCE, READ_INITDATA_RULE)
             .map_err(invalid)?;
+        let allow_failures = engine
+            .has_declared_rule_rooted_at(SOURCE, ALLOW_FAILURES_RULE)
+            .map_err(invalid)?
+            && engine
+                .eval_rule(format!("data.{PACKAGE}.{ALLOW_FAILURES_RULE}"))
+                .map_err(invalid)?
+                == Value::Bool(true);
+        let _ = engine.take_prints();
         Ok(Enforcer {
             engine: Mutex::new(engine),
             rules,
             defines_read_initdata,
+            allow_failures,
         })
     }
 
@@ -288,10 +336,22 @@ impl Enforcer {
                 rule,
                 reason: chain(e),
             })?;
+        let prints = engine.take_prints().unwrap_or_default();
         if value == Value::Bool(true) {
             Ok(())
-        } else {
+        } else if prints.is_empty() {
             Err(PolicyError::Denied { rule })
+        } else {
+            let mut said = prints.join("; ");
+            if said.len() > MAX_PRINTS {
+                let cut = (0..=MAX_PRINTS)
+                    .rev()
+                    .find(|i| said.is_char_boundary(*i))
+                    .unwrap_or(0);
+                said.truncate(cut);
+                said.push_str("...");
+            }
+            Err(PolicyError::DeniedSaying { rule, prints: said })
         }
     }
 }
@@ -406,6 +466,47 @@ mod tests {
         for r in every_request() {
             assert_eq!(p.check(&r), Ok(()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn rego_v1_policies_load_and_mean_what_v1_says() {
+        // v1-only syntax: `if` without an import.
+        let p = load(
+            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if { input.process.args[0] == \"ls\" }\n",
+        );
+        assert_eq!(p.check(&exec(&["ls"])), Ok(()));
+        assert!(p.check(&exec(&["sh"])).is_err());
+        // v0 with future keywords, as genpolicy writes it, still loads.
+        let p = load(
+            "package agent_policy\nimport future.keywords.in\ndefault ExecProcessRequest := false\nExecProcessRequest { input.process.args[0] in [\"ls\"] }\n",
+        );
+        assert_eq!(p.check(&exec(&["ls"])), Ok(()));
+        assert!(p.check(&exec(&["sh"])).is_err());
+    }
+
+    #[test]
+    fn prints_explain_a_denial() {
+        let p = load(
+            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n print(\"exec of\", input.process.args[0], \"is not allowed\")\n false\n}\n",
+        );
+        assert_eq!(
+            p.check(&exec(&["sh"])).unwrap_err().to_string(),
+            "the agent policy denies ExecProcessRequest: policy.rego:4: exec of sh is not allowed"
+        );
+    }
+
+    #[test]
+    fn allow_requests_failing_policy_serves_denied_requests_and_says_so() {
+        let p = load(
+            "package agent_policy\ndefault ExecProcessRequest := false\ndefault AllowRequestsFailingPolicy := true\n",
+        );
+        assert_eq!(p.status(), PolicyStatus::Permissive { rules: 2 });
+        assert_eq!(p.check(&exec(&["sh"])), Ok(()));
+        let p = load(
+            "package agent_policy\ndefault ExecProcessRequest := false\ndefault AllowRequestsFailingPolicy := false\n",
+        );
+        assert_eq!(p.status(), PolicyStatus::Enforced { rules: 2 });
+        assert!(p.check(&exec(&["sh"])).is_err());
     }
 
     #[test]

@@ -588,6 +588,12 @@ pub enum PolicyStatus {
         /// Rule definitions in the policy (each `default` and each rule body counts).
         rules: usize,
     },
+    /// The policy is loaded, but sets `AllowRequestsFailingPolicy := true` (Kata's debugging
+    /// switch): a denied request is logged and served anyway. Not secure.
+    Permissive {
+        /// Rule definitions in the policy.
+        rules: usize,
+    },
     /// The policy does not load: containers are refused.
     Invalid {
         /// The parser's or compiler's error.
