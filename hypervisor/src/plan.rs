@@ -64,7 +64,7 @@ pub struct Nic {
 
 impl VmResources {
     /// The standard names inside `state_dir`: `initdata.img`, `agent.sock`, `qmp.sock`,
-    /// `console.log` and `share/`.
+    /// `tty.sock` (the console), `console.log` and `share/`.
     pub fn in_dir(state_dir: impl Into<PathBuf>) -> Self {
         let dir: PathBuf = state_dir.into();
         VmResources {
@@ -72,7 +72,7 @@ impl VmResources {
             agent_socket: dir.join("agent.sock"),
             qmp_socket: dir.join("qmp.sock"),
             console_log: dir.join("console.log"),
-            console_socket: dir.join("console.sock"),
+            console_socket: dir.join("tty.sock"),
             share_dir: Some(dir.join("share")),
             nic: None,
             state_dir: dir,

@@ -65,7 +65,7 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
     let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
     v.push(cmdline);
     v.extend(words(
-        "-chardev socket,id=console,path=/run/coffer/s1/console.sock,server=on,wait=off -serial chardev:console \
+        "-chardev socket,id=console,path=/run/coffer/s1/tty.sock,server=on,wait=off -serial chardev:console \
          -chardev socket,id=qmp,path=/run/coffer/s1/qmp.sock,server=on,wait=off \
          -mon chardev=qmp,mode=control \
          -device virtio-serial-pci,id=vser0 \

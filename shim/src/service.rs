@@ -114,7 +114,7 @@ const STATE_ENTRIES: [&str; 10] = [
     "initdata.img",
     "agent.sock",
     "qmp.sock",
-    "console.sock",
+    "tty.sock",
     "console.log",
     "console.log.1",
     "share",

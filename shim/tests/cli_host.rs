@@ -188,7 +188,7 @@ fn tdx_plan_carries_the_reference_mrconfigid() {
     ]);
     let args = args_of(&plan);
     assert_eq!(
-        args[5..9],
+        args[8..12],
         [
             "-object",
             "tdx-guest,id=tdx0,mrconfigid=xmlLt6KdbzfscqFVguAEufMUIVloLbhQmjBEB0GaSeUAAAAAAAAAAAAAAAAAAAAA",

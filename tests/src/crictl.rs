@@ -320,6 +320,14 @@ mod tests {
         assert_eq!(v["metadata"]["name"], "p");
         assert_eq!(v["log_directory"], "/logs/p");
         assert_eq!(v["annotations"]["k"], "v");
+        // A pod on the CNI network (NamespaceMode POD) with its name as hostname...
+        assert_eq!(
+            v["linux"]["security_context"]["namespace_options"]["network"],
+            0
+        );
+        assert_eq!(v["hostname"], "p");
+        // ...and a host-network pod (NODE), which must not set one.
+        let v = Crictl::pod_config(&pod.host_network());
         assert_eq!(
             v["linux"]["security_context"]["namespace_options"]["network"],
             2

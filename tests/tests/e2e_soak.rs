@@ -2,7 +2,7 @@
 //! then the host is compared with how it was before — QEMU processes, shims, mounts, network
 //! namespaces and TAPs, sandbox state, and containerd's open descriptors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use coffer_tests::lifecycle::assert_nothing_left;
@@ -11,27 +11,31 @@ use coffer_tests::{skip, tools, Container, Pod, PrivateContainerd};
 const CYCLES: usize = 20;
 const PODS: usize = 4;
 
-/// What the host holds that a pod could leave behind.
+/// What the host holds that a pod could leave behind (each pod's network namespace, with its
+/// TAP, is checked by the pod's own cycle).
 #[derive(Debug, PartialEq, Eq)]
 struct Footprint {
     vms: usize,
     shims: usize,
     mounts: usize,
-    netns: usize,
     state: usize,
 }
 
 fn footprint(ctd: &PrivateContainerd) -> Footprint {
-    let netns = std::fs::read_dir("/var/run/netns")
-        .map(|d| d.count())
-        .unwrap_or(0);
     Footprint {
         vms: ctd.vms().len(),
         shims: tools::processes("containerd-shim-coffer", &ctd.socket().to_string_lossy()).len(),
         mounts: tools::mounts_under(ctd.dir()).len(),
-        netns,
         state: ctd.sandbox_state().len(),
     }
+}
+
+/// The pod's network namespace, as its shim recorded it.
+fn pod_netns(state_dir: &Path, pod_id: &str) -> PathBuf {
+    let record = std::fs::read_to_string(state_dir.join(pod_id).join("state.json"))
+        .expect("the sandbox's state.json");
+    let v: serde_json::Value = serde_json::from_str(&record).expect("state.json is JSON");
+    PathBuf::from(v["network"]["netns"].as_str().expect("a pod network"))
 }
 
 /// Open descriptors of containerd (its pid is in the private directory).
@@ -60,6 +64,7 @@ fn twenty_cycles_of_four_concurrent_pods_leak_nothing() {
             .map(|n| {
                 let socket = ctd.socket().to_path_buf();
                 let logs = ctd.log_root();
+                let state_dir = ctd.coffer_state_dir();
                 std::thread::spawn(move || {
                     let mut cri = coffer_tests::Cri::connect(&socket).expect("connect");
                     let pod = Pod::new(&format!("soak-{cycle}-{n}"), "coffer-qemu", &logs);
@@ -71,8 +76,10 @@ fn twenty_cycles_of_four_concurrent_pods_leak_nothing() {
                     cri.start_container(&c).expect("StartContainer");
                     let exec = cri.exec_sync(&c, &["echo", "hi"]).expect("ExecSync");
                     assert_eq!(exec.exit_code, 0);
+                    let netns = pod_netns(&state_dir, &pod_id);
                     cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
                     cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+                    assert!(!netns.exists(), "{} outlived its pod", netns.display());
                 })
             })
             .collect();

@@ -44,6 +44,8 @@ default WaitProcessRequest := true
 default SignalProcessRequest := true
 default RemoveContainerRequest := true
 default DestroySandboxRequest := true
+# the host may read the processes' output (kata-agent's rule; undefined keeps it in the guest)
+default ReadStreamRequest := true
 # exec only through a shell: anything else is refused.
 default ExecProcessRequest := false
 ExecProcessRequest if input.process.args[0] == "sh"
@@ -324,8 +326,8 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         absent,
         [("attestation-agent", None), ("confidential-data-hub", None)]
     );
-    // Eight rule definitions: seven defaults and the exec rule.
-    assert_eq!(report.policy, PolicyStatus::Enforced { rules: 8 });
+    // Nine rule definitions: eight defaults and the exec rule.
+    assert_eq!(report.policy, PolicyStatus::Enforced { rules: 9 });
 
     // The delivered files hold exactly the document and its entries.
     assert_eq!(
