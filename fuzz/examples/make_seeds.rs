@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use coffer_agent::protocol::network::{ArpNeighbor, Interface, IpAddress, Route};
 use coffer_agent::protocol::{
-    encode, Capabilities, ContainerFile, CreateContainer, ErrorKind, Event, ExitStatus,
-    GuestError, GuestFrame, Hello, InitDataReport, Outcome, PolicyStatus, Process, Request,
-    RequestFrame, Response, Rlimit, Seccomp, SeccompArg, SeccompSyscall, Service, Stream, Tee,
-    Verification, PROTOCOL_VERSION,
+    encode, Capabilities, ContainerFile, CreateContainer, ErrorKind, Event, ExitStatus, GuestError,
+    GuestFrame, Hello, InitDataReport, Outcome, PolicyStatus, Process, Request, RequestFrame,
+    Response, Rlimit, Seccomp, SeccompArg, SeccompSyscall, Service, Stream, Tee, Verification,
+    PROTOCOL_VERSION,
 };
 use coffer_initdata::{annotation, image, Limits};
 
@@ -66,8 +66,20 @@ fn main() {
         .map(|c| format!("{}\r\n", std::str::from_utf8(c).expect("base64 is ASCII")))
         .collect();
     put(&dir, "wrapped-crlf", format!("  {wrapped}").as_bytes());
-    put(&dir, "url-safe", kata_value.trim().replace('+', "-").replace('/', "_").as_bytes());
-    put(&dir, "unpadded", kata_value.trim().trim_end_matches('=').as_bytes());
+    put(
+        &dir,
+        "url-safe",
+        kata_value
+            .trim()
+            .replace('+', "-")
+            .replace('/', "_")
+            .as_bytes(),
+    );
+    put(
+        &dir,
+        "unpadded",
+        kata_value.trim().trim_end_matches('=').as_bytes(),
+    );
     put(&dir, "not-gzip", b"dmVyc2lvbiA9ICIwLjEuMCIK");
     put(&dir, "gzip-magic-only", b"H4sI");
     put(&dir, "bad-char", b"abc*");
@@ -81,7 +93,10 @@ fn main() {
     let foreign = foreign_image(&kata_doc);
     put(&dir, "go-runtime-gzip", &foreign);
     let mut two_members = image::write(b"");
-    let (a, b) = (gzip(b"version = \"0.1.0\"\n"), gzip(b"algorithm = \"sha256\"\n[data]\n"));
+    let (a, b) = (
+        gzip(b"version = \"0.1.0\"\n"),
+        gzip(b"algorithm = \"sha256\"\n[data]\n"),
+    );
     two_members.truncate(8);
     two_members.extend_from_slice(&((a.len() + b.len()) as u64).to_le_bytes());
     two_members.extend_from_slice(&a);
@@ -98,10 +113,18 @@ fn main() {
     let requests = requests();
     let guest = guest_frames();
     for (i, r) in requests.iter().enumerate() {
-        put(&dir, &format!("request-{i:02}"), &[&[0u8][..], &frame(r)].concat());
+        put(
+            &dir,
+            &format!("request-{i:02}"),
+            &[&[0u8][..], &frame(r)].concat(),
+        );
     }
     for (i, g) in guest.iter().enumerate() {
-        put(&dir, &format!("guest-{i:02}"), &[&[0u8][..], &frame(g)].concat());
+        put(
+            &dir,
+            &format!("guest-{i:02}"),
+            &[&[0u8][..], &frame(g)].concat(),
+        );
     }
     let mut session: Vec<u8> = vec![0x47];
     for r in &requests {
@@ -125,7 +148,9 @@ fn main() {
     lost.extend(frame(&requests[1]));
     put(&dir, "lost-sync", &lost);
     let mut no_id = vec![0];
-    no_id.extend(frame_json(br#"{"id":9,"request":{"op":"from_the_future"}}"#));
+    no_id.extend(frame_json(
+        br#"{"id":9,"request":{"op":"from_the_future"}}"#,
+    ));
     no_id.extend(frame_json(br#"{"request":{"op":"start","id":"c"}}"#));
     put(&dir, "unknown-op", &no_id);
 }

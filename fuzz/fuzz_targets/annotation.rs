@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
 
     let bytes = annotation::decode_bytes(value, &limits);
     if let Ok(bytes) = &bytes {
-        assert!(bytes.len() <= limits.max_inflated, "inflated past the limit");
+        assert!(
+            bytes.len() <= limits.max_inflated,
+            "inflated past the limit"
+        );
     }
     let decoded = annotation::decode(value, &limits);
     match &decoded {

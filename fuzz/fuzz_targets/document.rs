@@ -1,8 +1,8 @@
 //! The Init-Data document parser (UTF-8 -> TOML -> version/algorithm/[data] validation), and the
 //! two transports around it with valid gzip, which mutated annotations and images rarely reach
-//! (a flipped byte breaks the gzip CRC): any document must come back byte for byte from
+//! (a flipped byte breaks the gzip CRC): a document must come back byte for byte from
 //! `annotation::encode` -> `annotation::decode` and `image::write` -> `image::read`, and be judged
-//! the same way there.
+//! the same way there (checked for every document that parses and a sample of the rest).
 #![no_main]
 
 use coffer_initdata::{annotation, image, InitData, Limits, TeeField};
@@ -37,9 +37,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // The round trips compress at the best level, which costs most of an execution: run them
+    // for every document that parses and for one in eight of the others (gzip does not care
+    // whether its input is TOML).
+    if parsed.is_err() && data.first().is_some_and(|b| b & 7 != 0) {
+        return;
+    }
     let value = annotation::encode(data);
     if value.len() <= limits.max_encoded {
-        assert_eq!(annotation::decode_bytes(&value, &limits).as_deref(), Ok(data));
+        assert_eq!(
+            annotation::decode_bytes(&value, &limits).as_deref(),
+            Ok(data)
+        );
         assert_eq!(annotation::decode(&value, &limits), parsed);
     }
     let img = image::write(data);

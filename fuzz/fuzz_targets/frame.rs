@@ -163,7 +163,11 @@ fn host_side(stream: &[u8], expected: &[&[u8]], end: &End) {
     for body in expected {
         let got = read_frame::<_, GuestFrame>(&mut reader);
         offset += 4 + body.len();
-        assert_eq!(reader.len(), stream.len() - offset, "read_frame read past its frame");
+        assert_eq!(
+            reader.len(),
+            stream.len() - offset,
+            "read_frame read past its frame"
+        );
         match (got, host_decodes(body)) {
             (Ok(a), Ok(b)) => assert_eq!(a, b),
             (Err(FrameError::Malformed(_)), Err(())) => {}
@@ -178,7 +182,11 @@ fn host_side(stream: &[u8], expected: &[&[u8]], end: &End) {
         }
         (Err(FrameError::TooLarge { len }), End::TooLarge { len: l }) => {
             assert_eq!(len, *l);
-            assert_eq!(reader.len(), stream.len() - offset - 4, "read past the prefix");
+            assert_eq!(
+                reader.len(),
+                stream.len() - offset - 4,
+                "read past the prefix"
+            );
         }
         (got, _) => panic!("host end of stream: {got:?}, expected {end:?}"),
     }

@@ -37,6 +37,16 @@ cargo test --workspace --no-fail-fast "$@" -- --show-output 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
+# The decoders that read what others send (annotation, block image, frames) under a short
+# fuzzing run from the committed corpus; only for the whole suite, not a single test file.
+if [ $# -eq 0 ] && [ -x fuzz/smoke.sh ]; then
+  echo "==> fuzz smoke"
+  if ! fuzz/smoke.sh 2>&1 | tee -a "$log"; then
+    echo "fuzz smoke: FAILED"
+    rc=1
+  fi
+fi
+
 passed=$(grep -Eo 'test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '; [0-9]+ failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 skips=$(grep -E '^SKIP: ' "$log" | sort | uniq -c | sort -rn || true)
