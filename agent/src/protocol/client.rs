@@ -30,6 +30,7 @@ use super::network::{ArpNeighbor, Interface, Route};
 use super::{
     encode, read_frame_async, CreateContainer, ErrorKind, Event, ExitStatus, FrameError,
     GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Response, PROTOCOL_VERSION,
+    PULL_DEADLINE,
 };
 
 /// The longest the host waits for the answer to any request but a wait for an exit. Generous:
@@ -217,6 +218,10 @@ impl AgentClient {
             Request::Wait { .. } => None,
             // A healthy guest answers these at once; the host uses them to end a pod.
             Request::Signal { .. } | Request::Shutdown => Some(SIGNAL_TIMEOUT),
+            // The guest pulls the image first, within its own deadline.
+            Request::CreateContainer(CreateContainer { image: Some(_), .. }) => {
+                Some(PULL_DEADLINE + CALL_TIMEOUT)
+            }
             _ => Some(CALL_TIMEOUT),
         };
         let call = async {
@@ -755,7 +760,8 @@ mod tests {
         let refused = client
             .create_container(CreateContainer {
                 id: "c2".into(),
-                rootfs: "r".into(),
+                rootfs: Some("r".into()),
+                image: None,
                 hostname: None,
                 process: Process::default(),
                 files: vec![],
