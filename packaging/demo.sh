@@ -74,7 +74,8 @@ sock=$(COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest ./packaging/dev/up.sh "$dir" 
 echo "    containerd: $sock (handlers ${coffer_handlers// /, })"
 
 step "5/5 Running the Init-Data example as a pod"
-args=(--socket "$sock" --bin-dir "$bin" --handler "$handler" --initdata "$initdata" --log-root "$dir/logs" --state-dir "$dir/vm")
+args=(--socket "$sock" --bin-dir "$bin" --handler "$handler" --initdata "$initdata" --log-root "$dir/logs" --state-dir "$dir/vm"
+  --containerd-dir "$dir")
 [ $keep -eq 1 ] && args+=(--keep)
 "$bin/coffer-demo" "${args[@]}"
 

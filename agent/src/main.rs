@@ -1,7 +1,7 @@
 //! `coffer-agent`: PID 1 of the Coffer guest.
 //!
 //! Boot order: off the initramfs, early filesystems, kernel modules, the Init-Data (find, read, verify, deliver,
-//! start the attestation services), the 9p share, then the host channel. Whatever fails along the
+//! start the attestation services), the 9p share (not in a TEE guest), then the host channel. Whatever fails along the
 //! way is reported in hello rather than ending PID 1, because an agent that answers explains the
 //! failure to the host and one that died only leaves a kernel panic on the console.
 
@@ -70,11 +70,22 @@ fn main() {
         report.policy
     ));
 
-    let share_error = boot::mount_share().err();
-    if let Some(e) = &share_error {
-        boot::log(e);
-    }
-    let refusal = report.verification.refusal().or(share_error);
+    // A TEE guest never takes its root filesystems from the host: it pulls its images itself.
+    // Elsewhere a missing share only matters to containers that ask for one.
+    let share_error = if report.tee == protocol::Tee::None {
+        boot::mount_share().err().map(|e| {
+            boot::log(&format!(
+                "{e} (containers must then use guest-pulled images)"
+            ));
+            format!("this guest has no 9p share: {e}")
+        })
+    } else {
+        Some(format!(
+            "a {} guest never runs a root filesystem shared by the host; use guest pull (rootfs = \"guest\" in the handler's configuration)",
+            report.tee.display_name()
+        ))
+    };
+    let refusal = report.verification.refusal();
 
     let port_path = match boot::find_port(Path::new("/sys/class/virtio-ports"), PORT_WAIT) {
         Ok(p) => p,
@@ -94,7 +105,7 @@ fn main() {
     let (out, frames) = mpsc::sync_channel(server::QUEUE);
     std::thread::spawn(move || server::writer(write_port, frames));
     let policy = Arc::new(policy);
-    let containers = container::Containers::new(out.clone(), refusal, policy.clone());
+    let containers = container::Containers::new(out.clone(), refusal, policy.clone(), share_error);
     let agent = Arc::new(server::Agent {
         report,
         containers,

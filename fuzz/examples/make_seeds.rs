@@ -246,7 +246,8 @@ fn requests() -> Vec<RequestFrame> {
         },
         Request::CreateContainer(CreateContainer {
             id: "c1".into(),
-            rootfs: "c1/rootfs".into(),
+            rootfs: Some("c1/rootfs".into()),
+            image: None,
             hostname: Some("pod".into()),
             process: process(),
             files: vec![ContainerFile {

@@ -11,8 +11,10 @@ use crate::{Digest, Error, Result};
 /// The only Init-Data version that exists.
 pub const VERSION: &str = "0.1.0";
 
-/// `[data]` keys that the Confidential Containers guest consumes.
-pub const KNOWN_DATA_KEYS: [&str; 3] = ["policy.rego", "aa.toml", "cdh.toml"];
+/// `[data]` keys that the Confidential Containers guest consumes. `registries.conf` is the
+/// containers-registries.conf file `cdh.toml`'s `[image] registry_configuration_uri` names
+/// (`file:///run/confidential-containers/initdata/registries.conf`) for pulls in the guest.
+pub const KNOWN_DATA_KEYS: [&str; 4] = ["policy.rego", "aa.toml", "cdh.toml", "registries.conf"];
 
 /// Hash algorithm named by a document's `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,7 +23,9 @@ fi
 guest=${COFFER_GUEST_DIR:-$repo/target/guest}
 dir=$(mktemp -d /tmp/coffer-bench.XXXXXX)
 trap '"$repo/packaging/dev/down.sh" "$dir" >/dev/null 2>&1 || true' EXIT
-sock=$(COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest "$repo/packaging/dev/up.sh" "$dir" | tail -n 1)
+# rootfs = host: these figures are about the VM and the pod, not the image (guest pull has its
+# own benchmark in tests/tests/e2e_guest_pull.rs).
+sock=$(COFFER_ROOTFS=host COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest "$repo/packaging/dev/up.sh" "$dir" | tail -n 1)
 
 # The handler config up.sh wrote, and the same with the bzImage through SeaBIOS.
 pvh=$dir/coffer/coffer-qemu.toml

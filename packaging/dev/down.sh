@@ -111,6 +111,11 @@ if [ -f "$netns_list" ]; then
     rm -f "$ns"
   done
 fi
+# The test registry's namespace (tests/src/registry.rs: cfreg<tag> for bridge cf<tag>); its
+# veth pair goes with it. The registry itself was stopped with the other processes above.
+if [ -n "$bridge" ] && ip netns list 2>/dev/null | grep -q "^cfreg${bridge#cf}\b"; then
+  ip netns del "cfreg${bridge#cf}" 2>/dev/null || true
+fi
 if [ -n "$bridge" ] && ip link show "$bridge" >/dev/null 2>&1; then
   ip link del "$bridge" 2>/dev/null || true
 fi

@@ -25,6 +25,7 @@
 #                          without coffer there, only runc is registered)
 #        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
 #        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)
+#        COFFER_ROOTFS     override the coffer-qemu handler's rootfs (guest or host)
 #        COFFER_HANDLERS   "none": register only runc (to try packaging/install.sh on it)
 #        COFFER_CONTAINERD containerd binary (default: the one DIR's containerd last ran, else
 #                          containerd on PATH), e.g. target/containerd/2.x/usr/bin/containerd
@@ -150,6 +151,12 @@ for h in $coffer_handlers; do
   handler_config "$h" "$guest_dir" "$coffer_state" > "$dir/coffer/$h.toml"
   if [ -n "${COFFER_ACCEL:-}" ] && [ "$h" = coffer-qemu ]; then
     sed -i "s#^accel = .*#accel = \"$(sed_escape "$COFFER_ACCEL")\"#" "$dir/coffer/$h.toml"
+  fi
+  if [ -n "${COFFER_ROOTFS:-}" ] && [ "$h" = coffer-qemu ]; then
+    case "$COFFER_ROOTFS" in
+      guest | host) sed -i "s#^rootfs = .*#rootfs = \"$COFFER_ROOTFS\"#" "$dir/coffer/$h.toml" ;;
+      *) die "COFFER_ROOTFS must be guest or host, not $COFFER_ROOTFS" ;;
+    esac
   fi
 done
 

@@ -56,7 +56,7 @@ umask 022
 # Modules the agent loads, by name. Optional ones are skipped when the kernel lacks them (or has
 # them built in): configfs/tsm/sev-guest/tdx-guest read TEE reports back; button and evdev let the
 # agent see the ACPI power button (QMP system_powerdown) and power off cleanly.
-required_modules=(virtio_pci virtio_blk virtio_console 9pnet_virtio 9p virtio_net)
+required_modules=(virtio_pci virtio_blk virtio_console 9pnet_virtio 9p virtio_net overlay)
 optional_modules=(configfs sev-guest tdx-guest tsm button evdev)
 
 # resolve PACKAGE[=VERSION] -> "name=version", the exact version apt would install.

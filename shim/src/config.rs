@@ -11,6 +11,7 @@
 //! default = "/etc/coffer/initdata/default.toml"  # Init-Data for pods that bring none
 //! agent_timeout_secs = 120      # how long to wait for the guest agent's hello
 //! state_dir = "/run/coffer"     # per-sandbox state lives in <state_dir>/<sandbox-id>
+//! rootfs = "guest"              # guest | host: where container root filesystems come from
 //!
 //! [vm]                          # the hypervisor crate's VmConfig
 //! path = "qemu-system-x86_64"
@@ -60,6 +61,22 @@ pub struct Config {
     pub agent_timeout_secs: u64,
     /// Root of the per-sandbox state directories.
     pub state_dir: PathBuf,
+    /// Where container root filesystems come from. Absent: `guest`.
+    pub rootfs: Option<RootfsSource>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsSource {
+    /// The guest pulls the image named by the container's `io.kubernetes.cri.image-name`
+    /// annotation from its registry, verifies it and unpacks it into guest memory; the VM gets
+    /// no share from the host at all. The only mode the TDX and SNP handlers accept.
+    Guest,
+    /// containerd's snapshot on the host, shared into the guest over 9p (read-write). Not
+    /// confidential: the host sees and can change everything the container reads and writes.
+    /// Only for the plain `tee = "none"` handler.
+    Host,
 }
 
 impl Default for Config {
@@ -74,6 +91,7 @@ impl Default for Config {
             initdata: Limits::default(),
             agent_timeout_secs: DEFAULT_AGENT_TIMEOUT_SECS,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            rootfs: None,
         }
     }
 }
@@ -113,6 +131,11 @@ impl Config {
     /// The agent timeout as a duration.
     pub fn agent_timeout(&self) -> Duration {
         Duration::from_secs(self.agent_timeout_secs)
+    }
+
+    /// Where container root filesystems come from: as configured, else `guest`.
+    pub fn rootfs_source(&self) -> RootfsSource {
+        self.rootfs.unwrap_or(RootfsSource::Guest)
     }
 
     /// Reads the configuration at `path`.
@@ -167,6 +190,15 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.tee != Tee::None && self.rootfs == Some(RootfsSource::Host) {
+            return Err(invalid(
+                "rootfs",
+                &format!(
+                    "\"host\" shares the host's copy of every container's files with the guest, which a {} pod must not trust; use \"guest\"",
+                    self.tee.display_name()
+                ),
+            ));
+        }
         if let Some(default) = &self.default {
             if !default.is_absolute() {
                 return Err(invalid("default", "must be an absolute path"));
@@ -217,6 +249,32 @@ mod tests {
         assert_eq!(c.initdata, Limits::default());
         assert!(!c.required);
         assert_eq!(c.default, None);
+        assert_eq!(c.rootfs_source(), RootfsSource::Guest);
+        assert_eq!(
+            parse("rootfs = \"host\"").unwrap().rootfs_source(),
+            RootfsSource::Host
+        );
+    }
+
+    #[test]
+    fn tee_handlers_pull_in_the_guest_and_refuse_host_sharing() {
+        assert_eq!(
+            parse("tee = \"tdx\"").unwrap().rootfs_source(),
+            RootfsSource::Guest
+        );
+        assert_eq!(
+            parse("rootfs = \"guest\"").unwrap().rootfs_source(),
+            RootfsSource::Guest
+        );
+        for tee in ["tdx", "snp"] {
+            let e = parse(&format!("tee = \"{tee}\"\nrootfs = \"host\"")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("rootfs: \"host\" shares the host's copy"),
+                "{e}"
+            );
+        }
+        assert!(parse("rootfs = \"disk\"").is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! The sandbox task stands for the VM (its pid is QEMU's; its "process" runs until the VM
 //! stops): the pause container's job of holding the pod's namespaces is done by the VM itself.
-//! A workload container has a root filesystem shared into the guest, its own process and any
-//! number of exec'd processes, all running in the guest.
+//! A workload container has a root filesystem (pulled by the guest itself, or in host mode shared
+//! into the guest), its own process and any number of exec'd processes, all running in the guest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ pub struct Container {
     pub init: Process,
     /// Exec'd processes by exec id.
     pub execs: HashMap<String, Process>,
-    /// The root filesystem mounts (workloads only).
+    /// The root filesystem mounts (workloads of a host-mode handler only).
     pub rootfs: Option<Rootfs>,
     /// Whether the guest knows this container (created there and not yet removed).
     pub in_guest: bool,

@@ -259,6 +259,17 @@ impl Pod {
         }
         let agent = sandbox.agent.clone();
         let share_dir = sandbox.share_dir.clone();
+        // Guest pull: the guest fetches the image itself; containerd's snapshot on the host is
+        // never mounted or shown to the guest.
+        let image = match &share_dir {
+            Some(_) => None,
+            None => Some(spec.image_name().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "container {} has no io.kubernetes.cri.image-name annotation, so the guest does not know which image to pull; this handler pulls images in the guest (rootfs = \"guest\") and needs containers created through the CRI",
+                    req.id
+                ))
+            })?),
+        };
         // containerd gives a container the pod's hostname through its /etc/hostname; its UTS
         // namespace (the VM's own) gets the same name.
         let hostname = spec.hostname().or_else(|| sandbox.hostname.clone());
@@ -266,10 +277,20 @@ impl Pod {
         // Checked now: stdin is only opened once the process runs, too late to refuse it.
         crate::io::stdio_path(&req.stdin)?;
         let io = ProcessIo::open(&req.stdout, &req.stderr)?;
-        let rootfs = Rootfs::mount(&req.rootfs, bundle, &share_dir, &req.id).await?;
+        let rootfs = match &share_dir {
+            Some(share_dir) => match Rootfs::mount(&req.rootfs, bundle, share_dir, &req.id).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    io.close().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let create = CreateContainer {
             id: req.id.clone(),
-            rootfs: rootfs.guest_path.clone(),
+            rootfs: rootfs.as_ref().map(|r| r.guest_path.clone()),
+            image,
             hostname,
             process,
             resources: spec.resources(),
@@ -279,7 +300,7 @@ impl Pod {
             readonly_root: spec.readonly_root(),
         };
         if let Err(e) = agent.create_container(create).await {
-            if let Err(u) = rootfs.unmount() {
+            if let Some(Err(u)) = rootfs.as_ref().map(Rootfs::unmount) {
                 tracing::warn!(container = %req.id, error = %u, "unmounting after a failed create");
             }
             io.close().await;
@@ -296,7 +317,7 @@ impl Pod {
                 kind: Kind::Workload,
                 init,
                 execs: HashMap::new(),
-                rootfs: Some(rootfs),
+                rootfs,
                 in_guest: true,
             },
         );

@@ -20,7 +20,7 @@ use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, RootfsSource, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
 use crate::network::GuestNetwork;
 use crate::spec::{BundleSpec, Namespace};
@@ -120,8 +120,8 @@ pub struct Sandbox {
     pub dir: StateDir,
     /// What was recorded in `state.json`.
     pub record: SandboxState,
-    /// The 9p share directory.
-    pub share_dir: PathBuf,
+    /// The 9p share directory; `None` when the guest pulls its images (no share at all).
+    pub share_dir: Option<PathBuf>,
     /// The guest agent.
     pub agent: Arc<AgentClient>,
     /// The pod's hostname (its containers' UTS namespaces get it).
@@ -188,7 +188,8 @@ impl Sandbox {
         .await;
         match result {
             Ok((record, agent, events)) => {
-                let share_dir = dir.path().join("share");
+                let share_dir = (config.rootfs_source() == RootfsSource::Host)
+                    .then(|| dir.path().join("share"));
                 let vm = launched.ok_or_else(|| {
                     Error::FailedPrecondition("the VM vanished during sandbox creation".into())
                 })?;
@@ -248,13 +249,17 @@ impl Sandbox {
     ) -> Result<(SandboxState, Arc<AgentClient>, UnboundedReceiver<Event>)> {
         write_bundle_record(bundle, dir)?;
         let mut resources = VmResources::in_dir(dir.path());
-        let share_dir = dir.path().join("share");
-        std::fs::create_dir(&share_dir).map_err(|source| Error::Io {
-            what: "cannot create the sandbox share",
-            path: share_dir.clone(),
-            source,
-        })?;
-        resources.share_dir = Some(share_dir);
+        // Guest pull: the VM gets no share from the host at all.
+        resources.share_dir = None;
+        if config.rootfs_source() == RootfsSource::Host {
+            let share_dir = dir.path().join("share");
+            std::fs::create_dir(&share_dir).map_err(|source| Error::Io {
+                what: "cannot create the sandbox share",
+                path: share_dir.clone(),
+                source,
+            })?;
+            resources.share_dir = Some(share_dir);
+        }
         let digest = initdata.as_ref().map(|(doc, _)| doc.digest());
         let record_initdata = match &initdata {
             Some((doc, source)) => {

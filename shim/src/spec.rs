@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// Annotation naming the pod a container belongs to.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The image a CRI container runs, as the pod spec names it (the reference the guest pulls).
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 /// Value of [`CONTAINER_TYPE`] for the pod's sandbox.
 pub const TYPE_SANDBOX: &str = "sandbox";
 
@@ -72,6 +74,15 @@ impl BundleSpec {
             .get(SANDBOX_ID)
             .cloned()
             .unwrap_or_else(|| own_id.to_string())
+    }
+
+    /// The image the container runs, as containerd's CRI names it in the container's spec
+    /// (`io.kubernetes.cri.image-name`): the reference the guest pulls.
+    pub fn image_name(&self) -> Option<String> {
+        self.annotations()
+            .get(IMAGE_NAME)
+            .filter(|name| !name.trim().is_empty())
+            .cloned()
     }
 
     /// The spec as it may be shown to the guest: Init-Data annotations removed.

@@ -64,10 +64,11 @@ impl Fixture {
         let state_root = root.join("s");
         let guest = guest.unwrap_or(Path::new("/nonexistent"));
         let config = root.join("coffer.toml");
+        // rootfs = "host": these bundles carry their root filesystem on the host.
         std::fs::write(
             &config,
             format!(
-                "tee = \"none\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\nfirmware = \"{QBOOT_FIRMWARE}\"\ninitrd = \"{}\"\n{extra}",
+                "tee = \"none\"\nrootfs = \"host\"\nagent_timeout_secs = 300\nstate_dir = \"{}\"\n[vm]\naccel = \"tcg\"\nkernel = \"{}\"\nfirmware = \"{QBOOT_FIRMWARE}\"\ninitrd = \"{}\"\n{extra}",
                 state_root.display(),
                 guest.join("vmlinux").display(),
                 guest.join("initrd.img").display()

@@ -59,21 +59,56 @@ pub struct Options {
     /// Register only the runc handler (env COFFER_HANDLERS=none for up.sh), as a node looks
     /// before `packaging/install.sh` adds Coffer's.
     pub runc_only: bool,
+    /// The coffer-qemu handler's `rootfs` (env COFFER_ROOTFS for up.sh): `guest` or `host`.
+    /// None: as packaged (`guest`).
+    pub rootfs: Option<String>,
     /// The containerd binary to run (env COFFER_CONTAINERD for up.sh), e.g. one of
     /// [`tools::other_containerd`]; up.sh writes its config in that version's native format.
     /// None: containerd on PATH.
     pub containerd: Option<PathBuf>,
 }
 
-impl PrivateContainerd {
-    /// Starts one with the binaries and guest image found by [`tools`], if any.
-    pub fn start() -> Result<PrivateContainerd, StartError> {
-        PrivateContainerd::start_with(&Options {
+impl Options {
+    /// The binaries and guest image found by [`tools`], if any, and the accelerator COFFER_ACCEL
+    /// names; everything else as up.sh defaults it.
+    pub fn found() -> Options {
+        Options {
             bin_dir: tools::bin_dir().ok(),
             guest_dir: tools::guest_dir().ok(),
             accel: std::env::var("COFFER_ACCEL").ok().filter(|a| !a.is_empty()),
-            runc_only: false,
-            containerd: None,
+            ..Options::default()
+        }
+    }
+}
+
+/// A value up.sh recorded in `dir`/up.env.
+pub fn up_env(dir: &Path, key: &str) -> Result<String, String> {
+    let env = std::fs::read_to_string(dir.join("up.env"))
+        .map_err(|e| format!("reading {}/up.env: {e}", dir.display()))?;
+    env.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}/up.env has no {key}", dir.display()))
+}
+
+impl PrivateContainerd {
+    /// Starts one with the binaries and guest image found by [`tools`], if any, and the
+    /// coffer-qemu handler sharing containerd's snapshots with the guest (`rootfs = "host"`):
+    /// the tests of everything but image handling run without a registry. Guest pull, the
+    /// packaged default, is [`PrivateContainerd::start_guest_pull`].
+    pub fn start() -> Result<PrivateContainerd, StartError> {
+        PrivateContainerd::start_with(&Options {
+            rootfs: Some("host".into()),
+            ..Options::found()
+        })
+    }
+
+    /// Starts one as [`PrivateContainerd::start`] does, with the coffer-qemu handler as
+    /// packaged: the guest pulls each image itself (`rootfs = "guest"`).
+    pub fn start_guest_pull() -> Result<PrivateContainerd, StartError> {
+        PrivateContainerd::start_with(&Options {
+            rootfs: Some("guest".into()),
+            ..Options::found()
         })
     }
 
@@ -117,6 +152,9 @@ impl PrivateContainerd {
         }
         if let Some(c) = &options.containerd {
             cmd.env("COFFER_CONTAINERD", c);
+        }
+        if let Some(r) = &options.rootfs {
+            cmd.env("COFFER_ROOTFS", r);
         }
         let out = cmd.output().map_err(|source| StartError::Spawn {
             script: script.clone(),
@@ -187,6 +225,11 @@ impl PrivateContainerd {
     /// The directory holding everything this containerd made.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A value up.sh recorded in DIR/up.env (SOCK, BRIDGE, SUBNET, CONTAINERD, CTR).
+    pub fn up_env(&self, key: &str) -> Result<String, String> {
+        up_env(&self.dir, key)
     }
 
     /// containerd's gRPC (and CRI) socket.

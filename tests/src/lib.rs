@@ -7,6 +7,7 @@
 //! - [`Crictl`] runs the same calls through a real `crictl`, where one is installed.
 //! - Both implement [`Driver`], so one scenario runs through either; [`lifecycle`] is the
 //!   busybox pod lifecycle the scenarios share.
+//! - [`registry`] runs a real OCI registry on the private pod bridge, for guest pull.
 //! - [`tools`] finds the shim, the CLI and the guest image; [`skip`] prints the `SKIP:` line a
 //!   test that cannot run here leaves for CI.
 
@@ -15,6 +16,7 @@ mod cri;
 mod crictl;
 mod driver;
 pub mod lifecycle;
+pub mod registry;
 pub mod tools;
 
 pub use containerd::{Options, PrivateContainerd, StartError};

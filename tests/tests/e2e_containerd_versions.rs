@@ -69,6 +69,7 @@ fn start(v: &Version, bin: PathBuf, coffer: Option<(PathBuf, PathBuf)>) -> Priva
         guest_dir,
         accel: std::env::var("COFFER_ACCEL").ok().filter(|a| !a.is_empty()),
         runc_only,
+        rootfs: Some("host".into()),
         containerd: Some(bin),
     })
     .unwrap_or_else(|e| panic!("the private containerd {} did not start: {e}", v.folder));
@@ -104,22 +105,13 @@ fn start(v: &Version, bin: PathBuf, coffer: Option<(PathBuf, PathBuf)>) -> Priva
     ctd
 }
 
-/// A value up.sh recorded in DIR/up.env.
-fn up_env(ctd: &PrivateContainerd, key: &str) -> String {
-    let env = std::fs::read_to_string(ctd.dir().join("up.env")).expect("up.env");
-    env.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in up.env"))
-        .to_owned()
-}
-
 /// The pod has an address from up.sh's CNI network, and its container has it on eth0.
 fn assert_on_the_pod_network(ctd: &PrivateContainerd, cri: &mut Cri, running: &Running) {
     let status = cri
         .pod_sandbox_status(&running.pod_id)
         .expect("PodSandboxStatus");
     let ip = status.network.map(|n| n.ip).unwrap_or_default();
-    let subnet = up_env(ctd, "SUBNET");
+    let subnet = ctd.up_env("SUBNET").expect("up.env");
     assert!(
         ip.starts_with(subnet.trim_end_matches("0/24")),
         "pod address {ip:?} is not from up.sh's {subnet}"

@@ -82,7 +82,7 @@ fn runc_pod_gets_an_address_from_the_private_cni_network() {
         .pod_sandbox_status(&running.pod_id)
         .expect("PodSandboxStatus");
     let ip = status.network.map(|n| n.ip).unwrap_or_default();
-    let subnet = up_env(&ctd, "SUBNET");
+    let subnet = ctd.up_env("SUBNET").expect("up.env");
     let net = subnet.trim_end_matches("0/24");
     assert!(
         ip.starts_with(net),
@@ -176,15 +176,6 @@ fn assert_down_left_nothing(dir: &Path, bridge: &str) {
     );
 }
 
-/// A value up.sh recorded in DIR/up.env.
-fn up_env(ctd: &PrivateContainerd, key: &str) -> String {
-    let env = std::fs::read_to_string(ctd.dir().join("up.env")).expect("up.env");
-    env.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key}= in up.env"))
-        .to_owned()
-}
-
 /// A running pod (CNI network, so a network namespace and a bridge) and its container:
 /// `running` says whether containerd is still alive when down.sh runs.
 fn down_cleans_up(containerd_alive: bool) {
@@ -206,7 +197,7 @@ fn down_cleans_up(containerd_alive: bool) {
     assert!(!tools::processes_of(ctd.dir()).is_empty(), "no processes");
 
     let dir = ctd.dir().to_path_buf();
-    let bridge = up_env(&ctd, "BRIDGE");
+    let bridge = ctd.up_env("BRIDGE").expect("up.env");
     if !containerd_alive {
         ctd.kill_containerd().expect("kill containerd");
     }

@@ -364,7 +364,8 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
     g.client
         .create_container(CreateContainer {
             id: "c1".into(),
-            rootfs: "rootfs1".into(),
+            rootfs: Some("rootfs1".into()),
+            image: None,
             hostname: Some("coffer-c1".into()),
             process: shell(
                 "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
@@ -462,7 +463,8 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
     g.client
         .create_container(CreateContainer {
             id: "c2".into(),
-            rootfs: "rootfs1".into(),
+            rootfs: Some("rootfs1".into()),
+            image: None,
             hostname: None,
             // Waits for the host to drop a file into the share, so it runs after the reconnect.
             process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
@@ -583,7 +585,8 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
             .client
             .create_container(CreateContainer {
                 id: "c1".into(),
-                rootfs: "rootfs1".into(),
+                rootfs: Some("rootfs1".into()),
+                image: None,
                 hostname: None,
                 process: shell("echo must not run"),
                 files: vec![],

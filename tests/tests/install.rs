@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use coffer_initdata::annotation::ANNOTATION;
+use coffer_tests::registry::{self, GuestImages};
 use coffer_tests::tools::{self, Coffer};
 use coffer_tests::{skip, Container, Driver, Options, Pod, PrivateContainerd};
 use serde_json::Value;
@@ -194,15 +195,37 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
         "io.containerd.runc.v2"
     );
     assert_handlers_loaded(&config, &prefix);
-    if guest.is_some() {
-        // A pod on the installed coffer-qemu handler runs, with the installed guest image.
+    let no_pod = match &guest {
+        None => Some("no guest image".to_owned()),
+        Some(_) => registry::missing(),
+    };
+    if let Some(reason) = &no_pod {
+        skip(format!(
+            "{reason}: not starting a pod on the installed handlers"
+        ));
+    } else {
+        // A pod on the installed coffer-qemu handler runs, with the installed guest image,
+        // pulling its image in the guest (the packaged default) from a registry on the pod
+        // network that its Init-Data names.
+        let images = GuestImages::start(&ctd).unwrap_or_else(|e| panic!("the registry: {e}"));
+        let coffer = Coffer::in_dir(&prefix.join("bin"));
+        let seed = std::fs::read_to_string(tools::seed_initdata()).expect("the seed document");
+        let doc = ctd.scratch().join("installed.toml");
+        std::fs::create_dir_all(ctd.scratch()).expect("scratch");
+        std::fs::write(&doc, images.initdata(&seed).expect("the seed's cdh.toml"))
+            .expect("write the Init-Data");
+        let annotation = coffer
+            .encode(&doc)
+            .expect("installed coffer initdata encode");
         let mut cri = ctd.cri().expect("connect");
-        let pod = Pod::new("installed", "coffer-qemu", &ctd.log_root());
+        let pod = Pod::new("installed", "coffer-qemu", &ctd.log_root())
+            .annotation(ANNOTATION, &annotation);
         let pod_id = cri
             .run_pod_sandbox(&pod)
             .expect("RunPodSandbox on coffer-qemu");
         let line = "hello from the installed handler";
-        let container = Container::busybox_sh("main", &format!("echo '{line}'"));
+        let mut container = Container::busybox_sh("main", &format!("echo '{line}'"));
+        container.image = images.busybox.clone();
         let id = cri
             .create_container(&pod_id, &pod, &container)
             .expect("CreateContainer");
@@ -220,7 +243,6 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
 
         // The TDX handler reaches the installed shim, which reads the installed config
         // (tee = "tdx") and refuses before starting anything on this host.
-        let coffer = Coffer::in_dir(&prefix.join("bin"));
         let annotation = coffer
             .encode(&tools::seed_initdata())
             .expect("installed coffer initdata encode");
@@ -236,8 +258,6 @@ fn install_registers_the_handlers_and_uninstall_restores_the_config() {
             "{}",
             err.message()
         );
-    } else {
-        skip("no guest image: not starting a pod on the installed handlers");
     }
 
     // Uninstall: the config is byte-equal to before, and the install's files are gone.

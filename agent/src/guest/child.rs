@@ -1224,7 +1224,8 @@ mod tests {
         };
         let container = crate::protocol::CreateContainer {
             id: "c1".into(),
-            rootfs: "unused".into(),
+            rootfs: Some("unused".into()),
+            image: None,
             hostname: None,
             process: p.clone(),
             masked_paths: names(&["/etc/secret", "/data", "/does/not/exist"]),

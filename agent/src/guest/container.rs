@@ -1,5 +1,6 @@
 //! The containers of this guest: each is a first process in its own mount, PID, UTS and IPC
-//! namespaces, its root a directory of the 9p share, plus the processes exec'd into it, kept
+//! namespaces, its root an overlay of the image the guest pulled itself (see [`super::image`]) or,
+//! in the host-shared mode, a directory of the 9p share, plus the processes exec'd into it, kept
 //! from create to remove. One thread reaps every child of PID 1; an exit reaches the host as an
 //! event once the process's output has drained, before any wait is answered.
 //!
@@ -24,6 +25,7 @@ use super::cgroup::{self, Cgroup};
 use super::child::{clone_exec_helper, clone_init, Prepared};
 use super::error::{io_errno, sys, ContainerError};
 use super::files::{Files, FILES_DIR};
+use super::image::{ContainerRoot, Images};
 use super::outgoing::Outgoing;
 use super::policy::AgentPolicy;
 use super::pty::{container_pts, set_window_size, Pty, NO_TTY};
@@ -85,6 +87,8 @@ struct Container {
     _files: Files,
     /// Its cgroup, removed with it.
     cgroup: Arc<Cgroup>,
+    /// Its overlay root (guest-pulled image), unmounted with it.
+    _root: Option<ContainerRoot>,
 }
 
 #[derive(Debug, Default)]
@@ -99,24 +103,32 @@ struct State {
 pub struct Containers {
     state: Mutex<State>,
     events: SyncSender<Outgoing>,
-    /// Set when containers must not run (unverified Init-Data, no share).
+    /// Set when containers must not run (unverified Init-Data, invalid policy).
     refusal: Option<String>,
     /// The agent policy: it decides which output the host may read.
     policy: Arc<AgentPolicy>,
+    /// Why a host-shared root filesystem cannot be used (no 9p share, or a TEE guest), if so.
+    share: Option<String>,
+    /// The images this guest pulled.
+    images: Images,
 }
 
 impl Containers {
     /// Creates the registry and starts the thread that reaps every child of PID 1.
+    /// `share` says why host-shared root filesystems cannot be used, if they cannot.
     pub fn new(
         events: SyncSender<Outgoing>,
         refusal: Option<String>,
         policy: Arc<AgentPolicy>,
+        share: Option<String>,
     ) -> Arc<Containers> {
         let this = Arc::new(Containers {
             state: Mutex::default(),
             events,
             refusal,
             policy,
+            share,
+            images: Images::default(),
         });
         let reaper = this.clone();
         std::thread::spawn(move || reaper.reap());
@@ -144,13 +156,37 @@ impl Containers {
                 req.id
             )));
         }
-        let rootfs = share_path(&req.rootfs)?;
-        if !rootfs.is_dir() {
-            return Err(ContainerError::Invalid(format!(
-                "container rootfs {} is not a directory in the share",
-                req.rootfs
-            )));
+        if self.lock().containers.contains_key(&req.id) {
+            return Err(ContainerError::Exists(format!("container \"{}\"", req.id)));
         }
+        let (rootfs, root) = match (&req.rootfs, &req.image) {
+            (Some(shared), None) => {
+                if let Some(why) = &self.share {
+                    return Err(ContainerError::Refused(format!(
+                        "container {} asks for a host-shared root filesystem, but {why}",
+                        req.id
+                    )));
+                }
+                let rootfs = share_path(shared)?;
+                if !rootfs.is_dir() {
+                    return Err(ContainerError::Invalid(format!(
+                        "container rootfs {shared} is not a directory in the share"
+                    )));
+                }
+                (rootfs, None)
+            }
+            (None, Some(image)) => {
+                let image = self.images.get(image)?;
+                let root = ContainerRoot::mount(&req.id, &image).map_err(ContainerError::Image)?;
+                (root.rootfs.clone(), Some(root))
+            }
+            _ => {
+                return Err(ContainerError::Invalid(format!(
+                    "container {}: exactly one of rootfs (host-shared) and image (guest pull) must be given",
+                    req.id
+                )))
+            }
+        };
         let files = super::files::write(Path::new(FILES_DIR), &req.id, &req.files)?;
         let prep = Prepared::new(&req.process, Some(&rootfs), req.hostname.as_deref())?
             .with_files(&files.mounts)?
@@ -194,6 +230,7 @@ impl Containers {
                 tty_slave: None,
                 _files: files,
                 cgroup,
+                _root: root,
             },
         );
         drop(state);

@@ -41,6 +41,12 @@ pub enum ContainerError {
     /// or read-only paths) name something the guest does not know or cannot do.
     #[error("{0}")]
     Security(#[from] SecurityError),
+    /// The container's image could not be pulled.
+    #[error("{0}")]
+    Pull(#[from] super::image::PullError),
+    /// The container's root could not be set up over its image.
+    #[error("{0}")]
+    Image(String),
     /// A system call failed in the agent or in the child before exec.
     #[error("{step} failed: {source}")]
     Sys {
@@ -60,7 +66,9 @@ impl ContainerError {
             ContainerError::Invalid(_) | ContainerError::Security(_) => ErrorKind::InvalidArgument,
             // A failed system call is most often the container's doing (a missing binary, a
             // path that is not a directory): the request cannot succeed as the guest stands.
+            ContainerError::Pull(p) => p.kind(),
             ContainerError::Refused(_)
+            | ContainerError::Image(_)
             | ContainerError::State { .. }
             | ContainerError::Sys { .. } => ErrorKind::FailedPrecondition,
         }

@@ -17,8 +17,9 @@ use coffer_contract::KernelParams;
 /// The disk's serial, set by the host (`-device virtio-blk-pci,...,serial=initdata`).
 pub const SERIAL: &str = "initdata";
 
-/// The entries of `[data]` the Confidential Containers stack reads, delivered as files.
-const DELIVERED_KEYS: [&str; 3] = ["aa.toml", "cdh.toml", "policy.rego"];
+/// The entries of `[data]` the Confidential Containers stack reads, delivered as files
+/// (`registries.conf`: where the guest pulls images from, see `registry.rs`).
+const DELIVERED_KEYS: [&str; 4] = ["aa.toml", "cdh.toml", "policy.rego", "registries.conf"];
 
 /// Where the image may carry the attestation services.
 const SERVICE_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/sbin"];

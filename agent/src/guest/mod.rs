@@ -2,7 +2,8 @@
 //!
 //! Bringing the guest up: `boot`, `initdata`, `tee`, `policy`. Serving the host: `server`, and
 //! `outgoing`, the ordered queue of frames to it. Containers: `container` (the registry, from
-//! create to remove), `child` (a process between clone and exec) and its `report` pipe,
+//! create to remove), `image` (the images the guest pulls itself, with `registry`, where from,
+//! and `layer`, how one is unpacked), `child` (a process between clone and exec) and its `report` pipe,
 //! `security` and `seccomp` (what confines the process, prepared before the clone), `stdio` and
 //! `pty` (the process's streams), and `error` (what the host is told when one fails).
 
@@ -12,11 +13,14 @@ mod child;
 pub mod container;
 mod error;
 mod files;
+pub mod image;
 pub mod initdata;
+mod layer;
 pub mod network;
 pub mod outgoing;
 pub mod policy;
 mod pty;
+pub mod registry;
 mod report;
 mod seccomp;
 mod security;

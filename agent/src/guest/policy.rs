@@ -25,7 +25,9 @@
 //! | `hello` | never gated: the host needs it to learn the guest's verdict |
 //!
 //! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
-//! `{"op": "exec", "id": "c1", "exec_id": "e1", "process": {"args": ["sh"], ...}}`. It is not
+//! `{"op": "exec", "id": "c1", "exec_id": "e1", "process": {"args": ["sh"], ...}}`; a container the
+//! guest pulls itself has its image reference in `input.image` of `CreateContainerRequest`, so a
+//! policy can allow exactly the images it names. It is not
 //! kata-agent's protobuf JSON (`container_id`, `process.Args`, ...): policies that only allow or
 //! deny whole requests work unchanged, policies that inspect `input` must be written for Coffer.
 //!
@@ -406,7 +408,8 @@ mod tests {
             },
             Request::CreateContainer(CreateContainer {
                 id: "c1".into(),
-                rootfs: "c1/rootfs".into(),
+                rootfs: Some("c1/rootfs".into()),
+                image: None,
                 hostname: None,
                 process: Process::default(),
                 files: vec![],
@@ -568,6 +571,44 @@ WaitProcessRequest if { input.id == "c1"; not input.exec_id }
         assert!(p.check(&wait("c2", None)).is_err());
         // The policy evaluates again for each request: an earlier input does not leak.
         assert_eq!(p.check(&exec(&["ls", "/"])), Ok(()));
+    }
+
+    #[test]
+    fn a_policy_can_allow_exactly_the_images_it_names() {
+        let p = load(
+            r#"package agent_policy
+default CreateContainerRequest := false
+CreateContainerRequest {
+    input.image == "10.88.0.250:5000/busybox:latest"
+}
+"#,
+        );
+        let create = |image: Option<&str>| {
+            Request::CreateContainer(CreateContainer {
+                id: "c1".into(),
+                rootfs: image.is_none().then(|| "c1/rootfs".into()),
+                image: image.map(Into::into),
+                hostname: None,
+                process: Process::default(),
+                files: vec![],
+                masked_paths: Vec::new(),
+                readonly_paths: Vec::new(),
+                readonly_root: false,
+                resources: None,
+            })
+        };
+        assert_eq!(
+            p.check(&create(Some("10.88.0.250:5000/busybox:latest"))),
+            Ok(())
+        );
+        for other in [Some("10.88.0.250:5000/other:latest"), None] {
+            assert_eq!(
+                p.check(&create(other)),
+                Err(PolicyError::Denied {
+                    rule: "CreateContainerRequest"
+                })
+            );
+        }
     }
 
     #[test]

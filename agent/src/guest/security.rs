@@ -478,7 +478,8 @@ mod tests {
     fn rootfs_paths_must_be_absolute() {
         let mut c = CreateContainer {
             id: "c".into(),
-            rootfs: "c/rootfs".into(),
+            rootfs: Some("c/rootfs".into()),
+            image: None,
             hostname: None,
             process: Process::default(),
             masked_paths: names(&["/proc/kcore", "/sys/firmware"]),

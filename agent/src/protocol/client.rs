@@ -30,7 +30,7 @@ use super::network::{ArpNeighbor, Interface, Route};
 use super::{
     encode, read_frame_async, ContainerStats, CreateContainer, ErrorKind, Event, ExitStatus,
     FrameError, GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Resources, Response,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, PULL_DEADLINE,
 };
 
 /// The longest the host waits for the answer to any request but a wait for an exit. Generous:
@@ -222,6 +222,10 @@ impl AgentClient {
             Request::Wait { .. } => None,
             // A healthy guest answers these at once; the host uses them to end a pod.
             Request::Signal { .. } | Request::Shutdown => Some(SIGNAL_TIMEOUT),
+            // The guest pulls the image first, within its own deadline.
+            Request::CreateContainer(CreateContainer { image: Some(_), .. }) => {
+                Some(PULL_DEADLINE + CALL_TIMEOUT)
+            }
             _ => Some(CALL_TIMEOUT),
         };
         let call = async {
@@ -801,7 +805,8 @@ mod tests {
         let refused = client
             .create_container(CreateContainer {
                 id: "c2".into(),
-                rootfs: "r".into(),
+                rootfs: Some("r".into()),
+                image: None,
                 hostname: None,
                 process: Process::default(),
                 files: vec![],

@@ -49,11 +49,15 @@ pub use frame::read_frame_async;
 pub use frame::{decode, encode, read_frame, write_frame, FrameDecoder, FrameError};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame either side accepts, in bytes (JSON length, without the 4-byte prefix).
 /// Large enough for a 4 MiB Init-Data document read back in base64.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// How long the guest may take to pull a container's image (manifest and every layer); a
+/// create that pulls is given this much more time by the host.
+pub const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Where the guest mounts the 9p share; container root filesystems are paths relative to it.
 pub const SHARE_MOUNT: &str = "/run/coffer/share";
@@ -71,6 +75,9 @@ pub struct RequestFrame {
 }
 
 /// What the host can ask the guest.
+// A request lives for one call and is decoded once: its size does not matter, and boxing the
+// large variants would only complicate every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -266,8 +273,18 @@ pub struct ContainerStats {
 pub struct CreateContainer {
     /// Container id, unique in the guest.
     pub id: String,
-    /// Root filesystem: a directory relative to the 9p share (e.g. `"ctr1/rootfs"`).
-    pub rootfs: String,
+    /// Host-shared root filesystem (handler mode `host`, not confidential): a directory
+    /// relative to the 9p share (e.g. `"ctr1/rootfs"`). Exactly one of `rootfs` and `image` is
+    /// set. A guest in a TEE refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// The image the guest pulls itself (handler mode `guest`): the reference containerd's CRI
+    /// names in the container's `io.kubernetes.cri.image-name` annotation, e.g.
+    /// `"registry.example:5000/busybox:1.36"` or `"...@sha256:<hex>"`. Where and how the guest
+    /// pulls it comes from the Init-Data only (`cdh.toml` `[image]`); the agent policy sees it as
+    /// `input.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Hostname inside the container's UTS namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -866,6 +883,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.masked_paths, ["/proc/kcore"]);
+        assert_eq!((c.rootfs.as_deref(), c.image.as_deref()), (Some("r"), None));
+        let pulled: CreateContainer =
+            decode(br#"{"id":"c","image":"10.88.0.250:5000/busybox:1","process":{"args":["sh"]}}"#)
+                .unwrap();
+        assert_eq!(pulled.image.as_deref(), Some("10.88.0.250:5000/busybox:1"));
+        assert_eq!(pulled.rootfs, None);
+        assert!(!serde_json::to_string(&pulled).unwrap().contains("rootfs"));
         assert!(c.readonly_root && c.readonly_paths.is_empty());
     }
 

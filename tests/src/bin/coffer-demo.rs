@@ -5,8 +5,14 @@
 //!
 //! ```text
 //! coffer-demo --socket DIR/containerd.sock --bin-dir target/release \
-//!     [--handler coffer-qemu] [--initdata FILE] [--keep]
+//!     [--handler coffer-qemu] [--initdata FILE] [--containerd-dir DIR] [--keep]
 //! ```
+//!
+//! With `--containerd-dir` (the directory `packaging/dev/up.sh` made), the container's image is
+//! pulled inside the guest, as the handlers do by default: a registry holding busybox is started
+//! on the pod network and the Init-Data gains the `cdh.toml` `[image]` section and the
+//! `registries.conf` that point the guest at it. Without it, the handler must share containerd's
+//! snapshot (`rootfs = "host"`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use coffer_initdata::annotation::ANNOTATION;
 use coffer_initdata::{InitData, TeeField};
+use coffer_tests::registry::GuestImages;
 use coffer_tests::tools::{self, Coffer};
 use coffer_tests::{Container, Cri, Crictl, Driver, Pod};
 
@@ -25,12 +32,13 @@ struct Args {
     initdata: PathBuf,
     log_root: PathBuf,
     state_dir: Option<String>,
+    containerd_dir: Option<PathBuf>,
     name: String,
     keep: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--name POD] [--keep]".into()
+    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--containerd-dir DIR] [--name POD] [--keep]".into()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
     let mut initdata = tools::seed_initdata();
     let mut log_root = std::env::temp_dir().join("coffer-demo-logs");
     let mut state_dir = None;
+    let mut containerd_dir = None;
     let mut name = "coffer-demo".to_owned();
     let mut keep = false;
     let mut it = std::env::args().skip(1);
@@ -55,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             "--initdata" => initdata = PathBuf::from(value()?),
             "--log-root" => log_root = PathBuf::from(value()?),
             "--state-dir" => state_dir = Some(value()?),
+            "--containerd-dir" => containerd_dir = Some(PathBuf::from(value()?)),
             "--name" => name = value()?,
             "--keep" => keep = true,
             "-h" | "--help" => return Err(usage()),
@@ -68,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         initdata,
         log_root,
         state_dir,
+        containerd_dir,
         name,
         keep,
     })
@@ -109,8 +120,32 @@ fn run(args: &Args) -> Result<(), String> {
     };
 
     step(&format!("The Init-Data: {}", args.initdata.display()));
-    let bytes = std::fs::read(&args.initdata)
+    let mut bytes = std::fs::read(&args.initdata)
         .map_err(|e| format!("cannot read {}: {e}", args.initdata.display()))?;
+    let mut initdata = args.initdata.clone();
+    let images = match &args.containerd_dir {
+        Some(dir) => {
+            let images = GuestImages::start_in(dir)?;
+            say(&format!(
+                "images are pulled inside the guest: a registry on the pod network serves {}",
+                images.busybox
+            ));
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{} is not UTF-8", args.initdata.display()))?;
+            bytes = images.initdata(&text)?.into_bytes();
+            std::fs::create_dir_all(&args.log_root)
+                .map_err(|e| format!("cannot create {}: {e}", args.log_root.display()))?;
+            initdata = args.log_root.join(format!("{}-initdata.toml", args.name));
+            std::fs::write(&initdata, &bytes)
+                .map_err(|e| format!("cannot write {}: {e}", initdata.display()))?;
+            say(&format!(
+                "with its cdh.toml [image] and registries.conf naming that registry: {}",
+                initdata.display()
+            ));
+            Some(images)
+        }
+        None => None,
+    };
     let doc = InitData::parse(bytes).map_err(|e| e.to_string())?;
     let keys: Vec<&str> = doc.data().keys().map(String::as_str).collect();
     say(&format!(
@@ -120,8 +155,8 @@ fn run(args: &Args) -> Result<(), String> {
         doc.algorithm(),
         keys.join(", ")
     ));
-    let value = coffer.encode(&args.initdata)?;
-    let digest = coffer.digest(&args.initdata, "none")?;
+    let value = coffer.encode(&initdata)?;
+    let digest = coffer.digest(&initdata, "none")?;
     say(&format!(
         "annotation {ANNOTATION}: {} characters (gzip + base64)",
         value.len()
@@ -162,9 +197,20 @@ fn run(args: &Args) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     ));
 
-    let result = inside_the_pod(driver.as_mut(), &coffer, args, &pod, &pod_id, &digest);
+    let image = images.as_ref().map(|i| i.busybox.as_str());
+    let result = inside_the_pod(
+        driver.as_mut(),
+        &coffer,
+        args,
+        &pod,
+        &pod_id,
+        &digest,
+        image,
+    );
 
     if args.keep {
+        // The registry keeps serving the pod; packaging/dev/down.sh stops it.
+        std::mem::forget(images);
         step("Keeping the pod running (--keep)");
         say(&format!("pod id: {pod_id}"));
         say(&format!("containerd socket: {}", args.socket.display()));
@@ -194,6 +240,7 @@ fn inside_the_pod(
     pod: &Pod,
     pod_id: &str,
     digest: &str,
+    image: Option<&str>,
 ) -> Result<(), String> {
     step("What the guest confirmed (coffer inspect)");
     let mut inspect_args = vec!["inspect", pod_id, "--json"];
@@ -218,10 +265,20 @@ fn inside_the_pod(
     }
     say("the digest the guest read equals the one computed on the host");
 
-    step("A busybox container in the pod's VM");
     let script =
         "echo hello from a container in a Coffer VM; echo guest kernel: $(uname -r); sleep 3600";
-    let container = Container::busybox_sh("hello", script);
+    let mut container = Container::busybox_sh("hello", script);
+    match image {
+        Some(image) => {
+            step(&format!(
+                "A busybox container in the pod's VM: the guest pulls {image}, checks every digest and unpacks it in guest memory"
+            ));
+            container.image = image.to_owned();
+        }
+        None => step(
+            "A busybox container in the pod's VM, on containerd's snapshot shared from the host",
+        ),
+    }
     let id = driver
         .create_container(pod_id, pod, &container)
         .map_err(|e| format!("CreateContainer: {e}"))?;
