@@ -480,6 +480,33 @@ impl Cri {
         })
     }
 
+    /// Exec: asks for a streaming exec of `cmd` in the container (with a terminal when `tty`,
+    /// reading stdin when `stdin`) and returns the URL of containerd's streaming server to
+    /// attach to, as `crictl exec -it` does before it connects.
+    pub fn exec_url(
+        &mut self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<String, CriError> {
+        let mut c = self.runtime.clone();
+        let resp = self.call(
+            "Exec",
+            CALL,
+            c.exec(api::ExecRequest {
+                container_id: id.to_owned(),
+                cmd: cmd.to_vec(),
+                tty,
+                stdin,
+                stdout: true,
+                // With a terminal, stderr is the terminal too.
+                stderr: !tty,
+            }),
+        )?;
+        Ok(resp.url)
+    }
+
     /// StopContainer, giving it `grace` seconds.
     pub fn stop_container(&mut self, id: &str, grace: i64) -> Result<(), CriError> {
         let mut c = self.runtime.clone();

@@ -17,6 +17,7 @@ mod crictl;
 mod driver;
 pub mod lifecycle;
 pub mod registry;
+pub mod stream;
 pub mod tools;
 
 pub use containerd::{Options, PrivateContainerd, StartError};
