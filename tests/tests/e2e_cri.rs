@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use coffer_initdata::annotation::{ANNOTATION, LEGACY_ANNOTATION};
 use coffer_initdata::InitData;
-use coffer_tests::lifecycle::{assert_nothing_left, start_busybox, stop_and_remove};
+use coffer_tests::lifecycle::{
+    assert_nothing_left, start_busybox, stop_and_remove, wait_for_log_line,
+};
 use coffer_tests::tools::{self, Coffer};
 use coffer_tests::{skip, Container, Cri, Crictl, Driver, Pod, PodResources, PrivateContainerd};
 
@@ -783,23 +785,14 @@ fn a_policy_that_denies_the_network_leaves_the_pod_without_one_and_says_so() {
         return;
     };
     let coffer = Coffer::in_dir(&bin);
-    let example = std::fs::read_to_string(tools::seed_initdata()).expect("the example");
-    let denying = example.replace(
+    let pod = pod_with_policy(
+        &ctd,
+        &coffer,
+        "no-net",
         "default UpdateInterfaceRequest := true",
         "default UpdateInterfaceRequest := false",
     );
-    assert_ne!(
-        denying, example,
-        "the example's policy has no UpdateInterfaceRequest rule"
-    );
-    std::fs::create_dir_all(ctd.scratch()).expect("scratch dir");
-    let doc = ctd.scratch().join("deny-network.toml");
-    std::fs::write(&doc, denying).expect("write the document");
-    let annotation = coffer.encode(&doc).expect("coffer initdata encode");
-
     let mut cri = ctd.cri().expect("connect");
-    let pod =
-        Pod::new("no-net", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let c = Container::busybox_sh("main", "exec sleep 3600");
     let c = cri
@@ -861,6 +854,80 @@ fn a_hung_vm_does_not_block_stop_pod_sandbox() {
 
 /// A policy with `ReadStreamRequest := false` keeps the containers' output in the guest, as
 /// kata-agent does: the process runs, its CRI log stays empty, ExecSync returns no output.
+/// A coffer-qemu pod named `name` whose Init-Data is the example with its policy line `from`
+/// replaced by `to`.
+fn pod_with_policy(
+    ctd: &PrivateContainerd,
+    coffer: &Coffer,
+    name: &str,
+    from: &str,
+    to: &str,
+) -> Pod {
+    let example = std::fs::read_to_string(tools::seed_initdata()).expect("the example");
+    let edited = example.replace(from, to);
+    assert_ne!(edited, example, "the example's policy has no {from:?}");
+    std::fs::create_dir_all(ctd.scratch()).expect("scratch dir");
+    let doc = ctd.scratch().join(format!("{name}.toml"));
+    std::fs::write(&doc, edited).expect("write the document");
+    let annotation = coffer.encode(&doc).expect("coffer initdata encode");
+    Pod::new(name, "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation)
+}
+
+/// kata-agent's long rule answer, `{"allowed": ..., "ops": [...]}`: the ops of an allowed
+/// request patch `data.pstate`, which later requests of the same sandbox see. Here the policy
+/// (in Rego v1) lets one container of the pod start, and no second one.
+#[test]
+fn a_policy_keeps_state_across_the_sandboxs_requests() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let coffer = Coffer::in_dir(&bin);
+    let pod = pod_with_policy(
+        &ctd,
+        &coffer,
+        "pstate",
+        "default StartContainerRequest := true\n",
+        "default StartContainerRequest := {\"allowed\": false}\n\
+         StartContainerRequest := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/pstate/started\", \"value\": true}]} if {\n\
+         \x20   not data.pstate.started\n}\n",
+    );
+    let mut cri = ctd.cri().expect("connect");
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let first = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            &Container::busybox_sh("first", "echo first; exec sleep 3600"),
+        )
+        .expect("CreateContainer");
+    cri.start_container(&first)
+        .expect("the first container starts");
+    let second = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            &Container::busybox_sh("second", "exec sleep 3600"),
+        )
+        .expect("CreateContainer");
+    let err = cri
+        .start_container(&second)
+        .expect_err("the policy state allows one start");
+    assert!(
+        err.message()
+            .contains("the agent policy denies StartContainerRequest"),
+        "{}",
+        err.message()
+    );
+    let lines = wait_for_log_line(&mut cri, &first, "first");
+    assert!(lines.iter().any(|l| l == "first"), "{lines:?}");
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+}
+
 #[test]
 fn read_stream_request_false_keeps_output_in_the_guest() {
     let Some((bin, _guest)) = coffer_parts() else {
@@ -870,22 +937,14 @@ fn read_stream_request_false_keeps_output_in_the_guest() {
         return;
     };
     let coffer = Coffer::in_dir(&bin);
-    let example = std::fs::read_to_string(tools::seed_initdata()).expect("the example");
-    let quiet = example.replace(
+    let pod = pod_with_policy(
+        &ctd,
+        &coffer,
+        "quiet",
         "default ReadStreamRequest := true",
         "default ReadStreamRequest := false",
     );
-    assert_ne!(
-        quiet, example,
-        "the example's policy has no ReadStreamRequest rule"
-    );
-    std::fs::create_dir_all(ctd.scratch()).expect("scratch dir");
-    let doc = ctd.scratch().join("quiet.toml");
-    std::fs::write(&doc, quiet).expect("write the document");
-    let annotation = coffer.encode(&doc).expect("coffer initdata encode");
-
     let mut cri = ctd.cri().expect("connect");
-    let pod = Pod::new("quiet", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let c = Container::busybox_sh(
         "main",

@@ -60,6 +60,20 @@ pub const READ_STREAM_RULE: &str = "ReadStreamRequest";
 /// Coffer's rule for [`Request::ReadFile`]; Kata policies do not know it.
 pub const READ_INITDATA_RULE: &str = "ReadInitDataRequest";
 
+/// Largest policy state (`data.pstate`, as JSON) the ops of allowed requests may build: the ops
+/// are the policy's, but what they record (container ids, ...) comes from the host.
+const MAX_PSTATE: usize = 1 << 20;
+
+/// A rule's answer in its long form: kata-agent accepts `{"allowed": ..., "ops": [...]}` as
+/// well as `true`, and applies the ops (a JSON patch over the policy's data, where
+/// `data.pstate` is the sandbox's policy state) when the request is allowed.
+#[derive(Debug, serde::Deserialize)]
+struct Verdict {
+    allowed: bool,
+    #[serde(default)]
+    ops: Option<json_patch::Patch>,
+}
+
 /// Why the policy did not load or denied a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -256,6 +270,12 @@ impl Enforcer {
         let invalid = |e| PolicyError::Invalid(chain(e));
         let mut engine = Engine::new();
         engine.set_rego_v0(v0);
+        // As kata-agent's engine: a builtin that fails makes its expression undefined.
+        engine.set_strict_builtin_errors(false);
+        // The sandbox's policy state, which allowed requests' ops change (see `Verdict`).
+        engine
+            .add_data(Value::from_json_str(r#"{"pstate":{}}"#).map_err(invalid)?)
+            .map_err(invalid)?;
         // print() output is gathered and reported with a denial, as kata-agent does.
         engine.set_gather_prints(true);
         // regorus caps policy files (1 MiB, 20 000 lines, 1 024 columns) against pathological
@@ -339,7 +359,28 @@ impl Enforcer {
                 reason: chain(e),
             })?;
         let prints = engine.take_prints().unwrap_or_default();
-        if value == Value::Bool(true) {
+        let allowed = match value {
+            Value::Bool(b) => b,
+            Value::Object(_) => {
+                let verdict: Verdict = serde_json::to_value(&value)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| PolicyError::EvalFailed {
+                        rule,
+                        reason: format!(
+                            "its result is neither true nor {{\"allowed\": ..., \"ops\": [...]}}: {e}"
+                        ),
+                    })?;
+                if let (true, Some(ops)) = (verdict.allowed, &verdict.ops) {
+                    apply_ops(&mut engine, ops).map_err(|reason| PolicyError::EvalFailed {
+                        rule,
+                        reason: format!("applying its ops to the policy state: {reason}"),
+                    })?;
+                }
+                verdict.allowed
+            }
+            _ => false,
+        };
+        if allowed {
             Ok(())
         } else if prints.is_empty() {
             Err(PolicyError::Denied { rule })
@@ -356,6 +397,22 @@ impl Enforcer {
             Err(PolicyError::DeniedSaying { rule, prints: said })
         }
     }
+}
+
+/// Applies `ops` to the engine's data, all or nothing, keeping the state within [`MAX_PSTATE`].
+fn apply_ops(engine: &mut Engine, ops: &json_patch::Patch) -> Result<(), String> {
+    let mut data = serde_json::to_value(engine.get_data()).map_err(|e| e.to_string())?;
+    json_patch::patch(&mut data, ops).map_err(|e| e.to_string())?;
+    let text = data.to_string();
+    let state = data.get("pstate").map(|p| p.to_string().len()).unwrap_or(0);
+    if state > MAX_PSTATE {
+        return Err(format!(
+            "the state would grow to {state} bytes, over the {MAX_PSTATE}-byte limit"
+        ));
+    }
+    let value = Value::from_json_str(&text).map_err(chain)?;
+    engine.clear_data();
+    engine.add_data(value).map_err(chain)
 }
 
 /// An error with its causes (regorus returns `anyhow` errors), on one line: regorus renders
@@ -685,6 +742,59 @@ CreateContainerRequest {
     fn a_rule_that_is_not_true_denies() {
         let p = load("package agent_policy\nStartContainerRequest := \"yes\"\n");
         assert!(p.check(&Request::Start { id: "c1".into() }).is_err());
+    }
+
+    /// kata-agent's long answer: `{"allowed": ..., "ops": [...]}`, whose ops patch the policy's
+    /// data, so that later requests see the sandbox's earlier ones in `data.pstate`.
+    #[test]
+    fn allowed_requests_ops_keep_policy_state() {
+        let p = load(
+            r#"package agent_policy
+default StartContainerRequest := {"allowed": false}
+StartContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/started", "value": 1}]} if {
+    not data.pstate.started
+}
+StartContainerRequest := {"allowed": true, "ops": [{"op": "replace", "path": "/pstate/started", "value": n + 1}]} if {
+    n := data.pstate.started
+    n < 2
+}
+default RemoveContainerRequest := {"allowed": false, "ops": [{"op": "add", "path": "/pstate/started", "value": 0}]}
+"#,
+        );
+        let start = Request::Start { id: "c1".into() };
+        assert_eq!(p.check(&start), Ok(()));
+        assert_eq!(p.check(&start), Ok(()));
+        assert_eq!(
+            p.check(&start).unwrap_err().to_string(),
+            "the agent policy denies StartContainerRequest"
+        );
+        // A denial's ops are not applied: the count stays at 2.
+        assert!(p.check(&Request::Remove { id: "c1".into() }).is_err());
+        assert!(p.check(&start).is_err());
+    }
+
+    #[test]
+    fn ops_that_do_not_apply_or_grow_the_state_too_far_deny() {
+        let p = load(
+            r#"package agent_policy
+StartContainerRequest := {"allowed": true, "ops": [{"op": "remove", "path": "/pstate/nothing"}]}
+RemoveContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/big", "value": [i | some i in numbers.range(1, 300000)]}]}
+ExecProcessRequest := {"allowed": "yes"}
+"#,
+        );
+        let e = p.check(&Request::Start { id: "c1".into() }).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the agent policy denies StartContainerRequest: evaluating it failed: applying its ops to the policy state: "),
+            "{e}"
+        );
+        let e = p.check(&Request::Remove { id: "c1".into() }).unwrap_err();
+        assert!(e.to_string().contains("over the 1048576-byte limit"), "{e}");
+        let e = p.check(&exec(&["ls"])).unwrap_err();
+        assert!(
+            e.to_string().contains("its result is neither true nor"),
+            "{e}"
+        );
     }
 
     #[test]
