@@ -105,7 +105,7 @@ impl fmt::Display for Warning {
         match self {
             Warning::UnknownDataKey(key) => write!(
                 f,
-                "[data] key \"{key}\" is not one the guest reads (policy.rego, aa.toml, cdh.toml); \
+                "[data] key {key:?} is not one the guest reads (policy.rego, aa.toml, cdh.toml); \
                  it is still covered by the digest"
             ),
         }
@@ -258,10 +258,20 @@ impl InitData {
     }
 }
 
-/// toml's messages span several lines (a source excerpt with a caret); an error that travels
-/// through containerd must fit on one.
+/// toml's messages often span several lines ("invalid table header", then "duplicate key ..."),
+/// and an error that travels through containerd to kubectl must fit on one: the lines are
+/// trimmed and joined with ": ", empty ones dropped, and any control character left is blanked.
 fn one_line(e: &toml::de::Error) -> String {
-    let msg = e.message().trim();
+    let msg: String = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     match e.span() {
         Some(span) => format!("{msg} (at byte {})", span.start),
         None => msg.to_owned(),
@@ -399,6 +409,133 @@ mod tests {
             Error::NotUtf8 {
                 offset: MIN.len() + 5
             }
+        );
+    }
+
+    /// What the operator sees of an error must be one line without control characters: it
+    /// travels through containerd to kubectl and into logs.
+    fn assert_one_clean_line(e: &Error) {
+        let msg = e.to_string();
+        assert!(!msg.contains(char::is_control), "{msg:?}");
+    }
+
+    #[test]
+    fn toml_error_is_one_line() {
+        // A table declared twice: toml explains it on two lines.
+        let doc = "[a]\n[a]\n";
+        assert_eq!(doc.len(), 8);
+        let e = InitData::parse(doc).unwrap_err();
+        assert_one_clean_line(&e);
+        let msg = e.to_string();
+        assert!(msg.starts_with("Init-Data is not valid TOML: "), "{msg}");
+        assert!(msg.contains(": duplicate key `a`"), "{msg}");
+        assert!(msg.ends_with(" (at byte 4)"), "{msg}");
+    }
+
+    #[test]
+    fn one_line_joins_lines_and_blanks_control_characters() {
+        let e = <toml::de::Error as serde::de::Error>::custom(
+            "first line  \r\n\n  second\u{7}line\t\n\n",
+        );
+        assert_eq!(one_line(&e), "first line: second line");
+    }
+
+    #[test]
+    fn quoted_version_is_escaped() {
+        let e = InitData::parse("version = \"0.1.0\\n\"\nalgorithm = \"sha256\"\n[data]\n")
+            .unwrap_err();
+        assert_eq!(e, Error::UnsupportedVersion("0.1.0\n".into()));
+        assert_one_clean_line(&e);
+        assert!(
+            e.to_string()
+                .starts_with(r#"Init-Data version "0.1.0\n" is not supported;"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn quoted_algorithm_is_escaped() {
+        let e = InitData::parse("version = \"0.1.0\"\nalgorithm = \"\\u001b[31m\"\n[data]\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::UnsupportedAlgorithm {
+                given: "\u{1b}[31m".into(),
+                hint: None
+            }
+        );
+        assert_one_clean_line(&e);
+        assert!(
+            e.to_string()
+                .starts_with(r#"Init-Data algorithm "\u{1b}[31m" is not supported;"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn quoted_data_key_is_escaped() {
+        let e =
+            InitData::parse("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"a\\nb\" = 1\n")
+                .unwrap_err();
+        assert_eq!(
+            e,
+            Error::DataNotString {
+                key: "a\nb".into(),
+                found: "integer"
+            }
+        );
+        assert_one_clean_line(&e);
+        assert!(
+            e.to_string()
+                .starts_with(r#"Init-Data [data] entry "a\nb" must be a string, found integer;"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn warning_key_is_escaped() {
+        let d = InitData::parse(
+            "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"x\\ny\\u001b\" = \"\"\n",
+        )
+        .unwrap();
+        let w = d.warnings()[0].to_string();
+        assert!(!w.contains(char::is_control), "{w:?}");
+        assert!(
+            w.starts_with(r#"[data] key "x\ny\u{1b}" is not one"#),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn ordinary_values_are_quoted_as_before() {
+        let e =
+            InitData::parse("version = \"0.2.0\"\nalgorithm = \"sha256\"\n[data]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Init-Data version \"0.2.0\" is not supported; the only version is \"0.1.0\""
+        );
+        let e =
+            InitData::parse("version = \"0.1.0\"\nalgorithm = \"sha-384\"\n[data]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Init-Data algorithm \"sha-384\" is not supported; use sha256, sha384 or sha512 \
+             (did you mean \"sha384\"?)"
+        );
+        let e = InitData::parse("version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\nx = 1\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Init-Data [data] entry \"x\" must be a string, found integer; \
+             quote it or use a '''multi-line''' string"
+        );
+        let d = InitData::parse(
+            "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"foo.toml\" = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d.warnings()[0].to_string(),
+            "[data] key \"foo.toml\" is not one the guest reads (policy.rego, aa.toml, \
+             cdh.toml); it is still covered by the digest"
         );
     }
 

@@ -1,5 +1,8 @@
 //! The one error type of this crate. Each message says what was wrong and how to fix it, because
-//! it travels verbatim to the operator (through containerd, crictl and kubectl).
+//! it travels verbatim to the operator (through containerd, crictl and kubectl). A message is
+//! therefore one line without control characters: strings taken from the document are printed
+//! with `{:?}` (quoted, with newlines and escapes spelled out), and toml's messages are folded
+//! onto one line before they get here.
 
 /// Everything that can be wrong with Init-Data handed to this crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,10 +36,10 @@ pub enum Error {
         found: &'static str,
     },
     /// `version` is not one this implementation knows.
-    #[error("Init-Data version \"{0}\" is not supported; the only version is \"0.1.0\"")]
+    #[error("Init-Data version {0:?} is not supported; the only version is \"0.1.0\"")]
     UnsupportedVersion(String),
     /// `algorithm` is not one of the three accepted names.
-    #[error("Init-Data algorithm \"{given}\" is not supported; use sha256, sha384 or sha512{}",
+    #[error("Init-Data algorithm {given:?} is not supported; use sha256, sha384 or sha512{}",
         hint.map(|h| format!(" (did you mean \"{h}\"?)")).unwrap_or_default())]
     UnsupportedAlgorithm {
         /// What the document said.
@@ -45,7 +48,7 @@ pub enum Error {
         hint: Option<&'static str>,
     },
     /// A `[data]` entry is not a string.
-    #[error("Init-Data [data] entry \"{key}\" must be a string, found {found}; quote it or use a '''multi-line''' string")]
+    #[error("Init-Data [data] entry {key:?} must be a string, found {found}; quote it or use a '''multi-line''' string")]
     DataNotString {
         /// The offending key.
         key: String,

@@ -7,7 +7,11 @@ use proptest::prelude::*;
 proptest! {
     #[test]
     fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = InitData::parse(bytes);
+        // A refusal is shown to the operator: one line, no control characters.
+        if let Err(e) = InitData::parse(bytes) {
+            let msg = e.to_string();
+            prop_assert!(!msg.contains(char::is_control), "{:?}", msg);
+        }
     }
 
     #[test]
