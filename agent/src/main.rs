@@ -85,7 +85,12 @@ fn main() {
             report.tee.display_name()
         ))
     };
-    let refusal = report.verification.refusal();
+    let refusal = report.verification.refusal().or_else(|| {
+        report
+            .component_failure
+            .as_ref()
+            .map(|why| format!("a guest component failed: {why}"))
+    });
 
     let port_path = match boot::find_port(Path::new("/sys/class/virtio-ports"), PORT_WAIT) {
         Ok(p) => p,

@@ -25,6 +25,12 @@
 #                        needs a newer kernel, e.g. the bookworm-backports one.
 #   BUSYBOX_PACKAGE      default busybox-static (same syntax).
 #   COFFER_AGENT_BIN     use this static coffer-agent instead of building it.
+#   COFFER_GUEST_COMPONENTS
+#                        a directory of Confidential Containers guest components to add to
+#                        /usr/local/bin, where coffer-agent starts them as kata-agent does:
+#                        attestation-agent, confidential-data-hub, api-server-rest (any of
+#                        them; static binaries, the image has no libc), and optionally
+#                        ocicrypt_config.json for /etc. Nothing else may be in it.
 #   COFFER_GUEST_CACHE   where downloaded .debs are kept (default <workspace>/target/guest-cache).
 #   SOURCE_DATE_EPOCH    timestamp of every file in the initrd (default 0).
 set -euo pipefail
@@ -205,6 +211,26 @@ install -m 0755 "$agent" "$stage/init"
 install -m 0755 "$work/busybox/bin/busybox" "$stage/bin/busybox"
 ln -s busybox "$stage/bin/sh"
 mknod -m 0600 "$stage/dev/console" c 5 1
+components=()
+if [ -n "${COFFER_GUEST_COMPONENTS:-}" ]; then
+    [ -d "$COFFER_GUEST_COMPONENTS" ] || { echo "error: COFFER_GUEST_COMPONENTS=$COFFER_GUEST_COMPONENTS is not a directory" >&2; exit 1; }
+    for f in "$COFFER_GUEST_COMPONENTS"/*; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f")
+        case $name in
+            attestation-agent | confidential-data-hub | api-server-rest)
+                mkdir -p "$stage/usr/local/bin"
+                install -m 0755 "$f" "$stage/usr/local/bin/$name"
+                components+=("usr/local/bin/$name") ;;
+            ocicrypt_config.json)
+                install -m 0644 "$f" "$stage/etc/ocicrypt_config.json"
+                components+=("etc/ocicrypt_config.json") ;;
+            *)
+                echo "error: $f is not a guest component (attestation-agent, confidential-data-hub, api-server-rest, ocicrypt_config.json)" >&2
+                exit 1 ;;
+        esac
+    done
+fi
 : > "$stage/etc/coffer/modules"
 for m in "${order[@]}"; do
     dest=$stage/lib/modules/$kver/${m%.xz}
@@ -253,7 +279,9 @@ cat > "$out/manifest.json.tmp" <<JSON
   "initrd": {
     "init": { "sha256": "$(sum "$stage/init")" },
     "bin/busybox": { "sha256": "$(sum "$stage/bin/busybox")" },
-    "modules": $(json_list "${mods[@]}")
+    "modules": $(json_list "${mods[@]}"),
+    "components": {$(first=1; for c in "${components[@]}"; do [ $first = 1 ] || printf ','; first=0; printf '\n      "%s": { "sha256": "%s" }' "$c" "$(sum "$stage/$c")"; done)
+    }
   }
 }
 JSON

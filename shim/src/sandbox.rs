@@ -488,6 +488,12 @@ pub fn check_hello(
                 .unwrap_or_else(|| "no Init-Data".into()),
         });
     }
+    // As kata-agent fails the sandbox when a guest component does not come up.
+    if let Some(why) = &report.component_failure {
+        return Err(Error::GuestRefused(format!(
+            "a guest component failed: {why}"
+        )));
+    }
     // A policy the guest cannot load would refuse every container: refuse the pod now, with
     // the reason, instead of at its first container.
     if let Some(refusal) = report.policy.refusal() {

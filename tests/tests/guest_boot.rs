@@ -195,14 +195,20 @@ impl Guest {
     }
 }
 
-async fn shutdown(mut g: Guest) {
+async fn shutdown(g: Guest) {
+    let dir = shutdown_keeping_dir(g).await;
+    drop(dir);
+}
+
+/// Shuts the guest down and returns its directory (console log, sockets) for a look after.
+async fn shutdown_keeping_dir(mut g: Guest) -> tempfile::TempDir {
     g.client.shutdown().await.unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(120), g.vm.wait())
         .await
         .expect("the VM keeps running after the agent acknowledged shutdown")
         .unwrap();
     assert!(exit.status.success(), "{exit}");
-    drop(g.dir);
+    g.dir
 }
 
 /// The guest's events, kept so that waiting for one process does not lose another's output.
@@ -322,10 +328,16 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         .iter()
         .map(|s| (s.name.as_str(), s.pid))
         .collect();
+    // The image has no guest components: none runs, and the sandbox is fine without them.
     assert_eq!(
         absent,
-        [("attestation-agent", None), ("confidential-data-hub", None)]
+        [
+            ("attestation-agent", None),
+            ("confidential-data-hub", None),
+            ("api-server-rest", None)
+        ]
     );
+    assert_eq!(report.component_failure, None);
     // Nine rule definitions: eight defaults and the exec rule.
     assert_eq!(report.policy, PolicyStatus::Enforced { rules: 9 });
 
@@ -626,16 +638,14 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
     }
 }
 
-/// Two builds of the guest image are byte-identical, and the manifest's hashes are the files'.
-/// (`packaging/guest/test-reproducible.sh` does the same with a from-scratch agent build.)
-#[test]
-fn guest_image_builds_are_reproducible() {
+/// `packaging/guest/build.sh`, when this machine can run it (root, Debian's package tools).
+fn guest_builder() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let builder = root.join("packaging/guest/build.sh");
     let uid = std::process::Command::new("id").arg("-u").output().unwrap();
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         eprintln!("SKIP: building the guest image needs root (it makes /dev/console)");
-        return;
+        return None;
     }
     let have = |tool: &str| {
         std::process::Command::new("sh")
@@ -649,8 +659,175 @@ fn guest_image_builds_are_reproducible() {
         .find(|t| !have(t))
     {
         eprintln!("SKIP: {missing} is not installed (packaging/dev/deps.sh installs it)");
+        return None;
+    }
+    Some(builder)
+}
+
+/// Stand-ins for the Confidential Containers guest components (busybox shell scripts): each
+/// prints its arguments to the console and makes its socket the way the real one would, except
+/// that the data hub makes its socket only when it is given a config (`-c`, the Init-Data's
+/// `cdh.toml`), so a document without one shows a component that never comes up.
+const STAND_INS: [(&str, &str); 3] = [
+    (
+        "attestation-agent",
+        "echo \"stand-in attestation-agent: $*\"
+/bin/busybox mkdir -p /run/confidential-containers/attestation-agent
+/bin/busybox touch /run/confidential-containers/attestation-agent/attestation-agent.sock
+exec /bin/busybox sleep 100000",
+    ),
+    (
+        "confidential-data-hub",
+        "echo \"stand-in confidential-data-hub: $* OCICRYPT_KEYPROVIDER_CONFIG=$OCICRYPT_KEYPROVIDER_CONFIG\"
+[ \"$1\" = -c ] && /bin/busybox touch /run/confidential-containers/cdh.sock
+exec /bin/busybox sleep 100000",
+    ),
+    (
+        "api-server-rest",
+        "echo \"stand-in api-server-rest: $*\"
+exec /bin/busybox sleep 100000",
+    ),
+];
+
+/// The guest components start as kata-agent starts them: in order, with its flags, each waited
+/// for until its socket appears; a socket that never appears fails the sandbox, and the later
+/// components do not start.
+#[tokio::test]
+async fn guest_components_start_in_kata_agents_order_and_a_missing_socket_fails_the_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(guest) = guest_dir() else { return };
+    if !have_qemu() {
         return;
     }
+    let Some(builder) = guest_builder() else {
+        return;
+    };
+    // The test's own image: the usual one plus the stand-ins in /usr/local/bin.
+    let work = tempfile::tempdir().unwrap();
+    let components = work.path().join("components");
+    std::fs::create_dir(&components).unwrap();
+    for (name, body) in STAND_INS {
+        let path = components.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // The agent of the image under test, taken out of its initrd rather than built again.
+    let agent_dir = work.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$0\" | cpio --quiet -id init")
+        .arg(guest.join("initrd.img"))
+        .current_dir(&agent_dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "extracting /init from the initrd: {status}"
+    );
+    let built = work.path().join("guest");
+    let status = std::process::Command::new(&builder)
+        .arg(&built)
+        .env("COFFER_AGENT_BIN", agent_dir.join("init"))
+        .env("COFFER_GUEST_COMPONENTS", &components)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "build.sh with components failed: {status}"
+    );
+    let manifest = std::fs::read_to_string(built.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"usr/local/bin/confidential-data-hub\": { \"sha256\""),
+        "{manifest}"
+    );
+    // The kernel is the usual image's: only the initrd differs.
+    assert!(
+        std::fs::read(built.join("vmlinux")).unwrap()
+            == std::fs::read(guest.join("vmlinux")).unwrap()
+    );
+
+    // With cdh.toml: all three run, in order, with kata-agent's arguments.
+    let doc = InitData::parse(DOCUMENT.as_bytes().to_vec()).unwrap();
+    let digest = doc.digest();
+    let g = boot(&built, Disk::Image(image::write(doc.as_bytes())), &digest).await;
+    let report = g.hello.initdata.clone();
+    let dir = shutdown_keeping_dir(g).await;
+    let console = std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
+    assert_eq!(report.component_failure, None, "{console}");
+    let names: Vec<&str> = report.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "attestation-agent",
+            "confidential-data-hub",
+            "api-server-rest"
+        ]
+    );
+    assert!(
+        report
+            .services
+            .iter()
+            .all(|s| s.pid.is_some() && s.note.is_none()),
+        "{:?}",
+        report.services
+    );
+    let lines: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.trim_end().split_once("stand-in ").map(|(_, rest)| rest))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "attestation-agent: --attestation_sock unix:///run/confidential-containers/attestation-agent/attestation-agent.sock --initdata-toml /run/confidential-containers/initdata/initdata.toml -c /run/confidential-containers/initdata/aa.toml",
+            "confidential-data-hub: -c /run/confidential-containers/initdata/cdh.toml OCICRYPT_KEYPROVIDER_CONFIG=/etc/ocicrypt_config.json",
+            "api-server-rest: --features resource",
+        ],
+        "the console:\n{console}"
+    );
+
+    // Without cdh.toml the data hub never makes its socket: the sandbox fails, naming it, and
+    // the REST server is not started.
+    let cdh =
+        "\"cdh.toml\" = '''\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://127.0.0.1:8080\"\n'''\n";
+    assert!(DOCUMENT.contains(cdh));
+    let doc = InitData::parse(DOCUMENT.replace(cdh, "").into_bytes()).unwrap();
+    let digest = doc.digest();
+    let g = boot(&built, Disk::Image(image::write(doc.as_bytes())), &digest).await;
+    let report = g.hello.initdata.clone();
+    shutdown(g).await;
+    let failure = report
+        .component_failure
+        .clone()
+        .expect("the data hub never came up");
+    assert!(
+        failure.starts_with("confidential-data-hub (pid ")
+            && failure.ends_with(
+                "did not create its socket /run/confidential-containers/cdh.sock within 6s"
+            ),
+        "{failure}"
+    );
+    assert_eq!(
+        report.services[2].note.as_deref(),
+        Some("not started: an earlier component failed")
+    );
+    // The host refuses such a sandbox with the guest's reason.
+    let refused = coffer_shim::sandbox::check_hello(Some(digest.to_hex()), &report).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("a guest component failed: confidential-data-hub (pid "),
+        "{refused}"
+    );
+}
+
+/// Two builds of the guest image are byte-identical, and the manifest's hashes are the files'.
+/// (`packaging/guest/test-reproducible.sh` does the same with a from-scratch agent build.)
+#[test]
+fn guest_image_builds_are_reproducible() {
+    let Some(builder) = guest_builder() else {
+        return;
+    };
     let out = tempfile::tempdir().unwrap();
     for (name, umask) in [("a", "022"), ("b", "077")] {
         let status = std::process::Command::new("sh")

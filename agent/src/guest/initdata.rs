@@ -5,13 +5,12 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_initdata::{image, InitData, Limits};
 
-use super::tee;
-use crate::protocol::{InitDataReport, Service, Tee, Verification, INITDATA_DIR};
+use super::{components, tee};
+use crate::protocol::{InitDataReport, Tee, Verification, INITDATA_DIR};
 use coffer_contract::KernelParams;
 
 /// The disk's serial, set by the host (`-device virtio-blk-pci,...,serial=initdata`).
@@ -20,9 +19,6 @@ pub const SERIAL: &str = "initdata";
 /// The entries of `[data]` the Confidential Containers stack reads, delivered as files
 /// (`registries.conf`: where the guest pulls images from, see `registry.rs`).
 const DELIVERED_KEYS: [&str; 4] = ["aa.toml", "cdh.toml", "policy.rego", "registries.conf"];
-
-/// Where the image may carry the attestation services.
-const SERVICE_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/sbin"];
 
 /// Finds the Init-Data disk, waiting up to `wait` for the driver to probe it: the `vdX` whose
 /// `/sys/block/vdX/serial` is `initdata` (how Coffer attaches it), else the first `vdX` whose
@@ -247,53 +243,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Starts the attestation agent and the data hub if the image has them, with Kata's flags.
-pub fn start_services(files: &[String]) -> Vec<Service> {
-    let dir = Path::new(INITDATA_DIR);
-    let mut aa = vec![
-        "--initdata-toml".to_string(),
-        dir.join("initdata.toml").display().to_string(),
-    ];
-    if files.iter().any(|f| f == "aa.toml") {
-        aa.extend(["-c".into(), dir.join("aa.toml").display().to_string()]);
-    }
-    let mut cdh = Vec::new();
-    if files.iter().any(|f| f == "cdh.toml") {
-        cdh.extend(["-c".into(), dir.join("cdh.toml").display().to_string()]);
-    }
-    vec![
-        start_service("attestation-agent", &aa),
-        start_service("confidential-data-hub", &cdh),
-    ]
-}
-
-fn start_service(name: &str, args: &[String]) -> Service {
-    let Some(path) = SERVICE_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-    else {
-        return Service {
-            name: name.into(),
-            pid: None,
-            note: Some("not in the guest image".into()),
-        };
-    };
-    // PID 1 reaps it like any other child; the console gets its output.
-    match Command::new(&path).args(args).stdin(Stdio::null()).spawn() {
-        Ok(child) => Service {
-            name: name.into(),
-            pid: Some(child.id()),
-            note: None,
-        },
-        Err(e) => Service {
-            name: name.into(),
-            pid: None,
-            note: Some(format!("{} failed to start: {e}", path.display())),
-        },
-    }
-}
-
 /// What the Init-Data step hands to the rest of the agent.
 #[derive(Debug)]
 pub struct Processed {
@@ -349,7 +298,7 @@ pub fn process(tee_claim: Tee, cmdline: &KernelParams, limits: &Limits) -> Proce
     if let (Found::Document(doc), true) = (&found, report.verification.allows_containers()) {
         match deliver(doc, Path::new(INITDATA_DIR)) {
             Ok(files) => {
-                report.services = start_services(&files);
+                start_components(&mut report, Some(&files));
                 report.files = files;
                 policy = doc.get("policy.rego").map(str::to_owned);
             }
@@ -360,7 +309,23 @@ pub fn process(tee_claim: Tee, cmdline: &KernelParams, limits: &Limits) -> Proce
             }
         }
     }
+    // Without Init-Data the components start too, as kata-agent starts them.
+    if let (Found::NoDisk, Verification::NoInitData) = (&found, &report.verification) {
+        start_components(&mut report, None);
+    }
     Processed { report, policy }
+}
+
+/// Starts the guest components for the delivered `files` (`None`: no Init-Data) and records
+/// what happened in `report`.
+fn start_components(report: &mut InitDataReport, files: Option<&[String]>) {
+    let started = components::start(
+        &components::plan(files),
+        Path::new(components::COMPONENT_DIR),
+        components::SOCKET_WAIT,
+    );
+    report.services = started.services;
+    report.component_failure = started.failure;
 }
 
 #[cfg(test)]

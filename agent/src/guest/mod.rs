@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod cgroup;
 mod child;
+pub mod components;
 pub mod container;
 mod error;
 mod files;

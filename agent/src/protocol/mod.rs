@@ -583,8 +583,12 @@ pub struct InitDataReport {
     pub verification: Verification,
     /// Files written under [`INITDATA_DIR`] (names, sorted).
     pub files: Vec<String>,
-    /// The attestation agent and data hub: started, or why not.
+    /// The guest components (attestation agent, data hub, REST API server): started, or why
+    /// not.
     pub services: Vec<Service>,
+    /// A guest component that did not come up (its socket never appeared): the guest refuses
+    /// containers, and the host fails the sandbox with this reason.
+    pub component_failure: Option<String>,
     /// Warnings about the document (unknown `[data]` keys, ...).
     pub warnings: Vec<String>,
     /// The agent policy (`policy.rego` of a verified document) and whether it is enforced.
@@ -698,7 +702,7 @@ impl Verification {
 /// An attestation service the guest looked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
-    /// `attestation-agent` or `confidential-data-hub`.
+    /// `attestation-agent`, `confidential-data-hub` or `api-server-rest`.
     pub name: String,
     /// Its pid if it was started.
     pub pid: Option<u32>,
