@@ -48,7 +48,7 @@ default DestroySandboxRequest := true
 default ReadStreamRequest := true
 # exec only through a shell: anything else is refused.
 default ExecProcessRequest := false
-ExecProcessRequest if input.process.args[0] == "sh"
+ExecProcessRequest if input.process.Args[0] == "sh"
 '''
 "note.txt" = "not for the guest"
 "#;
@@ -375,6 +375,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
+            oci: Default::default(),
         })
         .await
         .unwrap();
@@ -473,6 +474,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
+            oci: Default::default(),
         })
         .await
         .unwrap();
@@ -594,6 +596,7 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,
+                oci: Default::default(),
             })
             .await
             .unwrap_err();
