@@ -258,6 +258,7 @@ fn requests() -> Vec<RequestFrame> {
             masked_paths: vec!["/proc/kcore".into()],
             readonly_paths: vec!["/proc/sys".into()],
             readonly_root: true,
+            oci: Default::default(),
             resources: None,
         }),
         Request::Start { id: "c1".into() },

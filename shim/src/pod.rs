@@ -274,6 +274,7 @@ impl Pod {
         // namespace (the VM's own) gets the same name.
         let hostname = spec.hostname().or_else(|| sandbox.hostname.clone());
         let files = spec.file_mounts()?;
+        let oci = spec.oci_for_guest()?;
         // Checked now: stdin is only opened once the process runs, too late to refuse it.
         crate::io::stdio_path(&req.stdin)?;
         let io = ProcessIo::open(&req.stdout, &req.stderr)?;
@@ -298,6 +299,7 @@ impl Pod {
             masked_paths: spec.masked_paths(),
             readonly_paths: spec.readonly_paths(),
             readonly_root: spec.readonly_root(),
+            oci,
         };
         if let Err(e) = agent.create_container(create).await {
             if let Some(Err(u)) = rootfs.as_ref().map(Rootfs::unmount) {

@@ -4,16 +4,17 @@
 //! `io.kubernetes.cri.container-type: sandbox`, every container carries
 //! `io.kubernetes.cri.sandbox-id`, and the pod's own annotations (those the handler's
 //! `pod_annotations` lets through, such as the Init-Data) appear in the sandbox's spec.
-//! Only the subset of `process` the guest needs is sent into the VM (with the container's
-//! seccomp profile, masked and read-only paths and read-only root, which the guest applies as
-//! runc would), and never an annotation.
+//! The guest acts on the subset of `process` it needs (with the container's seccomp profile,
+//! masked and read-only paths and read-only root, which it applies as runc would). The whole
+//! spec goes along too, without the Init-Data annotations, for the agent policy to inspect as
+//! kata-agent's `input.OCI`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use coffer_agent::protocol::{
     Capabilities, ContainerFile, Process, Rlimit, Seccomp, SeccompArg, SeccompSyscall,
-    MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES,
+    MAX_CONTAINER_FILES, MAX_CONTAINER_FILE_BYTES, MAX_OCI_SPEC_BYTES,
 };
 use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
 use serde::Serialize;
@@ -93,6 +94,29 @@ impl BundleSpec {
             spec.set_annotations(Some(annotations));
         }
         spec
+    }
+
+    /// The spec as the guest receives it in `CreateContainer::oci` ([`Self::for_guest`] as
+    /// JSON), for the agent policy's `input.OCI`. A spec larger than
+    /// [`MAX_OCI_SPEC_BYTES`] is refused: the guest has no use for it beyond the policy, and
+    /// a request must fit in one frame.
+    pub fn oci_for_guest(&self) -> Result<serde_json::Value> {
+        let spec = self.for_guest();
+        let text = serde_json::to_vec(&spec).map_err(|e| Error::Spec {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if text.len() > MAX_OCI_SPEC_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the OCI spec {} takes {} bytes as JSON (without the Init-Data annotations); at most {MAX_OCI_SPEC_BYTES} are sent to the guest for its agent policy: make the container's annotations, environment or mounts smaller",
+                self.path.display(),
+                text.len()
+            )));
+        }
+        serde_json::from_slice(&text).map_err(|e| Error::Spec {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// The container's process in the guest protocol's terms.
@@ -425,6 +449,32 @@ mod tests {
         assert!(s
             .annotations()
             .contains_key("io.katacontainers.config.hypervisor.cc_init_data"));
+    }
+
+    #[test]
+    fn the_guest_gets_the_whole_spec_without_initdata_annotations() {
+        let s = load(SANDBOX);
+        let oci = s.oci_for_guest().unwrap();
+        assert_eq!(oci["process"]["args"], serde_json::json!(["/pause"]));
+        assert_eq!(oci["hostname"], "pod1");
+        assert_eq!(oci["root"]["path"], "rootfs");
+        let a = oci["annotations"].as_object().unwrap();
+        assert!(!a.contains_key("io.katacontainers.config.hypervisor.cc_init_data"));
+        assert!(!a.contains_key("io.katacontainers.config.runtime.cc_init_data"));
+        assert_eq!(a["io.kubernetes.cri.sandbox-id"], "sb1");
+        assert_eq!(a["example.com/keep"], "yes");
+    }
+
+    #[test]
+    fn a_spec_too_large_for_the_guest_is_refused_with_its_size() {
+        let big = "x".repeat(MAX_OCI_SPEC_BYTES);
+        let s = load(&CONTAINER.replace("\"A=b\"", &format!("\"A={big}\"")));
+        let err = s.oci_for_guest().unwrap_err().to_string();
+        assert!(err.contains("config.json takes"), "{err}");
+        assert!(
+            err.contains(&format!("at most {MAX_OCI_SPEC_BYTES}")),
+            "{err}"
+        );
     }
 
     #[test]

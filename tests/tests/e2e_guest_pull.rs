@@ -290,8 +290,10 @@ fn a_tampered_layer_fails_creation_naming_its_digest() {
 #[test]
 fn a_policy_allowing_only_image_a_refuses_image_b() {
     let Some(s) = setup() else { return };
+    // Written as for kata-agent: the image in the spec's annotation and the guest-pull storage,
+    // the command in the OCI process.
     let rule = format!(
-        "default CreateContainerRequest := false\nCreateContainerRequest {{\n    input.image == \"{}\"\n}}\n",
+        "default CreateContainerRequest := false\nCreateContainerRequest {{\n    input.OCI.Annotations[\"io.kubernetes.cri.image-name\"] == \"{0}\"\n    input.storages[_].source == \"{0}\"\n    input.OCI.Process.Args[0] == \"sh\"\n}}\n",
         s.busybox
     );
     let mut cri = s.ctd.cri().expect("connect");

@@ -48,7 +48,7 @@ default DestroySandboxRequest := true
 default ReadStreamRequest := true
 # exec only through a shell: anything else is refused.
 default ExecProcessRequest := false
-ExecProcessRequest if input.process.args[0] == "sh"
+ExecProcessRequest if input.process.Args[0] == "sh"
 '''
 "note.txt" = "not for the guest"
 "#;
@@ -387,6 +387,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
+            oci: Default::default(),
         })
         .await
         .unwrap();
@@ -485,6 +486,7 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
             masked_paths: Vec::new(),
             readonly_paths: Vec::new(),
             readonly_root: false,
+            oci: Default::default(),
         })
         .await
         .unwrap();
@@ -606,6 +608,7 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,
+                oci: Default::default(),
             })
             .await
             .unwrap_err();

@@ -1231,6 +1231,7 @@ mod tests {
             masked_paths: names(&["/etc/secret", "/data", "/does/not/exist"]),
             readonly_paths: names(&["/proc/sys"]),
             readonly_root: true,
+            oci: Default::default(),
             files: vec![],
             resources: None,
         };

@@ -1,6 +1,7 @@
 //! The guest side: everything `coffer-agent` does as PID 1.
 //!
-//! Bringing the guest up: `boot`, `initdata`, `tee`, `policy`. Serving the host: `server`, and
+//! Bringing the guest up: `boot`, `initdata`, `tee`, `policy` (with `kata_input`, what its
+//! rules see). Serving the host: `server`, and
 //! `outgoing`, the ordered queue of frames to it. Containers: `container` (the registry, from
 //! create to remove), `image` (the images the guest pulls itself, with `registry`, where from,
 //! and `layer`, how one is unpacked), `child` (a process between clone and exec) and its `report` pipe,
@@ -16,6 +17,7 @@ mod error;
 mod files;
 pub mod image;
 pub mod initdata;
+pub mod kata_input;
 mod layer;
 pub mod network;
 pub mod outgoing;

@@ -24,12 +24,10 @@
 //! | `stats`, `update_resources`, `pause`, `resume` | `StatsContainerRequest`, `UpdateContainerRequest`, `PauseContainerRequest`, `ResumeContainerRequest` |
 //! | `hello` | never gated: the host needs it to learn the guest's verdict |
 //!
-//! `input` is Coffer's request as it travels on the wire (see [`crate::protocol::Request`]), e.g.
-//! `{"op": "exec", "id": "c1", "exec_id": "e1", "process": {"args": ["sh"], ...}}`; a container the
-//! guest pulls itself has its image reference in `input.image` of `CreateContainerRequest`, so a
-//! policy can allow exactly the images it names. It is not
-//! kata-agent's protobuf JSON (`container_id`, `process.Args`, ...): policies that only allow or
-//! deny whole requests work unchanged, policies that inspect `input` must be written for Coffer.
+//! `input` is the request kata-agent would pass to the same rule, in its protobuf JSON shape
+//! (`container_id`, `OCI.Process.Args`, `process.Args`, ...), built by [`super::kata_input`];
+//! `CreateContainerRequest` also carries Coffer's `input.image`, the reference of an image the
+//! guest pulls itself. `docs/kata-compatibility.md` lists every field and where it comes from.
 //!
 //! Only the policy of a document that passed the Init-Data check is applied; without one every
 //! request is allowed. A policy that does not load is reported in hello and containers are
@@ -159,12 +157,7 @@ impl AgentPolicy {
             AgentPolicy::AllowAll => true,
             AgentPolicy::Invalid(_) => false,
             AgentPolicy::Enforced(e) => {
-                let input = serde_json::json!({
-                    "container_id": id,
-                    "exec_id": exec_id.unwrap_or(id),
-                    "len": len,
-                })
-                .to_string();
+                let input = super::kata_input::read_stream(id, exec_id, len).to_string();
                 e.check_input(READ_STREAM_RULE, &input).is_ok()
             }
         }
@@ -322,10 +315,7 @@ impl Enforcer {
         if rule == READ_INITDATA_RULE && !self.defines_read_initdata {
             return Ok(());
         }
-        let input = serde_json::to_string(request).map_err(|e| PolicyError::Input {
-            rule,
-            reason: e.to_string(),
-        })?;
+        let input = super::kata_input::request_input(request).to_string();
         self.check_input(rule, &input)
     }
 
@@ -474,6 +464,7 @@ mod tests {
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,
+                oci: Default::default(),
             }),
             Request::Start { id: "c1".into() },
             exec(&["ls"]),
@@ -532,13 +523,13 @@ mod tests {
     fn rego_v1_policies_load_and_mean_what_v1_says() {
         // v1-only syntax: `if` without an import.
         let p = load(
-            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if { input.process.args[0] == \"ls\" }\n",
+            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if { input.process.Args[0] == \"ls\" }\n",
         );
         assert_eq!(p.check(&exec(&["ls"])), Ok(()));
         assert!(p.check(&exec(&["sh"])).is_err());
         // v0 with future keywords, as genpolicy writes it, still loads.
         let p = load(
-            "package agent_policy\nimport future.keywords.in\ndefault ExecProcessRequest := false\nExecProcessRequest { input.process.args[0] in [\"ls\"] }\n",
+            "package agent_policy\nimport future.keywords.in\ndefault ExecProcessRequest := false\nExecProcessRequest { input.process.Args[0] in [\"ls\"] }\n",
         );
         assert_eq!(p.check(&exec(&["ls"])), Ok(()));
         assert!(p.check(&exec(&["sh"])).is_err());
@@ -547,7 +538,7 @@ mod tests {
     #[test]
     fn prints_explain_a_denial() {
         let p = load(
-            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n print(\"exec of\", input.process.args[0], \"is not allowed\")\n false\n}\n",
+            "package agent_policy\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n print(\"exec of\", input.process.Args[0], \"is not allowed\")\n false\n}\n",
         );
         assert_eq!(
             p.check(&exec(&["sh"])).unwrap_err().to_string(),
@@ -598,17 +589,18 @@ mod tests {
     }
 
     #[test]
-    fn rules_see_coffers_request_as_input() {
+    fn rules_see_kata_agents_request_as_input() {
         let p = load(
             r#"package agent_policy
 import future.keywords.if
 default ExecProcessRequest := false
 ExecProcessRequest if {
-    input.op == "exec"
-    input.process.args[0] != "sh"
+    input.container_id == "c1"
+    input.exec_id == "e1"
+    input.process.Args[0] != "sh"
 }
 default WaitProcessRequest := false
-WaitProcessRequest if { input.id == "c1"; not input.exec_id }
+WaitProcessRequest if { input.container_id == "c1"; input.exec_id == "c1" }
 "#,
         );
         assert_eq!(p.status(), PolicyStatus::Enforced { rules: 4 });
@@ -651,6 +643,7 @@ CreateContainerRequest {
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,
+                oci: Default::default(),
                 resources: None,
             })
         };
@@ -697,7 +690,7 @@ CreateContainerRequest {
             })
         );
         // A rule whose body does not hold and that has no default is undefined: denied.
-        let p = load("package agent_policy\nimport rego.v1\nRemoveContainerRequest if input.id == \"keep\"\n");
+        let p = load("package agent_policy\nimport rego.v1\nRemoveContainerRequest if input.container_id == \"keep\"\n");
         assert!(p.check(&Request::Remove { id: "c1".into() }).is_err());
         assert_eq!(p.check(&Request::Remove { id: "keep".into() }), Ok(()));
         // Hello is never gated, even by a policy that allows nothing.

@@ -485,6 +485,7 @@ mod tests {
             masked_paths: names(&["/proc/kcore", "/sys/firmware"]),
             readonly_paths: names(&["/proc/sys"]),
             readonly_root: true,
+            oci: Default::default(),
             files: vec![],
             resources: None,
         };

@@ -814,6 +814,7 @@ mod tests {
                 masked_paths: Vec::new(),
                 readonly_paths: Vec::new(),
                 readonly_root: false,
+                oci: Default::default(),
             })
             .await
             .unwrap_err();

@@ -49,7 +49,7 @@ pub use frame::read_frame_async;
 pub use frame::{decode, encode, read_frame, write_frame, FrameDecoder, FrameError};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts, in bytes (JSON length, without the 4-byte prefix).
 /// Large enough for a 4 MiB Init-Data document read back in base64.
@@ -309,7 +309,18 @@ pub struct CreateContainer {
     /// Make the container's root filesystem read-only (OCI `root.readonly`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub readonly_root: bool,
+    /// The container's OCI runtime spec (the bundle's `config.json`, Init-Data annotations
+    /// removed), as JSON; `null` when the host sends none. The guest does not run it: what it
+    /// runs is in the fields above. It is what the agent policy sees as
+    /// `input.OCI` of `CreateContainerRequest`, in kata-agent's shape, with the fields the guest
+    /// acts on replaced by the values it acts on (see `docs/kata-compatibility.md`). At most
+    /// [`MAX_OCI_SPEC_BYTES`] of JSON.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub oci: serde_json::Value,
 }
+
+/// Most bytes of JSON [`CreateContainer::oci`] may take.
+pub const MAX_OCI_SPEC_BYTES: usize = 1024 * 1024;
 
 /// Most files a container may be given, and the most bytes each may hold.
 pub const MAX_CONTAINER_FILES: usize = 32;
