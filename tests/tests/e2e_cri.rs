@@ -778,20 +778,13 @@ fn pod_network_survives_containerd_restart_and_a_dead_shim_leaves_nothing() {
 /// runs, its container has no pod IP on eth0, and `coffer inspect` says why.
 #[test]
 fn a_policy_that_denies_the_network_leaves_the_pod_without_one_and_says_so() {
-    let Some((bin, _guest)) = coffer_parts() else {
-        return;
-    };
-    let Some(ctd) = private_containerd() else {
-        return;
-    };
-    let coffer = Coffer::in_dir(&bin);
-    let pod = pod_with_policy(
-        &ctd,
-        &coffer,
+    let Some((ctd, pod)) = with_policy(
         "no-net",
         "default UpdateInterfaceRequest := true",
         "default UpdateInterfaceRequest := false",
-    );
+    ) else {
+        return;
+    };
     let mut cri = ctd.cri().expect("connect");
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let c = Container::busybox_sh("main", "exec sleep 3600");
@@ -806,6 +799,7 @@ fn a_policy_that_denies_the_network_leaves_the_pod_without_one_and_says_so() {
         "the denied interface has the pod IP: {addr}"
     );
 
+    let coffer = Coffer::in_dir(&tools::bin_dir().expect("the binaries"));
     let out = inspect(&coffer, &ctd, &pod_id);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -854,6 +848,15 @@ fn a_hung_vm_does_not_block_stop_pod_sandbox() {
 
 /// A policy with `ReadStreamRequest := false` keeps the containers' output in the guest, as
 /// kata-agent does: the process runs, its CRI log stays empty, ExecSync returns no output.
+/// The private containerd and a coffer-qemu pod named `name` whose Init-Data is the example
+/// with its policy line `from` replaced by `to`; `None` (skipped, saying why) without them.
+fn with_policy(name: &str, from: &str, to: &str) -> Option<(PrivateContainerd, Pod)> {
+    let (bin, _guest) = coffer_parts()?;
+    let ctd = private_containerd()?;
+    let pod = pod_with_policy(&ctd, &Coffer::in_dir(&bin), name, from, to);
+    Some((ctd, pod))
+}
+
 /// A coffer-qemu pod named `name` whose Init-Data is the example with its policy line `from`
 /// replaced by `to`.
 fn pod_with_policy(
@@ -878,22 +881,15 @@ fn pod_with_policy(
 /// (in Rego v1) lets one container of the pod start, and no second one.
 #[test]
 fn a_policy_keeps_state_across_the_sandboxs_requests() {
-    let Some((bin, _guest)) = coffer_parts() else {
-        return;
-    };
-    let Some(ctd) = private_containerd() else {
-        return;
-    };
-    let coffer = Coffer::in_dir(&bin);
-    let pod = pod_with_policy(
-        &ctd,
-        &coffer,
+    let Some((ctd, pod)) = with_policy(
         "pstate",
         "default StartContainerRequest := true\n",
         "default StartContainerRequest := {\"allowed\": false}\n\
          StartContainerRequest := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/pstate/started\", \"value\": true}]} if {\n\
          \x20   not data.pstate.started\n}\n",
-    );
+    ) else {
+        return;
+    };
     let mut cri = ctd.cri().expect("connect");
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let first = cri
@@ -928,22 +924,58 @@ fn a_policy_keeps_state_across_the_sandboxs_requests() {
     assert_nothing_left(&mut cri);
 }
 
+/// An exec allow-list in genpolicy's style, over kata-agent's ExecProcessRequest input
+/// (`input.process.Args`): `sh -c ...` runs, anything else is refused naming the rule.
+#[test]
+fn an_exec_allow_list_admits_only_sh_c() {
+    let Some((ctd, pod)) = with_policy(
+        "exec-list",
+        "default ExecProcessRequest := true\n",
+        "default ExecProcessRequest := false\n\
+         ExecProcessRequest if {\n\
+         \x20   input.process.Args[0] == \"sh\"\n\
+         \x20   input.process.Args[1] == \"-c\"\n\
+         \x20   count(input.process.Args) == 3\n}\n",
+    ) else {
+        return;
+    };
+    let mut cri = ctd.cri().expect("connect");
+    let running = start_busybox(&mut cri, &pod);
+    let ok = cri
+        .exec_sync(&running.container_id, &["sh", "-c", "echo allowed"])
+        .expect("sh -c is allowed");
+    assert_eq!(
+        (ok.exit_code, String::from_utf8_lossy(&ok.stdout).as_ref()),
+        (0, "allowed\n")
+    );
+    for refused in [
+        &["ls", "/"][..],
+        &["sh", "-i"][..],
+        &["sh", "-c", "id", "x"][..],
+    ] {
+        let err = cri
+            .exec_sync(&running.container_id, refused)
+            .expect_err("the allow-list admits only sh -c CMD");
+        assert!(
+            err.message()
+                .contains("the agent policy denies ExecProcessRequest"),
+            "{refused:?}: {}",
+            err.message()
+        );
+    }
+    stop_and_remove(&mut cri, &running);
+    assert_nothing_left(&mut cri);
+}
+
 #[test]
 fn read_stream_request_false_keeps_output_in_the_guest() {
-    let Some((bin, _guest)) = coffer_parts() else {
-        return;
-    };
-    let Some(ctd) = private_containerd() else {
-        return;
-    };
-    let coffer = Coffer::in_dir(&bin);
-    let pod = pod_with_policy(
-        &ctd,
-        &coffer,
+    let Some((ctd, pod)) = with_policy(
         "quiet",
         "default ReadStreamRequest := true",
         "default ReadStreamRequest := false",
-    );
+    ) else {
+        return;
+    };
     let mut cri = ctd.cri().expect("connect");
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let c = Container::busybox_sh(

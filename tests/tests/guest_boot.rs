@@ -667,6 +667,23 @@ fn guest_builder() -> Option<PathBuf> {
     Some(builder)
 }
 
+/// The agent of the guest image in `guest`, taken out of its initrd into `dir` (to build other
+/// images around it without building it again).
+fn agent_of(guest: &Path, dir: &Path) -> PathBuf {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$0\" | cpio --quiet -id init")
+        .arg(guest.join("initrd.img"))
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "extracting /init from the initrd: {status}"
+    );
+    dir.join("init")
+}
+
 /// Stand-ins for the Confidential Containers guest components (busybox shell scripts): each
 /// prints its arguments to the console and makes its socket the way the real one would, except
 /// that the data hub makes its socket only when it is given a config (`-c`, the Init-Data's
@@ -714,24 +731,10 @@ async fn guest_components_start_in_kata_agents_order_and_a_missing_socket_fails_
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    // The agent of the image under test, taken out of its initrd rather than built again.
-    let agent_dir = work.path().join("agent");
-    std::fs::create_dir(&agent_dir).unwrap();
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("gzip -dc \"$0\" | cpio --quiet -id init")
-        .arg(guest.join("initrd.img"))
-        .current_dir(&agent_dir)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "extracting /init from the initrd: {status}"
-    );
     let built = work.path().join("guest");
     let status = std::process::Command::new(&builder)
         .arg(&built)
-        .env("COFFER_AGENT_BIN", agent_dir.join("init"))
+        .env("COFFER_AGENT_BIN", agent_of(&guest, work.path()))
         .env("COFFER_GUEST_COMPONENTS", &components)
         .status()
         .unwrap();
@@ -832,14 +835,20 @@ fn guest_image_builds_are_reproducible() {
         return;
     };
     let out = tempfile::tempdir().unwrap();
+    // The agent of the test image when there is one (the image build is what is checked here;
+    // packaging/guest/test-reproducible.sh also rebuilds the agent from scratch).
+    let agent = guest_dir().map(|g| agent_of(&g, out.path()));
     for (name, umask) in [("a", "022"), ("b", "077")] {
-        let status = std::process::Command::new("sh")
+        let mut build = std::process::Command::new("sh");
+        build
             .arg("-c")
             .arg(format!("umask {umask} && exec \"$0\" \"$1\""))
             .arg(&builder)
-            .arg(out.path().join(name))
-            .status()
-            .unwrap();
+            .arg(out.path().join(name));
+        if let Some(agent) = &agent {
+            build.env("COFFER_AGENT_BIN", agent);
+        }
+        let status = build.status().unwrap();
         assert!(status.success(), "build.sh {name} failed: {status}");
     }
     for file in ["vmlinuz", "vmlinux", "initrd.img", "manifest.json"] {
