@@ -369,6 +369,103 @@ fn an_unknown_image_and_an_unreachable_registry_are_named() {
     assert_eq!(s.ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
 }
 
+/// Makes the OCI layout of a one-layer image whose layer is a file of `mib` MiB of zeros (a few
+/// hundred KiB gzip'ed) and tars it into `archive`, its image named `latest`.
+const ZEROS_IMAGE: &str = r#"set -euo pipefail
+archive=$1 mib=$2 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/layout/blobs/sha256" "$work/files"
+truncate -s "${mib}M" "$work/files/zeros"
+blob() { # FILE -> its digest hex; moves it into the layout
+  local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$work/layout/blobs/sha256/$d"; echo "$d"
+}
+diff_id=$(tar -C "$work/files" --owner=0 --group=0 --mtime=@0 -cf - zeros | tee >(gzip -1 > "$work/layer") | sha256sum | cut -d' ' -f1)
+layer_size=$(stat -c %s "$work/layer"); layer=$(blob "$work/layer")
+printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/zeros"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff_id" > "$work/config"
+config_size=$(stat -c %s "$work/config"); config=$(blob "$work/config")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$config" "$config_size" "$layer" "$layer_size" > "$work/manifest"
+manifest_size=$(stat -c %s "$work/manifest"); manifest=$(blob "$work/manifest")
+printf '{"imageLayoutVersion":"1.0.0"}' > "$work/layout/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$manifest" "$manifest_size" > "$work/layout/index.json"
+tar -C "$work/layout" -cf "$archive" .
+"#;
+
+/// An image that unpacks to more than the guest's memory (a layer of 640 MiB of zeros, which
+/// gzip makes small enough to pass the size estimate) is refused while it unpacks, saying so;
+/// the guest survives and the pod is removed cleanly.
+#[test]
+fn an_image_larger_than_the_guests_memory_is_refused_saying_so() {
+    let Some(s) = setup() else { return };
+    let archive = s.ctd.scratch().join("zeros.oci.tar");
+    std::fs::create_dir_all(s.ctd.scratch()).expect("scratch");
+    let out = std::process::Command::new("bash")
+        .args(["-c", ZEROS_IMAGE, "zeros-image"])
+        .arg(&archive)
+        .arg("640")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "making the image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = s
+        .images
+        .registry
+        .load(&archive, "zeros:latest")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // containerd knows it too, under the same name (the CRI checks that the image exists).
+    let ctr = s.ctd.up_env("CTR").expect("CTR");
+    let base = image.trim_end_matches(":latest");
+    let out = std::process::Command::new(&ctr)
+        .arg("--address")
+        .arg(s.ctd.socket())
+        .args(["-n", "k8s.io", "images", "import", "--base-name", base])
+        .arg(&archive)
+        .output()
+        .expect("ctr images import");
+    assert!(
+        out.status.success(),
+        "ctr images import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut cri = s.ctd.cri().expect("connect");
+    let pod = s.pod("too-large", None);
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let id = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            &container("zeros", &image, "exec sleep 3600"),
+        )
+        .expect("CreateContainer");
+    let err = cri
+        .start_container(&id)
+        .expect_err("the image does not fit in the guest");
+    assert!(
+        err.message()
+            .contains(&format!("image {image} is too large for this guest")),
+        "{}",
+        err.message()
+    );
+    // The guest is still there and still pulls what fits.
+    let ok = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            &container("ok", &s.busybox, "echo fits; exec sleep 3600"),
+        )
+        .expect("CreateContainer");
+    cri.start_container(&ok).expect("StartContainer");
+    let lines = wait_for_log_line(&mut cri, &ok, "fits");
+    assert!(lines.iter().any(|l| l == "fits"), "{lines:?}");
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+    assert_eq!(s.ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
+}
+
 /// The `Shmem` line of the guest's /proc/meminfo (tmpfs, where pulled images live), in KiB.
 fn guest_shmem_kib(cri: &mut Cri, id: &str) -> u64 {
     exec_out(cri, id, &["cat", "/proc/meminfo"])
