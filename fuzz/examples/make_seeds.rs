@@ -370,6 +370,7 @@ fn guest_frames() -> Vec<GuestFrame> {
             pid: Some(42),
             note: None,
         }],
+        component_failure: None,
         warnings: vec!["unknown key".into()],
         policy,
     };
