@@ -169,6 +169,36 @@ fn a_guest_pulled_container_ignores_the_host_snapshot_and_leaves_nothing_on_the_
         exec_out(&mut cri, &id, &["readlink", "/bin/sh"]),
         "busybox\n"
     );
+    // A second container of the same image: the guest unpacked it once and gives it its own
+    // overlay (what one container writes, the other does not see).
+    let second = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            &container("second", &s.busybox, "exec sleep 3600"),
+        )
+        .expect("CreateContainer");
+    cri.start_container(&second).expect("StartContainer");
+    exec_out(&mut cri, &id, &["touch", "/only-in-main"]);
+    assert_eq!(
+        exec_out(
+            &mut cri,
+            &second,
+            &["sh", "-c", "test -e /only-in-main; echo $?"]
+        ),
+        "1\n"
+    );
+    let console =
+        std::fs::read_to_string(s.ctd.coffer_state_dir().join(&pod_id).join("console.log"))
+            .expect("the pod's console log");
+    let pulls = console
+        .lines()
+        .filter(|l| l.contains(&format!("pulled image {} (", s.busybox)))
+        .count();
+    assert_eq!(
+        pulls, 1,
+        "the image was not pulled exactly once:\n{console}"
+    );
 
     // No share: the VM's command line has no 9p device and the sandbox no share directory.
     let sandbox_dir = s.ctd.coffer_state_dir().join(&pod_id);
