@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use coffer_agent::protocol::client::EventReceiver;
 use coffer_agent::protocol::Event;
 use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
@@ -85,10 +86,7 @@ impl Pod {
     }
 
     /// Follows the guest's events until the agent connection closes.
-    pub(crate) async fn follow_events(
-        self: Arc<Self>,
-        mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
-    ) {
+    pub(crate) async fn follow_events(self: Arc<Self>, mut events: EventReceiver) {
         while let Some(event) = events.recv().await {
             match event {
                 Event::Output {

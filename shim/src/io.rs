@@ -12,9 +12,14 @@
 //! FIFO's end of file, or when containerd asks to close stdin (`CloseIO`), what is left in the
 //! FIFO is sent and then `CloseStdin`, so the process reads end-of-file. A process on a terminal
 //! has one output stream, stdout, and its stdin is typed into the terminal.
+//!
+//! Output waiting for its FIFO is bounded ([`OUTPUT_QUEUE_BYTES`] per stream): when containerd
+//! does not read a stream, what the guest sends beyond that is dropped and counted, rather than
+//! held in the shim's memory or allowed to stall the other processes' output.
 
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +39,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Largest chunk of stdin sent in one request.
 const STDIN_CHUNK: usize = 32 * 1024;
 
+/// Bytes of one stream's output that may wait for its FIFO.
+pub const OUTPUT_QUEUE_BYTES: usize = 4 << 20;
+
+/// One output stream's way to its copier, and the bytes waiting in it.
+#[derive(Debug)]
+struct Sink {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
 /// The standard streams of one process.
 #[derive(Debug, Default)]
 pub struct ProcessIo {
-    stdout: Option<mpsc::UnboundedSender<Vec<u8>>>,
-    stderr: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    stdout: Option<Sink>,
+    stderr: Option<Sink>,
+    /// Bytes of output dropped because containerd did not read them in time.
+    dropped: u64,
     copiers: Vec<JoinHandle<()>>,
     stdin: Option<StdinCopier>,
     /// containerd closed stdin before the copier started.
@@ -174,10 +191,22 @@ impl ProcessIo {
         if data.is_empty() {
             // Dropping the sender lets the copier finish and close the FIFO.
             *slot = None;
-        } else if let Some(tx) = slot {
-            // A send fails only when the copier gave up (no reader); the output is then lost
-            // either way, and the process must not be held up for it.
-            let _ = tx.send(data);
+        } else if let Some(sink) = slot {
+            // Over the bound, containerd is not keeping up: the chunk is dropped, not buffered
+            // without bound. (A send fails only when the copier gave up, having no reader: the
+            // output is lost either way, and the process must not be held up for it.)
+            let len = data.len();
+            if sink.queued.load(Ordering::Acquire) + len > OUTPUT_QUEUE_BYTES {
+                if self.dropped == 0 {
+                    tracing::warn!(
+                        "containerd is not reading a process's output; output beyond {OUTPUT_QUEUE_BYTES} bytes is dropped"
+                    );
+                }
+                self.dropped += len as u64;
+            } else {
+                sink.queued.fetch_add(len, Ordering::AcqRel);
+                let _ = sink.tx.send(data);
+            }
         }
     }
 
@@ -189,6 +218,12 @@ impl ProcessIo {
         }
         self.stdout = None;
         self.stderr = None;
+        if self.dropped > 0 {
+            tracing::warn!(
+                bytes = self.dropped,
+                "output dropped because containerd did not read it"
+            );
+        }
         let copiers = std::mem::take(&mut self.copiers);
         let all = async {
             for copier in copiers {
@@ -210,8 +245,13 @@ pub async fn close_all(ios: Vec<ProcessIo>) {
     while set.join_next().await.is_some() {}
 }
 
-fn spawn_copier(path: PathBuf) -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()>) {
+fn spawn_copier(path: PathBuf) -> (Sink, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sink = Sink {
+        tx,
+        queued: queued.clone(),
+    };
     let handle = tokio::spawn(async move {
         let mut file = match open_for_writing(&path).await {
             Ok(f) => f,
@@ -222,7 +262,9 @@ fn spawn_copier(path: PathBuf) -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()
             }
         };
         while let Some(chunk) = rx.recv().await {
-            if let Err(e) = file.write_all(&chunk).await {
+            let written = file.write_all(&chunk).await;
+            queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+            if let Err(e) = written {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write stdio; output is dropped");
                 while rx.recv().await.is_some() {}
                 return;
@@ -230,7 +272,7 @@ fn spawn_copier(path: PathBuf) -> (mpsc::UnboundedSender<Vec<u8>>, JoinHandle<()
         }
         let _ = file.flush().await;
     });
-    (tx, handle)
+    (sink, handle)
 }
 
 /// Copies a stdin FIFO into the guest until its end of file or a close request, then closes
@@ -377,6 +419,31 @@ mod tests {
         io.close().await;
         assert_eq!(out_reader.await.unwrap(), b"hello world\n");
         assert_eq!(err_reader.await.unwrap(), b"oops\n");
+    }
+
+    /// A reader that does not read: what waits for the FIFO stays within OUTPUT_QUEUE_BYTES, the
+    /// rest is dropped and counted, and the reader later gets what was kept, in order.
+    #[tokio::test]
+    async fn output_nobody_reads_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut io = ProcessIo::open(out.to_str().unwrap(), "").unwrap();
+        const CHUNK: usize = 64 * 1024;
+        let chunks = 3 * OUTPUT_QUEUE_BYTES / CHUNK;
+        for i in 0..chunks {
+            io.write(Stream::Stdout, vec![u8::try_from(i % 251).unwrap(); CHUNK]);
+        }
+        assert_eq!(io.dropped, (chunks * CHUNK - OUTPUT_QUEUE_BYTES) as u64);
+        // containerd comes back: it reads the first OUTPUT_QUEUE_BYTES, then the end.
+        let reader = tokio::spawn(async move { tokio::fs::read(out).await.unwrap() });
+        io.close().await;
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), OUTPUT_QUEUE_BYTES);
+        assert!(got
+            .chunks(CHUNK)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| usize::from(*b) == i % 251)));
     }
 
     use coffer_agent::protocol::{

@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_agent::protocol::client::{AgentClient, ClientError};
-use coffer_agent::protocol::{ErrorKind, Event};
+use coffer_agent::protocol::client::{AgentClient, ClientError, EventReceiver};
+use coffer_agent::protocol::ErrorKind;
 use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, Tee, Vm, VmConfig, VmResources};
 use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::{Config, RootfsSource, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
@@ -144,7 +143,7 @@ impl Sandbox {
         bundle: &Path,
         spec: &BundleSpec,
         options: Option<&Any>,
-    ) -> Result<(Sandbox, UnboundedReceiver<Event>)> {
+    ) -> Result<(Sandbox, EventReceiver)> {
         let config_path = crate::options::config_path(options)?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         let config = Config::load(&config_path)?;
@@ -246,7 +245,7 @@ impl Sandbox {
         initdata: Option<(InitData, Source)>,
         netns: Option<&Path>,
         launched: &mut Option<Vm>,
-    ) -> Result<(SandboxState, Arc<AgentClient>, UnboundedReceiver<Event>)> {
+    ) -> Result<(SandboxState, Arc<AgentClient>, EventReceiver)> {
         write_bundle_record(bundle, dir)?;
         let mut resources = VmResources::in_dir(dir.path());
         // Guest pull: the VM gets no share from the host at all.
@@ -379,7 +378,7 @@ impl Sandbox {
         match tokio::time::timeout(SHUTDOWN_ACK, self.agent.shutdown()).await {
             Ok(Ok(())) => {}
             // The VM is already gone: the stop below only reaps it.
-            Ok(Err(ClientError::Disconnected)) => {}
+            Ok(Err(ClientError::Disconnected | ClientError::Broken { .. })) => {}
             Ok(Err(e)) => tracing::debug!(sandbox = %self.id, error = %e, "agent shutdown"),
             Err(_) => {
                 // A live guest acknowledges at once: this one is hung, and a hung QEMU

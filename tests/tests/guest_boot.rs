@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use coffer_agent::protocol::client::{AgentClient, ClientError};
+use coffer_agent::protocol::client::{AgentClient, ClientError, EventReceiver};
 use coffer_agent::protocol::{
     CreateContainer, ErrorKind, Event, ExitStatus, Hello, PolicyStatus, Process, Stream,
     Tee as GuestTee, Verification,
@@ -18,7 +18,6 @@ use coffer_hypervisor::{
     Accel, HostCapabilities, LaunchPlan, StopStep, Tee, Vm, VmConfig, VmResources,
 };
 use coffer_initdata::{image, Digest, InitData};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A document with every entry the guest delivers, and one it only warns about. Its agent policy
 /// allows what the tests do and refuses an exec of anything but `sh`.
@@ -213,7 +212,7 @@ async fn shutdown_keeping_dir(mut g: Guest) -> tempfile::TempDir {
 
 /// The guest's events, kept so that waiting for one process does not lose another's output.
 struct Events {
-    rx: UnboundedReceiver<Event>,
+    rx: EventReceiver,
     seen: Vec<Event>,
 }
 

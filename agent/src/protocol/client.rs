@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +106,13 @@ pub enum ClientError {
     /// The connection to the guest is gone (the VM stopped or the agent died).
     #[error("the connection to the guest agent is closed")]
     Disconnected,
+    /// The guest broke the protocol (an oversized, truncated or malformed frame), and the host
+    /// closed the connection.
+    #[error("the guest agent broke the protocol, so the host closed the connection: {reason}")]
+    Broken {
+        /// The frame error.
+        reason: String,
+    },
     /// The guest refused or failed the request.
     #[error("the guest agent refused {op}: {message}")]
     Remote {
@@ -128,15 +135,59 @@ pub enum ClientError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
 
+/// Events that may wait for the host's consumer. Beyond it, exits and OOM events wait for room
+/// (holding back the reading of the guest's frames: backpressure), and process output is
+/// dropped.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// Bytes of process output that may wait for the host's consumer; output beyond them is dropped
+/// (and counted, see [`AgentClient::dropped_output`]) rather than held in memory.
+pub const EVENT_QUEUE_BYTES: usize = 16 << 20;
+
+/// The guest's events (process output and exits), in the order the guest sent them.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<Event>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl EventReceiver {
+    /// The next event; `None` once the connection is gone and every event was received.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        self.release(&event);
+        Some(event)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Event, mpsc::error::TryRecvError> {
+        let event = self.rx.try_recv()?;
+        self.release(&event);
+        Ok(event)
+    }
+
+    fn release(&self, event: &Event) {
+        if let Event::Output { data, .. } = event {
+            self.queued.fetch_sub(data.len(), Ordering::AcqRel);
+        }
+    }
+}
+
 /// A connection to the guest agent. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct AgentClient {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
-    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    events: Mutex<Option<EventReceiver>>,
+    /// Bytes of process output dropped because the host's consumer did not keep up.
+    dropped: Arc<AtomicU64>,
+    /// Why the reader stopped, when the guest broke the protocol.
+    broken: Broken,
     reader: tokio::task::JoinHandle<()>,
 }
+
+type Broken = Arc<Mutex<Option<String>>>;
 
 impl Drop for AgentClient {
     fn drop(&mut self) {
@@ -195,21 +246,48 @@ impl AgentClient {
     pub fn from_stream(stream: UnixStream) -> AgentClient {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(read, pending.clone(), events_tx));
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let events = EventSender {
+            tx: events_tx,
+            queued: queued.clone(),
+            dropped: dropped.clone(),
+        };
+        let broken = Broken::default();
+        let reader = tokio::spawn(read_loop(read, pending.clone(), events, broken.clone()));
         AgentClient {
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_id: AtomicU64::new(1),
-            events: Mutex::new(Some(events_rx)),
+            events: Mutex::new(Some(EventReceiver {
+                rx: events_rx,
+                queued,
+            })),
+            dropped,
+            broken,
             reader,
         }
     }
 
+    /// The error for a call whose answer will never come: why the reader stopped.
+    fn gone(&self) -> ClientError {
+        match self.broken.lock().ok().and_then(|b| b.clone()) {
+            Some(reason) => ClientError::Broken { reason },
+            None => ClientError::Disconnected,
+        }
+    }
+
     /// Takes the receiver of the guest's events (process output and exits). Only the first call
-    /// returns it. Events are buffered until they are received.
-    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+    /// returns it. Events wait until they are received, within [`EVENT_QUEUE`] and
+    /// [`EVENT_QUEUE_BYTES`].
+    pub fn take_events(&self) -> Option<EventReceiver> {
         self.events.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Bytes of process output dropped so far because the events were not received in time.
+    pub fn dropped_output(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
     }
 
     /// Sends one request and waits for its outcome, at most [`CALL_TIMEOUT`] ([`SIGNAL_TIMEOUT`]
@@ -230,7 +308,7 @@ impl AgentClient {
         };
         let call = async {
             let rx = self.send(request).await?;
-            rx.await.map_err(|_| ClientError::Disconnected)
+            rx.await.map_err(|_| self.gone())
         };
         let Some(limit) = limit else {
             return call.await;
@@ -252,6 +330,13 @@ impl AgentClient {
             .lock()
             .map_err(|_| ClientError::Disconnected)?
             .insert(id, tx);
+        // A reader that has stopped answers nothing more: fail now rather than at the deadline.
+        if self.reader.is_finished() {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(self.gone());
+        }
         let mut writer = self.writer.lock().await;
         if let Err(e) = writer.write_all(&frame).await {
             if let Ok(mut p) = self.pending.lock() {
@@ -606,17 +691,53 @@ fn unexpected(op: &'static str, r: &Response) -> ClientError {
     }
 }
 
+/// The read loop's side of [`EventReceiver`].
+struct EventSender {
+    tx: mpsc::Sender<Event>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventSender {
+    /// Queues `event`: output within the byte budget and room, or dropped; anything else waits
+    /// for room. Returns false once nobody receives events any more.
+    async fn send(&self, event: Event) -> bool {
+        let len = match &event {
+            // An empty chunk ends its stream: never dropped.
+            Event::Output { data, .. } if !data.is_empty() => data.len(),
+            _ => return self.tx.send(event).await.is_ok(),
+        };
+        if self.queued.load(Ordering::Acquire) + len > EVENT_QUEUE_BYTES {
+            self.dropped.fetch_add(len as u64, Ordering::AcqRel);
+            return true;
+        }
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                self.dropped.fetch_add(len as u64, Ordering::AcqRel);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// Reads frames until the connection ends; then fails every pending request (by dropping its
 /// sender) so no caller waits forever.
-async fn read_loop(
-    mut read: OwnedReadHalf,
-    pending: Pending,
-    events: mpsc::UnboundedSender<Event>,
-) {
+async fn read_loop(mut read: OwnedReadHalf, pending: Pending, events: EventSender, broken: Broken) {
+    let mut receiving = true;
     loop {
         let frame = match read_frame_async::<_, GuestFrame>(&mut read).await {
             Ok(f) => f,
-            Err(_) => break,
+            Err(FrameError::Closed) => break,
+            Err(e) => {
+                if let Ok(mut b) = broken.lock() {
+                    *b = Some(e.to_string());
+                }
+                break;
+            }
         };
         match frame {
             GuestFrame::Response { id, outcome } => {
@@ -628,7 +749,9 @@ async fn read_loop(
             }
             GuestFrame::Event { event } => {
                 // A dropped receiver means nobody wants events any more.
-                let _ = events.send(event);
+                if receiving {
+                    receiving = events.send(event).await;
+                }
             }
         }
     }
@@ -904,5 +1027,179 @@ mod tests {
             "the guest agent did not answer on {} within ",
             path.display()
         )));
+    }
+
+    /// A connected client and the scripted guest's end of the connection, after hello.
+    async fn connected() -> (AgentClient, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest =
+            tokio::spawn(async move { guest_answering_hello(&listener, PROTOCOL_VERSION).await });
+        let (client, _) = AgentClient::connect(&path, Duration::from_secs(30))
+            .await
+            .unwrap();
+        (client, guest.await.unwrap(), dir)
+    }
+
+    /// A hostile guest: a length prefix over the frame limit ends the connection, and the call
+    /// waiting on it fails saying why; the host buffers nothing of the announced body.
+    #[tokio::test]
+    async fn an_oversized_frame_fails_the_call_saying_so() {
+        let (client, mut s, _dir) = connected().await;
+        let guest = tokio::spawn(async move {
+            let _ = read_request(&mut s).await;
+            let len = u32::try_from(crate::protocol::MAX_FRAME + 1).unwrap();
+            s.write_all(&len.to_be_bytes()).await.unwrap();
+            s.write_all(&[b'{'; 1024]).await.unwrap();
+            s
+        });
+        let e = client.start("c1").await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Broken { reason } if reason.contains("exceeds the limit")),
+            "{e}"
+        );
+        // Every later call fails the same way, at once.
+        let again = client.stats("c1").await.unwrap_err();
+        assert!(matches!(again, ClientError::Broken { .. }), "{again}");
+        drop(guest.await.unwrap());
+    }
+
+    /// A frame cut short by the guest closing, and a frame that is not JSON, each end the
+    /// connection with their own message.
+    #[tokio::test]
+    async fn truncated_and_malformed_frames_fail_the_call_saying_so() {
+        for (bytes, expected) in [
+            (
+                [&100u32.to_be_bytes()[..], &[b'{'; 10][..]].concat(),
+                "the stream ended inside a frame",
+            ),
+            (
+                [&5u32.to_be_bytes()[..], &b"hello"[..]].concat(),
+                "malformed frame",
+            ),
+        ] {
+            let (client, mut s, _dir) = connected().await;
+            let guest = tokio::spawn(async move {
+                let _ = read_request(&mut s).await;
+                s.write_all(&bytes).await.unwrap();
+                // Closing ends a truncated frame; a malformed one is refused before.
+            });
+            let e = client.start("c1").await.unwrap_err();
+            guest.await.unwrap();
+            assert!(
+                matches!(&e, ClientError::Broken { reason } if reason.contains(expected)),
+                "{expected}: {e}"
+            );
+        }
+    }
+
+    /// Answers to ids nobody asked for, and answers out of order, are dropped or matched: the
+    /// caller gets its own answer.
+    #[tokio::test]
+    async fn unknown_ids_are_dropped_and_answers_matched() {
+        let (client, mut s, _dir) = connected().await;
+        let guest = tokio::spawn(async move {
+            let req = read_request(&mut s).await;
+            for id in [0, req.id + 1000, u64::MAX] {
+                send(
+                    &mut s,
+                    GuestFrame::Response {
+                        id,
+                        outcome: Outcome::Ok(Response::Started { pid: 666 }),
+                    },
+                )
+                .await;
+            }
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: req.id,
+                    outcome: Outcome::Ok(Response::Started { pid: 7 }),
+                },
+            )
+            .await;
+            s
+        });
+        assert_eq!(client.start("c1").await.unwrap(), 7);
+        drop(guest.await.unwrap());
+    }
+
+    /// A guest that floods output while the host does not take events: the host keeps at most
+    /// EVENT_QUEUE_BYTES of it, counts what it dropped, and still delivers the exit that follows,
+    /// after the output it kept.
+    #[tokio::test]
+    async fn flooding_output_is_bounded_and_exits_are_kept() {
+        let (client, mut s, _dir) = connected().await;
+        let mut events = client.take_events().unwrap();
+        const CHUNK: usize = 64 * 1024;
+        let chunks = 3 * EVENT_QUEUE_BYTES / CHUNK;
+        let guest = tokio::spawn(async move {
+            for _ in 0..chunks {
+                send(
+                    &mut s,
+                    GuestFrame::Event {
+                        event: Event::Output {
+                            id: "c1".into(),
+                            exec_id: None,
+                            stream: Stream::Stdout,
+                            data: vec![b'x'; CHUNK],
+                        },
+                    },
+                )
+                .await;
+            }
+            send(
+                &mut s,
+                GuestFrame::Event {
+                    event: Event::Exit {
+                        id: "c1".into(),
+                        exec_id: None,
+                        status: ExitStatus {
+                            code: 0,
+                            signal: None,
+                        },
+                    },
+                },
+            )
+            .await;
+            // Answered after the flood: once the host has the answer, it has read every frame.
+            let req = read_request(&mut s).await;
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: req.id,
+                    outcome: Outcome::Ok(Response::Started { pid: 7 }),
+                },
+            )
+            .await;
+            s
+        });
+        // The host reads every frame although nobody takes an event.
+        let started = tokio::time::timeout(Duration::from_secs(60), client.start("c1"))
+            .await
+            .expect("the host stopped reading the guest");
+        assert_eq!(started.unwrap(), 7);
+        let s = guest.await.unwrap();
+        let mut kept = 0;
+        let exit = loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Event::Output { data, .. } => kept += data.len(),
+                other => break other,
+            }
+        };
+        assert!(matches!(exit, Event::Exit { .. }), "{exit:?}");
+        assert!(kept <= EVENT_QUEUE_BYTES, "{kept} bytes kept");
+        assert!(kept >= EVENT_QUEUE_BYTES / 2, "{kept} bytes kept");
+        assert_eq!(
+            client.dropped_output(),
+            (chunks * CHUNK - kept) as u64,
+            "what was not kept is counted"
+        );
+        drop(s);
     }
 }
