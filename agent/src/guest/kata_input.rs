@@ -434,28 +434,25 @@ fn number(v: &Value, key: &str) -> Value {
     }
 }
 
-fn strings(v: &Value, key: &str) -> Value {
+/// The elements of the array `v[key]` that `keep` accepts (none when it is not an array).
+fn array_of(v: &Value, key: &str, keep: fn(&Value) -> bool) -> Value {
     Value::Array(
         v[key]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|s| s.is_string())
+            .filter(|e| keep(e))
             .cloned()
             .collect(),
     )
 }
 
+fn strings(v: &Value, key: &str) -> Value {
+    array_of(v, key, Value::is_string)
+}
+
 fn numbers(v: &Value, key: &str) -> Value {
-    Value::Array(
-        v[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n.is_number())
-            .cloned()
-            .collect(),
-    )
+    array_of(v, key, Value::is_number)
 }
 
 fn string_map(v: &Value, key: &str) -> Value {
