@@ -392,6 +392,16 @@ fn qemu_args(
         "-device",
         &format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}"),
     ]);
+    if tee == Tee::None {
+        // Free page reporting: the guest reports the pages it frees and QEMU discards them, so
+        // the pod costs the host what its guest uses now rather than the most it ever touched
+        // (the initramfs, an image pull's layers). A TEE guest's private memory is not the
+        // host's to reclaim this way.
+        push(&[
+            "-device",
+            "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+        ]);
+    }
     if let Some(share) = &res.share_dir {
         push(&[
             "-fsdev",

@@ -70,8 +70,15 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
          -mon chardev=qmp,mode=control \
          -device virtio-serial-pci,id=vser0 \
          -chardev socket,id=agent,path=/run/coffer/s1/agent.sock,server=on,wait=off \
-         -device virtserialport,bus=vser0.0,chardev=agent,name=coffer.agent \
-         -fsdev local,id=share,path=/run/coffer/s1/share,security_model=none \
+         -device virtserialport,bus=vser0.0,chardev=agent,name=coffer.agent",
+    ));
+    if tee == "none" {
+        v.extend(words(
+            "-device virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+        ));
+    }
+    v.extend(words(
+        "-fsdev local,id=share,path=/run/coffer/s1/share,security_model=none \
          -device virtio-9p-pci,fsdev=share,mount_tag=coffer",
     ));
     if with_initdata {

@@ -4,25 +4,28 @@
 #
 #   packaging/guest/build.sh OUTDIR
 #
-# - vmlinuz: Debian's kernel, extracted from its .deb (never installed on the build host). The
-#   TEE handlers boot it through their firmware (TDVF, OVMF's AmdSev build).
-# - vmlinux: the same kernel uncompressed, taken out of vmlinuz; the plain `coffer-qemu` handler
-#   boots it through the PVH entry point with qboot, which skips the BIOS, the real-mode setup and
-#   the decompression (seconds under TCG).
-# - initrd.img: /init = the static coffer-agent, /bin/busybox from busybox-static, the kernel
-#   modules the guest needs (with their dependencies, from modules.dep), /dev/console.
+# - vmlinuz, vmlinux: the guest kernel, as a bzImage (the TEE handlers boot it through their
+#   firmware) and as the uncompressed ELF (the plain `coffer-qemu` handler boots it through the
+#   PVH entry point with qboot, which skips the BIOS, the real-mode setup and the decompression).
+#   By default it is built from Debian's linux-source-6.12 package with kernel/coffer.config:
+#   every driver the guest uses built in, no modules (kernel/build.sh; cached). KERNEL_PACKAGE
+#   takes a prebuilt Debian kernel instead, with the modules the agent loads.
+# - initrd.img (an uncompressed newc cpio): /init = the static coffer-agent, /bin/busybox from busybox-static, /dev/console,
+#   and with KERNEL_PACKAGE the kernel modules the guest needs (with their dependencies).
 # - manifest.json: sha256 and size of both files, the kernel version and the packages used.
 #
 # The output is reproducible: two runs give byte-identical files, which matters because on SEV-SNP
 # the kernel and initrd hashes are part of the launch measurement. Everything that varies between
 # runs is pinned: package versions (the exact version apt resolves, recorded in the manifest),
-# file order (sorted), owners (0:0), times (SOURCE_DATE_EPOCH, default 0), inode numbers and gzip
-# headers.
+# file order (sorted), owners (0:0), times (SOURCE_DATE_EPOCH, default 0) and inode numbers.
 #
 # Environment:
-#   KERNEL_PACKAGE       kernel package, optionally with "=version" (default: what
-#                        linux-image-amd64 depends on, at apt's candidate version). A TDX guest
-#                        needs a newer kernel, e.g. the bookworm-backports one.
+#   KERNEL_SOURCE_PACKAGE
+#                        the kernel source package, optionally with "=version" (default
+#                        linux-source-6.12 at apt's candidate version).
+#   KERNEL_PACKAGE       a prebuilt Debian kernel package instead (e.g. linux-image-amd64's
+#                        dependency, or a linux-image-6.12.*-cloud-amd64), optionally with
+#                        "=version"; its modules go into the initrd.
 #   BUSYBOX_PACKAGE      default busybox-static (same syntax).
 #   COFFER_AGENT_BIN     use this static coffer-agent instead of building it.
 #   COFFER_GUEST_COMPONENTS
@@ -39,7 +42,7 @@ if [ $# -ne 1 ]; then
     echo "usage: $0 OUTDIR" >&2
     exit 2
 fi
-for tool in apt-get apt-cache dpkg-deb depmod cpio gzip sha256sum; do
+for tool in apt-get apt-cache dpkg-deb depmod cpio sha256sum; do
     command -v "$tool" >/dev/null || { echo "error: $tool is required (see packaging/dev/deps.sh)" >&2; exit 1; }
 done
 if [ "$(id -u)" -ne 0 ]; then
@@ -99,31 +102,32 @@ fetch() {
     echo "$deb"
 }
 
-if [ -n "${KERNEL_PACKAGE:-}" ]; then
-    kernel_pin=$(resolve "$KERNEL_PACKAGE")
-else
-    # linux-image-amd64 is a metapackage; take the versioned image it depends on.
-    meta=$(resolve linux-image-amd64)
-    dep=$(apt-cache show "$meta" | awk -F': ' '/^Depends:/ {print $2; exit}' | cut -d, -f1 | awk '{print $1}')
-    kernel_pin=$(resolve "$dep")
-fi
 busybox_pin=$(resolve "${BUSYBOX_PACKAGE:-busybox-static}")
-kernel_deb=$(fetch "$kernel_pin")
 busybox_deb=$(fetch "$busybox_pin")
-
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-dpkg-deb -x "$kernel_deb" "$work/kernel"
 dpkg-deb -x "$busybox_deb" "$work/busybox"
 
-kver=$(ls "$work/kernel/lib/modules")
-if [ "$(echo "$kver" | wc -l)" -ne 1 ]; then
-    echo "error: $kernel_pin holds more than one module tree: $kver" >&2
-    exit 1
+if [ -n "${KERNEL_PACKAGE:-}" ]; then
+    # A prebuilt Debian kernel and its modules.
+    kernel_pin=$(resolve "$KERNEL_PACKAGE")
+    kernel_deb=$(fetch "$kernel_pin")
+    dpkg-deb -x "$kernel_deb" "$work/kernel"
+    kver=$(ls "$work/kernel/lib/modules")
+    if [ "$(echo "$kver" | wc -l)" -ne 1 ]; then
+        echo "error: $kernel_pin holds more than one module tree: $kver" >&2
+        exit 1
+    fi
+    kmods=$work/kernel/lib/modules/$kver
+    # The .deb carries no modules.dep (the postinst runs depmod); compute it for the extracted tree.
+    depmod -b "$work/kernel" "$kver"
+else
+    # The guest kernel, built from source with everything built in.
+    kernel_pin=$(resolve "${KERNEL_SOURCE_PACKAGE:-linux-source-6.12}")
+    "$here/kernel/build.sh" "$(fetch "$kernel_pin")" "$cache/kernel"
+    kver=$(cat "$cache/kernel/release")
+    kmods=
 fi
-kmods=$work/kernel/lib/modules/$kver
-# The .deb carries no modules.dep (the postinst runs depmod); compute it for the extracted tree.
-depmod -b "$work/kernel" "$kver"
 
 # The agent binary: static, release.
 if [ -n "${COFFER_AGENT_BIN:-}" ]; then
@@ -132,7 +136,8 @@ else
     target_dir=${CARGO_TARGET_DIR:-$root/target}
     # Paths inside the binary (panic locations) must not depend on where the tree or the cargo
     # home lives, or two checkouts would build different images.
-    RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/coffer --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
+    # No symbol table: it is a fifth of the binary, and the guest has no use for it.
+    RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols --remap-path-prefix=$root=/coffer --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
         cargo build --manifest-path "$root/Cargo.toml" --release \
         --target x86_64-unknown-linux-gnu -p coffer-agent --bin coffer-agent \
         --target-dir "$target_dir" >&2
@@ -190,23 +195,25 @@ visit() {
     for d in $(module_deps "$m"); do visit "$d"; done
     order+=("$m")
 }
-for name in "${required_modules[@]}"; do
-    p=$(module_path "$name")
-    if [ -z "$p" ]; then
-        if grep -q "/${name//-/[-_]}\.ko$" "$kmods/modules.builtin"; then continue; fi
-        echo "error: kernel $kver has no module $name (and it is not built in)" >&2
-        exit 1
-    fi
-    visit "$p"
-done
-for name in "${optional_modules[@]}"; do
-    p=$(module_path "$name")
-    [ -n "$p" ] && visit "$p"
-done
+if [ -n "$kmods" ]; then
+    for name in "${required_modules[@]}"; do
+        p=$(module_path "$name")
+        if [ -z "$p" ]; then
+            if grep -q "/${name//-/[-_]}\.ko$" "$kmods/modules.builtin"; then continue; fi
+            echo "error: kernel $kver has no module $name (and it is not built in)" >&2
+            exit 1
+        fi
+        visit "$p"
+    done
+    for name in "${optional_modules[@]}"; do
+        p=$(module_path "$name")
+        [ -n "$p" ] && visit "$p"
+    done
+fi
 
 # Stage the initramfs tree.
 stage=$work/root
-mkdir -p "$stage"/{bin,dev,etc/coffer,proc,sys,run,tmp,lib/modules/"$kver"}
+mkdir -p "$stage"/{bin,dev,etc/coffer,proc,sys,run,tmp}
 install -m 0755 "$agent" "$stage/init"
 install -m 0755 "$work/busybox/bin/busybox" "$stage/bin/busybox"
 ln -s busybox "$stage/bin/sh"
@@ -231,31 +238,38 @@ if [ -n "${COFFER_GUEST_COMPONENTS:-}" ]; then
         esac
     done
 fi
-: > "$stage/etc/coffer/modules"
-for m in "${order[@]}"; do
-    dest=$stage/lib/modules/$kver/${m%.xz}
-    dest=${dest%.zst}
-    mkdir -p "$(dirname "$dest")"
-    case $m in
-        # Decompressed here so the agent needs no decompressor and no kernel support for it.
-        *.xz) xz -dc "$kmods/$m" > "$dest" ;;
-        *.zst) zstd -qdc "$kmods/$m" > "$dest" ;;
-        *) cp "$kmods/$m" "$dest" ;;
-    esac
-    chmod 0644 "$dest"
-    echo "/lib/modules/$kver/${dest#"$stage/lib/modules/$kver/"}" >> "$stage/etc/coffer/modules"
-done
-chmod 0644 "$stage/etc/coffer/modules"
+if [ -n "$kmods" ]; then
+    : > "$stage/etc/coffer/modules"
+    for m in "${order[@]}"; do
+        dest=$stage/lib/modules/$kver/${m%.xz}
+        dest=${dest%.zst}
+        mkdir -p "$(dirname "$dest")"
+        case $m in
+            # Decompressed here so the agent needs no decompressor and no kernel support for it.
+            *.xz) xz -dc "$kmods/$m" > "$dest" ;;
+            *.zst) zstd -qdc "$kmods/$m" > "$dest" ;;
+            *) cp "$kmods/$m" "$dest" ;;
+        esac
+        chmod 0644 "$dest"
+        echo "/lib/modules/$kver/${dest#"$stage/lib/modules/$kver/"}" >> "$stage/etc/coffer/modules"
+    done
+    chmod 0644 "$stage/etc/coffer/modules"
+fi
 find "$stage" -type d -exec chmod 0755 {} +
 chmod 1777 "$stage/tmp"
 find "$stage" -exec touch -h -d "@$epoch" {} +
 
-# Pack: sorted names, owner 0:0, renumbered inodes, no device numbers of the host, no gzip name
-# or time.
+# Pack: sorted names, owner 0:0, renumbered inodes, no device numbers of the host. Not
+# compressed: QEMU reads the file, and under TCG the guest took 0.6 s to inflate a gzip'ed one.
 (cd "$stage" && find . -mindepth 1 | sed 's|^\./||' | sort |
-    cpio --quiet -o -H newc --reproducible -R 0:0) | gzip -n -9 > "$work/initrd.img"
-cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
-extract_vmlinux "$work/vmlinuz" "$work/vmlinux"
+    cpio --quiet -o -H newc --reproducible -R 0:0) > "$work/initrd.img"
+if [ -n "$kmods" ]; then
+    cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
+    extract_vmlinux "$work/vmlinuz" "$work/vmlinux"
+else
+    cp "$cache/kernel/vmlinuz" "$work/vmlinuz"
+    cp "$cache/kernel/vmlinux" "$work/vmlinux"
+fi
 touch -d "@$epoch" "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img"
 chmod 0644 "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img"
 mv -f "$work/vmlinuz" "$work/vmlinux" "$work/initrd.img" "$out/"
@@ -264,7 +278,9 @@ sum() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
 json_list() { local first=1 x; printf '['; for x in "$@"; do [ $first = 1 ] || printf ', '; first=0; printf '"%s"' "$x"; done; printf ']'; }
 mods=()
-while read -r m; do mods+=("$m"); done < "$stage/etc/coffer/modules"
+if [ -n "$kmods" ]; then
+    while read -r m; do mods+=("$m"); done < "$stage/etc/coffer/modules"
+fi
 cat > "$out/manifest.json.tmp" <<JSON
 {
   "kernel_version": "$kver",

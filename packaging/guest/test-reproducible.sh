@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest image twice and checks that vmlinuz, vmlinux, initrd.img and manifest.json are
 # byte-identical. The second build compiles coffer-agent from scratch in its own cargo target
-# directory, under another umask, a second later; only the .deb cache is shared.
+# directory and the guest kernel from source in a download cache and build directory of its own,
+# under another umask, a second later. (It takes as long as two kernel builds.)
 #
 #   packaging/guest/test-reproducible.sh [KEEPDIR]
 #
@@ -14,7 +15,8 @@ mkdir -p "$base"
 "$here/build.sh" "$base/a"
 # A different wall-clock time and umask must not matter.
 sleep 1
-(umask 077 && CARGO_TARGET_DIR="$base/target-b" "$here/build.sh" "$base/b")
+(umask 077 && CARGO_TARGET_DIR="$base/target-b" COFFER_GUEST_CACHE="$base/cache-b" \
+    "$here/build.sh" "$base/b")
 status=0
 for f in vmlinuz vmlinux initrd.img manifest.json; do
     if cmp -s "$base/a/$f" "$base/b/$f"; then

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,22 +15,21 @@ use crate::protocol::{AGENT_PORT_NAME, SHARE_MOUNT, SHARE_MOUNT_TAG};
 /// The module list the image builder writes, in load order (dependencies first).
 pub const MODULE_LIST: &str = "/etc/coffer/modules";
 
-/// Where the agent's new root is built before it becomes `/`.
+/// Where the agent's root is bind-mounted before it is moved over `/`.
 const NEW_ROOT: &str = "/.coffer-root";
 
 /// `statfs` magic of ramfs (`<linux/magic.h>`), what the initramfs is without `CONFIG_TMPFS`.
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-/// Moves the agent's root off the initramfs onto a tmpfs of its own, as `switch_root` does:
-/// the files are moved (copied, then removed from the initramfs), the tmpfs is moved over `/`
-/// and becomes the root.
+/// Puts the agent's root on a mount of its own: a bind mount of the initramfs's root, moved
+/// over `/`. Nothing is copied; the files stay where the kernel unpacked them.
 ///
 /// Why: the initramfs root (`rootfs`) is the one mount that has no parent, and `pivot_root(2)`
 /// refuses to move it. A container must `pivot_root` into its rootfs and detach the old root,
 /// as runc does: a `chroot` alone can be escaped by a process with `CAP_SYS_CHROOT`, which
-/// containers have by default, and everything the agent mounted would stay reachable. On a
-/// tmpfs root, the old root a container detaches carries every mount of the agent with it, and
-/// the empty `rootfs` underneath is all that is left.
+/// containers have by default, and everything the agent mounted would stay reachable. The bind
+/// mount has a parent (rootfs), so `pivot_root` accepts it, and the old root a container
+/// detaches carries every mount of the agent with it.
 ///
 /// Runs first thing, before anything is mounted. Does nothing when `/` is not an initramfs.
 pub fn leave_initramfs() -> Result<(), String> {
@@ -43,76 +42,20 @@ pub fn leave_initramfs() -> Result<(), String> {
     let new_root = Path::new(NEW_ROOT);
     fs::create_dir_all(new_root).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
     mount(
-        Some("tmpfs"),
+        Some("/"),
         new_root,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
     )
-    .map_err(|e| format!("mount tmpfs on {NEW_ROOT}: {e}"))?;
-    let root_dev = fs::symlink_metadata("/")
-        .map_err(|e| format!("stat /: {e}"))?
-        .dev();
-    move_tree(Path::new("/"), new_root, root_dev)?;
+    .map_err(|e| format!("bind-mounting / on {NEW_ROOT}: {e}"))?;
     std::env::set_current_dir(new_root).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(|e| format!("moving {NEW_ROOT} over /: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot into the new root: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    Ok(())
-}
-
-/// Moves the entries of `from` into `to`, file by file (copied, then removed, so the memory
-/// they take is not doubled), staying on the device `dev` and leaving `to` itself alone.
-fn move_tree(from: &Path, to: &Path, dev: u64) -> Result<(), String> {
-    // Listed first: the loop removes what it moved.
-    let entries = fs::read_dir(from)
-        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("read {}: {e}", from.display()))?;
-    for entry in entries {
-        let src = entry.path();
-        if src == Path::new(NEW_ROOT) {
-            continue;
-        }
-        let dst = to.join(entry.file_name());
-        let meta =
-            fs::symlink_metadata(&src).map_err(|e| format!("stat {}: {e}", src.display()))?;
-        if meta.dev() != dev {
-            continue;
-        }
-        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dst.display());
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            fs::create_dir(&dst).map_err(|e| fail("mkdir", e))?;
-            move_tree(&src, &dst, dev)?;
-            fs::set_permissions(&dst, meta.permissions()).map_err(|e| fail("chmod", e))?;
-            let _ = fs::remove_dir(&src);
-            continue;
-        }
-        if kind.is_symlink() {
-            let target = fs::read_link(&src).map_err(|e| fail("readlink for", e))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(|e| fail("symlink", e))?;
-        } else if kind.is_file() {
-            fs::copy(&src, &dst).map_err(|e| fail("copy to", e))?;
-        } else if kind.is_char_device() || kind.is_block_device() {
-            let sflag = if kind.is_char_device() {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            mknod(
-                &dst,
-                sflag,
-                Mode::from_bits_truncate(meta.mode()),
-                meta.rdev(),
-            )
-            .map_err(|e| format!("mknod {}: {e}", dst.display()))?;
-        } else {
-            // Sockets and fifos have no business in an initramfs.
-            continue;
-        }
-        let _ = fs::remove_file(&src);
-    }
+    // The mount point, seen again (empty) through the bind mount.
+    let _ = fs::remove_dir(NEW_ROOT);
     Ok(())
 }
 
@@ -330,39 +273,17 @@ pub fn power_off() -> ! {
 
 /// Writes a line to the console (stderr of PID 1 is /dev/console).
 pub fn log(message: &str) {
-    eprintln!("coffer-agent: {message}");
+    // Stamped with the time since boot, as the kernel stamps its lines with `printk.time=1`, so
+    // that where a boot spends its time reads off the console.
+    let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| format!("[{:5}.{:03}] ", t.tv_sec(), t.tv_nsec() / 1_000_000))
+        .unwrap_or_default();
+    eprintln!("{since_boot}coffer-agent: {message}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_initramfs_moves_file_by_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
-        fs::create_dir_all(from.join("bin")).unwrap();
-        fs::create_dir_all(&to).unwrap();
-        fs::write(from.join("init"), b"agent").unwrap();
-        fs::set_permissions(
-            from.join("init"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        fs::write(from.join("bin/busybox"), b"bb").unwrap();
-        std::os::unix::fs::symlink("busybox", from.join("bin/sh")).unwrap();
-        let dev = fs::metadata(&from).unwrap().dev();
-        move_tree(&from, &to, dev).unwrap();
-        assert_eq!(fs::read(to.join("init")).unwrap(), b"agent");
-        assert_eq!(fs::metadata(to.join("init")).unwrap().mode() & 0o777, 0o755);
-        assert_eq!(
-            fs::read_link(to.join("bin/sh")).unwrap(),
-            Path::new("busybox")
-        );
-        assert_eq!(fs::read(to.join("bin/busybox")).unwrap(), b"bb");
-        // Nothing is left behind to take memory twice.
-        assert_eq!(fs::read_dir(&from).unwrap().count(), 0);
-    }
 
     #[test]
     fn recognises_the_power_key() {

@@ -3,7 +3,7 @@
 //! (the same handshake that makes a pod ready), then stopped. No containerd, no shim.
 //!
 //! ```text
-//! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE]
+//! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE] [--console]
 //! ```
 //!
 //! Prints one line per run (`run N: hello after S s, QEMU PSS M MiB`, the PSS read once the
@@ -23,15 +23,18 @@ struct Args {
     config: PathBuf,
     runs: u32,
     initdata: PathBuf,
+    /// Print each run's guest console to stderr.
+    console: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-boot --config HANDLER.toml [--runs N] [--initdata FILE]".into()
+    "usage: coffer-boot --config HANDLER.toml [--runs N] [--initdata FILE] [--console]".into()
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut config = None;
     let mut runs = 1;
+    let mut console = false;
     let mut initdata = tools::seed_initdata();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--runs {v:?} is not a number"))?;
             }
             "--initdata" => initdata = PathBuf::from(value()?),
+            "--console" => console = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         config: config.ok_or_else(usage)?,
         runs,
         initdata,
+        console,
     })
 }
 
@@ -83,7 +88,7 @@ fn pss_kib(pid: u32) -> Option<u64> {
 }
 
 /// One boot: spawn, hello, a short idle, stop.
-async fn boot_once(config: &Config, doc: &InitData) -> Result<Boot, String> {
+async fn boot_once(config: &Config, doc: &InitData, show_console: bool) -> Result<Boot, String> {
     let dir = tempfile::Builder::new()
         .prefix("cb")
         .tempdir_in("/tmp")
@@ -117,6 +122,14 @@ async fn boot_once(config: &Config, doc: &InitData) -> Result<Boot, String> {
         None
     };
     let _ = vm.stop(Duration::from_secs(5)).await;
+    if show_console {
+        // What the guest printed, to see where its boot time goes (with `printk.time=1` among
+        // the handler's kernel_params, the kernel's lines carry their times).
+        eprint!(
+            "{}",
+            String::from_utf8_lossy(&std::fs::read(&resources.console_log).unwrap_or_default())
+        );
+    }
     let (_client, hello) = hello.map_err(|e| format!("no hello: {e}"))?;
     if hello.initdata.digest.as_deref() != Some(digest.to_hex().as_str()) {
         return Err(format!(
@@ -158,7 +171,7 @@ async fn main() -> ExitCode {
         }
     };
     for run in 1..=args.runs {
-        match boot_once(&config, &doc).await {
+        match boot_once(&config, &doc, args.console).await {
             Ok(boot) => println!(
                 "run {run}: hello after {:.2} s, QEMU PSS {} MiB",
                 boot.hello.as_secs_f64(),
