@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Boot timings side by side, interleaved in one run so that the machine's load hits every column
-# alike: the coffer-qemu handler's VM launched bare until the agent's hello (coffer-boot), the
-# same VM on the old boot path (SeaBIOS and the bzImage; the fast-boot kernel parameters stay,
-# the plan adds them for TEE none), and the Init-Data example as a pod through the CRI on a
-# private containerd until it is ready (coffer-demo).
+# alike: the coffer-qemu handler's VM launched bare until the agent's hello (coffer-boot: the
+# floor), the Init-Data example as a pod through the CRI on a private containerd until it is
+# ready (coffer-demo), and the same pod on the runc handler.
 #
 # Then K pods at once (default 10), kept running: the time until all are ready, each shim's RSS,
 # each QEMU's PSS once idle, and the host memory they take together.
@@ -27,20 +26,19 @@ trap '"$repo/packaging/dev/down.sh" "$dir" >/dev/null 2>&1 || true' EXIT
 # own benchmark in tests/tests/e2e_guest_pull.rs).
 sock=$(COFFER_ROOTFS=host COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest "$repo/packaging/dev/up.sh" "$dir" | tail -n 1)
 
-# The handler config up.sh wrote, and the same with the bzImage through SeaBIOS.
 pvh=$dir/coffer/coffer-qemu.toml
-bios=$dir/coffer/coffer-qemu-bios.toml
-sed -e 's#/vmlinux"#/vmlinuz"#' -e '/^firmware = /d' "$pvh" > "$bios"
-
 hello() { "$bin/coffer-boot" --config "$1" | sed -n 's/.*hello after \([0-9.]*\) s.*/\1/p'; }
+ready() {
+  "$bin/coffer-demo" --socket "$sock" --bin-dir "$bin" --log-root "$dir/logs" --state-dir "$dir/vm" \
+    --handler "$1" --name "bench-$1" --ready-only | sed -n 's/.* is ready after \([0-9.]*\) s/\1/p'
+}
 
-echo "run  bios_bzimage_s  pvh_qboot_s  pod_ready_s"
+echo "run  floor_hello_s  coffer_pod_ready_s  runc_pod_ready_s"
 for i in $(seq 1 "$n"); do
-  a=$(hello "$bios")
-  b=$(hello "$pvh")
-  out=$("$bin/coffer-demo" --socket "$sock" --bin-dir "$bin" --log-root "$dir/logs" --state-dir "$dir/vm")
-  c=$(echo "$out" | sed -n 's/.* is ready after \([0-9.]*\) s/\1/p')
-  printf '%3d  %14s  %11s  %11s\n' "$i" "$a" "$b" "$c"
+  a=$(hello "$pvh")
+  b=$(ready coffer-qemu)
+  c=$(ready runc)
+  printf '%3d  %13s  %18s  %16s\n' "$i" "$a" "$b" "$c"
 done
 
 mem_available() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }

@@ -108,14 +108,15 @@ pub fn mount_configfs() {
     }
 }
 
-/// Loads the modules of [`MODULE_LIST`] in order. A module already loaded (or built in) is fine.
+/// Loads the modules of [`MODULE_LIST`] in order, when the image has one (a prebuilt Debian
+/// kernel). A module already loaded (or built in) is fine.
 pub fn load_modules() {
     let list = match fs::read_to_string(MODULE_LIST) {
         Ok(l) => l,
+        // The image's own kernel has every driver built in, and no list.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
-            log(&format!(
-                "no module list {MODULE_LIST} ({e}); assuming a kernel with the drivers built in"
-            ));
+            log(&format!("cannot read the module list {MODULE_LIST}: {e}"));
             return;
         }
     };

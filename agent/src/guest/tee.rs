@@ -15,6 +15,17 @@ pub const TDREPORT_LEN: usize = 1024;
 /// MRCONFIGID (48).
 pub const TDREPORT_MRCONFIGID: usize = 256 + 239 + 17 + 8 + 8 + 48;
 
+/// Length of a TDX quote's header (versions 4 and 5).
+pub const TD_QUOTE_HEADER_LEN: usize = 48;
+
+/// Offset of MRCONFIGID in a TDX quote's report body, the same in TD 1.0 and TD 1.5 bodies:
+/// TEE_TCB_SVN (16), MRSEAM (48), MRSIGNERSEAM (48), SEAMATTRIBUTES (8), TDATTRIBUTES (8),
+/// XFAM (8) and MRTD (48) precede it.
+pub const TD_QUOTE_BODY_MRCONFIGID: usize = 16 + 48 + 48 + 8 + 8 + 8 + 48;
+
+/// A quote header's TEE type for TDX.
+const TD_QUOTE_TEE_TYPE_TDX: u32 = 0x81;
+
 /// Offset of HOST_DATA in an SEV-SNP attestation report.
 pub const SNP_REPORT_HOST_DATA: usize = 0xC0;
 
@@ -49,6 +60,9 @@ pub enum TeeError {
         /// Its length.
         len: usize,
     },
+    /// A TDX quote that is not one this parser knows.
+    #[error("the TDX quote {0}")]
+    BadQuote(String),
     /// No interface to the TEE could be used.
     #[error("{0}")]
     Unavailable(String),
@@ -57,6 +71,50 @@ pub enum TeeError {
 /// MRCONFIGID from a TDREPORT.
 pub fn tdreport_mrconfigid(report: &[u8]) -> Result<[u8; 48], TeeError> {
     field(report, "TDREPORT", TDREPORT_MRCONFIGID, TDREPORT_LEN)
+}
+
+/// MRCONFIGID from a TDX quote (what configfs-tsm's `outblob` gives on TDX): version 4, whose
+/// TD report body follows the header, or version 5, whose body follows a type (2: TD 1.0,
+/// 3: TD 1.5) and a size.
+pub fn tdx_quote_mrconfigid(quote: &[u8]) -> Result<[u8; 48], TeeError> {
+    let le16 = |at: usize| {
+        quote
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let short = |need: usize| TeeError::Short {
+        what: "TDX quote",
+        len: quote.len(),
+        need,
+    };
+    let version = le16(0).ok_or_else(|| short(TD_QUOTE_HEADER_LEN))?;
+    let tee_type = quote
+        .get(4..8)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| short(TD_QUOTE_HEADER_LEN))?;
+    if tee_type != TD_QUOTE_TEE_TYPE_TDX {
+        return Err(TeeError::BadQuote(format!(
+            "has TEE type {tee_type:#x}, not TDX ({TD_QUOTE_TEE_TYPE_TDX:#x})"
+        )));
+    }
+    let body = match version {
+        4 => TD_QUOTE_HEADER_LEN,
+        5 => match le16(TD_QUOTE_HEADER_LEN).ok_or_else(|| short(TD_QUOTE_HEADER_LEN + 6))? {
+            2 | 3 => TD_QUOTE_HEADER_LEN + 6,
+            other => {
+                return Err(TeeError::BadQuote(format!(
+                    "has body type {other}, not a TD report (2 or 3)"
+                )))
+            }
+        },
+        other => {
+            return Err(TeeError::BadQuote(format!(
+                "has version {other}; versions 4 and 5 are known"
+            )))
+        }
+    };
+    let at = body + TD_QUOTE_BODY_MRCONFIGID;
+    field(quote, "TDX quote", at, at + 48)
 }
 
 /// HOST_DATA from an SEV-SNP attestation report (as configfs-tsm's `outblob` gives it).
@@ -236,36 +294,52 @@ pub fn detect() -> Result<Option<crate::protocol::Tee>, TeeError> {
     decide(&TeeFacts::gather())
 }
 
-/// Reads TDX MRCONFIGID: sysfs first, else a TDREPORT from `/dev/tdx_guest`.
+/// Reads TDX MRCONFIGID: from sysfs (kernels from 6.16), else from a TDREPORT of
+/// `/dev/tdx_guest`, else from a quote through configfs-tsm.
+///
+/// The TDREPORT comes before configfs-tsm here, unlike SEV-SNP's report: on TDX configfs-tsm
+/// returns a quote, which the host's quote generation service must sign, and without one the
+/// kernel waits out its timeout (30 s) before failing; the TDREPORT is local and immediate.
 pub fn read_mrconfigid() -> Result<[u8; 48], TeeError> {
     if let Ok(content) = fs::read(TDX_SYSFS_MRCONFIGID) {
         return sysfs_mrconfigid(TDX_SYSFS_MRCONFIGID, &content);
     }
-    let dev = fs::OpenOptions::new()
+    let ioctl_error = match fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tdx_guest")
-        .map_err(|e| {
-            TeeError::Unavailable(format!(
-                "no {TDX_SYSFS_MRCONFIGID} and cannot open /dev/tdx_guest ({e}); the guest kernel needs the tdx_guest driver"
-            ))
-        })?;
-    let mut req = TdxReportReq {
-        reportdata: [0; 64],
-        tdreport: [0; TDREPORT_LEN],
+    {
+        Ok(dev) => {
+            let mut req = TdxReportReq {
+                reportdata: [0; 64],
+                tdreport: [0; TDREPORT_LEN],
+            };
+            // SAFETY: `dev` is open, and `req` is a live, correctly sized
+            // `struct tdx_report_req` the kernel fills in place.
+            match unsafe { tdx_get_report0(dev.as_raw_fd(), &mut req) } {
+                Ok(_) => return tdreport_mrconfigid(&req.tdreport),
+                Err(e) => format!("TDX_CMD_GET_REPORT0 failed: {e}"),
+            }
+        }
+        Err(e) => format!("cannot open /dev/tdx_guest: {e}"),
     };
-    // SAFETY: `dev` is open, and `req` is a live, correctly sized `struct tdx_report_req` the
-    // kernel fills in place.
-    unsafe { tdx_get_report0(dev.as_raw_fd(), &mut req) }
-        .map_err(|e| TeeError::Unavailable(format!("TDX_CMD_GET_REPORT0 failed: {e}")))?;
-    tdreport_mrconfigid(&req.tdreport)
+    let quote = report_via_configfs_tsm(TSM_PROVIDER_TDX).map_err(|e| {
+        TeeError::Unavailable(format!(
+            "no {TDX_SYSFS_MRCONFIGID}, {ioctl_error}, and {e}; the guest kernel needs the tdx_guest driver (CONFIG_TDX_GUEST_DRIVER)"
+        ))
+    })?;
+    tdx_quote_mrconfigid(&quote)
 }
 
 /// Reads SEV-SNP HOST_DATA: configfs-tsm first, else `/dev/sev-guest`.
 pub fn read_host_data() -> Result<[u8; 32], TeeError> {
-    match report_via_configfs_tsm() {
+    match report_via_configfs_tsm(TSM_PROVIDER_SNP) {
         Ok(report) => return snp_report_host_data(&report),
-        Err(e) if !Path::new("/dev/sev-guest").exists() => return Err(e),
+        Err(e) if !Path::new("/dev/sev-guest").exists() => {
+            return Err(TeeError::Unavailable(format!(
+                "{e}, and there is no /dev/sev-guest; the guest kernel needs the sev-guest driver (CONFIG_SEV_GUEST)"
+            )))
+        }
         Err(_) => {}
     }
     let dev = fs::OpenOptions::new()
@@ -296,11 +370,18 @@ pub fn read_host_data() -> Result<[u8; 32], TeeError> {
     snp_report_rsp_host_data(&rsp.data)
 }
 
-fn report_via_configfs_tsm() -> Result<Vec<u8>, TeeError> {
+/// configfs-tsm's provider name of the SEV-SNP guest driver.
+const TSM_PROVIDER_SNP: &str = "sev_guest";
+/// configfs-tsm's provider name of the TDX guest driver.
+const TSM_PROVIDER_TDX: &str = "tdx_guest";
+
+/// A report through configfs-tsm (`/sys/kernel/config/tsm/report`), when the provider behind it
+/// is `provider`: the `outblob` for an all-zero `inblob`.
+fn report_via_configfs_tsm(provider: &str) -> Result<Vec<u8>, TeeError> {
     let base = Path::new("/sys/kernel/config/tsm/report");
     if !base.exists() {
         return Err(TeeError::Unavailable(
-            "no /sys/kernel/config/tsm/report and no /dev/sev-guest; the guest kernel needs the sev-guest driver".into(),
+            "configfs-tsm is not there (no /sys/kernel/config/tsm/report)".into(),
         ));
     }
     let entry = base.join(format!("coffer-{}", std::process::id()));
@@ -308,8 +389,21 @@ fn report_via_configfs_tsm() -> Result<Vec<u8>, TeeError> {
         TeeError::Unavailable(format!("configfs-tsm {what} failed: {e}"))
     };
     fs::create_dir(&entry).map_err(|e| unavailable("mkdir", e))?;
-    let result = fs::write(entry.join("inblob"), [0u8; 64])
-        .map_err(|e| unavailable("inblob write", e))
+    let result = fs::read_to_string(entry.join("provider"))
+        .map_err(|e| unavailable("provider read", e))
+        .and_then(|found| {
+            if found.trim() == provider {
+                Ok(())
+            } else {
+                Err(TeeError::Unavailable(format!(
+                    "configfs-tsm's provider is {:?}, not {provider}",
+                    found.trim()
+                )))
+            }
+        })
+        .and_then(|()| {
+            fs::write(entry.join("inblob"), [0u8; 64]).map_err(|e| unavailable("inblob write", e))
+        })
         .and_then(|()| fs::read(entry.join("outblob")).map_err(|e| unavailable("outblob read", e)));
     let _ = fs::remove_dir(&entry);
     result
@@ -375,6 +469,74 @@ mod tests {
                 need: 1024
             })
         );
+    }
+
+    /// A synthetic TDX quote of `version` (5 with body `body_type`), MRCONFIGID = 0..48.
+    fn quote(version: u16, tee_type: u32, body_type: u16) -> Vec<u8> {
+        let mut q = vec![0u8; 48];
+        q[0..2].copy_from_slice(&version.to_le_bytes());
+        q[2..4].copy_from_slice(&2u16.to_le_bytes()); // ECDSA-256 attestation key
+        q[4..8].copy_from_slice(&tee_type.to_le_bytes());
+        if version == 5 {
+            q.extend_from_slice(&body_type.to_le_bytes());
+            q.extend_from_slice(&648u32.to_le_bytes());
+        }
+        let body = q.len();
+        q.resize(body + 648 + 4, 0xee); // the body, then the signature data's length
+        for (b, v) in q[body + TD_QUOTE_BODY_MRCONFIGID..][..48]
+            .iter_mut()
+            .zip(0u8..)
+        {
+            *b = v;
+        }
+        // MRTD, just before, and MROWNER, just after, are not MRCONFIGID.
+        q[body + TD_QUOTE_BODY_MRCONFIGID - 1] = 0xaa;
+        q[body + TD_QUOTE_BODY_MRCONFIGID + 48] = 0xbb;
+        q
+    }
+
+    #[test]
+    fn tdx_quotes_of_both_versions_give_mrconfigid() {
+        let want: Vec<u8> = (0..48).collect();
+        for q in [quote(4, 0x81, 0), quote(5, 0x81, 2), quote(5, 0x81, 3)] {
+            assert_eq!(tdx_quote_mrconfigid(&q).unwrap().to_vec(), want);
+        }
+        // 184 bytes into the body: the layout's own arithmetic, checked against the spec's.
+        assert_eq!(TD_QUOTE_BODY_MRCONFIGID, 184);
+    }
+
+    #[test]
+    fn tdx_quotes_that_are_not_tdx_or_not_known_are_refused() {
+        let sgx = tdx_quote_mrconfigid(&quote(3, 0, 0)).unwrap_err();
+        assert_eq!(
+            sgx.to_string(),
+            "the TDX quote has TEE type 0x0, not TDX (0x81)"
+        );
+        assert_eq!(
+            tdx_quote_mrconfigid(&quote(6, 0x81, 0))
+                .unwrap_err()
+                .to_string(),
+            "the TDX quote has version 6; versions 4 and 5 are known"
+        );
+        assert_eq!(
+            tdx_quote_mrconfigid(&quote(5, 0x81, 1))
+                .unwrap_err()
+                .to_string(),
+            "the TDX quote has body type 1, not a TD report (2 or 3)"
+        );
+        let q = quote(4, 0x81, 0);
+        assert_eq!(
+            tdx_quote_mrconfigid(&q[..200]).unwrap_err(),
+            TeeError::Short {
+                what: "TDX quote",
+                len: 200,
+                need: 48 + 184 + 48
+            }
+        );
+        assert!(matches!(
+            tdx_quote_mrconfigid(&q[..3]).unwrap_err(),
+            TeeError::Short { len: 3, .. }
+        ));
     }
 
     #[test]

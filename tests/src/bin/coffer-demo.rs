@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! coffer-demo --socket DIR/containerd.sock --bin-dir target/release \
-//!     [--handler coffer-qemu] [--initdata FILE] [--containerd-dir DIR] [--keep]
+//!     [--handler coffer-qemu] [--initdata FILE] [--containerd-dir DIR] [--keep] [--ready-only]
 //! ```
+//!
+//! `--ready-only` stops at the ready pod (then stops and removes it): what the boot benchmark
+//! times, for any handler, `runc` included.
 //!
 //! With `--containerd-dir` (the directory `packaging/dev/up.sh` made), the container's image is
 //! pulled inside the guest, as the handlers do by default: a registry holding busybox is started
@@ -35,10 +38,11 @@ struct Args {
     containerd_dir: Option<PathBuf>,
     name: String,
     keep: bool,
+    ready_only: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--containerd-dir DIR] [--name POD] [--keep]".into()
+    "usage: coffer-demo --socket SOCK --bin-dir DIR [--handler H] [--initdata FILE] [--log-root DIR] [--state-dir DIR] [--containerd-dir DIR] [--name POD] [--keep] [--ready-only]".into()
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
     let mut containerd_dir = None;
     let mut name = "coffer-demo".to_owned();
     let mut keep = false;
+    let mut ready_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -67,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
             "--containerd-dir" => containerd_dir = Some(PathBuf::from(value()?)),
             "--name" => name = value()?,
             "--keep" => keep = true,
+            "--ready-only" => ready_only = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -81,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         containerd_dir,
         name,
         keep,
+        ready_only,
     })
 }
 
@@ -198,15 +205,19 @@ fn run(args: &Args) -> Result<(), String> {
     ));
 
     let image = images.as_ref().map(|i| i.busybox.as_str());
-    let result = inside_the_pod(
-        driver.as_mut(),
-        &coffer,
-        args,
-        &pod,
-        &pod_id,
-        &digest,
-        image,
-    );
+    let result = if args.ready_only {
+        Ok(())
+    } else {
+        inside_the_pod(
+            driver.as_mut(),
+            &coffer,
+            args,
+            &pod,
+            &pod_id,
+            &digest,
+            image,
+        )
+    };
 
     if args.keep {
         // The registry keeps serving the pod; packaging/dev/down.sh stops it.

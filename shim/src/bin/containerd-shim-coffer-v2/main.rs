@@ -1,13 +1,38 @@
 //! `containerd-shim-coffer-v2`: the containerd runtime v2 shim that runs each pod in its own
 //! (confidential) VM. containerd runs it for handlers with `runtime_type = "io.containerd.coffer.v2"`.
 
-/// One shim serves one pod: a single-threaded runtime is plenty, and it keeps the shim's memory
-/// small (no worker threads, each with its own stack). Blocking work goes to `spawn_blocking`.
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    containerd_shim::asynchronous::run::<coffer_shim::service::CofferShim>(
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a thread that ran blocking work (a FIFO open, the KVM probe) waits for more before
+/// it exits. tokio's default is 10 s; a pod's shim runs such work rarely.
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// One shim serves one pod, and there is one shim process per pod on the node: its memory is
+/// multiplied by the pod count. So the runtime is single-threaded (no worker threads, each with
+/// its own stack), blocking work goes to `spawn_blocking` threads that leave soon after, and
+/// glibc keeps a single malloc arena instead of one more per thread that ever allocated.
+fn main() -> ExitCode {
+    // SAFETY: mallopt only sets a parameter of the allocator, and no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("containerd-shim-coffer-v2: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<
+        coffer_shim::service::CofferShim,
+    >(
         coffer_shim::service::RUNTIME_TYPE,
         Some(coffer_shim::service::shim_config()),
-    )
-    .await;
+    ));
+    ExitCode::SUCCESS
 }
