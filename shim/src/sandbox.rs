@@ -288,6 +288,7 @@ impl Sandbox {
         };
 
         // KVM's speed is timed once per host boot, not per pod (see probe_cached).
+        let probe_started = std::time::Instant::now();
         let speed_record = config.state_dir.join(KVM_SPEED_RECORD);
         let host =
             tokio::task::spawn_blocking(move || HostCapabilities::probe_cached(&speed_record))
@@ -298,16 +299,24 @@ impl Sandbox {
         if !limits.is_empty() {
             vm.kernel_params = format!("{} {limits}", vm.kernel_params);
         }
+        let network_started = std::time::Instant::now();
         let network = match netns {
             Some(netns) => crate::network::attach(netns).await?,
             None => None,
         };
+        let network_took = network_started.elapsed();
         resources.nic = network.as_ref().map(|n| Nic {
             tap_fd: n.tap.as_raw_fd(),
             mac: n.guest.interface.hw_addr.clone(),
         });
         let plan = LaunchPlan::build(&vm, config.tee, &host, digest.as_ref(), &resources)?;
-        tracing::info!(sandbox = id, command = %plan, "launching the sandbox VM");
+        tracing::info!(
+            sandbox = id,
+            command = %plan,
+            host_probe = ?(network_started - probe_started),
+            network = ?network_took,
+            "launching the sandbox VM"
+        );
         let vm = Vm::spawn(&plan, &resources).await?;
         let pid = vm.pid();
         *launched = Some(vm);
