@@ -57,9 +57,17 @@ echo
 printf '%d pods at once: %d ready, all within %.1f s\n' "$k" "$ready" "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')"
 shims=$(pgrep -f "containerd-shim-coffer-v2 .*-address $sock" || true)
 qemus=$(pgrep -f "qemu-system-x86_64 .*$dir/vm/" || true)
-rss=0; for p in $shims; do rss=$((rss + $(kib_field "/proc/$p/status" VmRSS))); done
+rss=0; spss=0; anon=0
+for p in $shims; do
+  rss=$((rss + $(kib_field "/proc/$p/status" VmRSS)))
+  anon=$((anon + $(kib_field "/proc/$p/status" RssAnon)))
+  spss=$((spss + $(kib_field "/proc/$p/smaps_rollup" Pss)))
+done
 pss=0; for p in $qemus; do pss=$((pss + $(kib_field "/proc/$p/smaps_rollup" Pss))); done
 ns=$(echo "$shims" | wc -w); nq=$(echo "$qemus" | wc -w)
-[ "$ns" -gt 0 ] && printf 'shim RSS per pod: %.1f MiB (%d shims)\n' "$(awk -v r="$rss" -v n="$ns" 'BEGIN {print r / n / 1024}')" "$ns"
+[ "$ns" -gt 0 ] && printf 'shim per pod: RSS %.1f MiB (of which anonymous %.1f MiB), PSS %.1f MiB (%d shims)\n' \
+  "$(awk -v r="$rss" -v n="$ns" 'BEGIN {print r / n / 1024}')" \
+  "$(awk -v r="$anon" -v n="$ns" 'BEGIN {print r / n / 1024}')" \
+  "$(awk -v r="$spss" -v n="$ns" 'BEGIN {print r / n / 1024}')" "$ns"
 [ "$nq" -gt 0 ] && printf 'QEMU PSS per idle pod: %.0f MiB (%d VMs)\n' "$(awk -v r="$pss" -v n="$nq" 'BEGIN {print r / n / 1024}')" "$nq"
 printf 'host memory taken by the %d pods: %.0f MiB\n' "$k" "$(awk -v a="$before" -v b="$(mem_available)" 'BEGIN {print (a - b) / 1024}')"
