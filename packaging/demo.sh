@@ -63,7 +63,7 @@ fi
 grep -E 'Finished' "$log" | sed 's/^ */    /'
 bin=$repo/target/$profile
 
-step "3/5 Building the guest image (Debian kernel + coffer-agent initramfs) into target/guest"
+step "3/5 Building the guest image (Linux 6.12 built from Debian's source, once, + coffer-agent initramfs) into target/guest"
 guest=${COFFER_GUEST_DIR:-$repo/target/guest}
 ./packaging/guest/build.sh "$guest" | tail -n 3
 
