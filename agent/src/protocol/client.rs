@@ -777,6 +777,12 @@ mod tests {
         s.write_all(&encode(&frame).unwrap()).await.unwrap();
     }
 
+    /// Answers request `id` with a started process `pid`.
+    async fn answer_started(s: &mut UnixStream, id: u64, pid: u32) {
+        let outcome = Outcome::Ok(Response::Started { pid });
+        send(s, GuestFrame::Response { id, outcome }).await;
+    }
+
     fn hello(version: u32) -> Outcome {
         Outcome::Ok(Response::Hello(Box::new(Hello {
             agent_version: "test".into(),
@@ -1102,23 +1108,9 @@ mod tests {
         let guest = tokio::spawn(async move {
             let req = read_request(&mut s).await;
             for id in [0, req.id + 1000, u64::MAX] {
-                send(
-                    &mut s,
-                    GuestFrame::Response {
-                        id,
-                        outcome: Outcome::Ok(Response::Started { pid: 666 }),
-                    },
-                )
-                .await;
+                answer_started(&mut s, id, 666).await;
             }
-            send(
-                &mut s,
-                GuestFrame::Response {
-                    id: req.id,
-                    outcome: Outcome::Ok(Response::Started { pid: 7 }),
-                },
-            )
-            .await;
+            answer_started(&mut s, req.id, 7).await;
             s
         });
         assert_eq!(client.start("c1").await.unwrap(), 7);
@@ -1165,14 +1157,7 @@ mod tests {
             .await;
             // Answered after the flood: once the host has the answer, it has read every frame.
             let req = read_request(&mut s).await;
-            send(
-                &mut s,
-                GuestFrame::Response {
-                    id: req.id,
-                    outcome: Outcome::Ok(Response::Started { pid: 7 }),
-                },
-            )
-            .await;
+            answer_started(&mut s, req.id, 7).await;
             s
         });
         // The host reads every frame although nobody takes an event.
