@@ -71,16 +71,25 @@ impl Pod {
             if !p.set_exited(exit) {
                 return;
             }
+            if p.starting {
+                // Published by the start, after its own event.
+                p.exit_held = true;
+                return;
+            }
             p.pid
         };
         tracing::info!(container = id, exec = ?exec_id, code = exit.code, "process exited");
         self.publish_exit(id, exec_id, pid, exit).await;
     }
 
-    /// Marks every process that has not exited as exited with `code` (the VM is gone), closing
-    /// its output; returns what must be published.
-    async fn all_exited(&self, code: u32) -> Vec<ProcessExit> {
-        let (ios, exits) = self.tasks.lock().await.exit_all(|_| code);
+    /// Marks every process that has not exited as exited with `code` (the VM is gone, for
+    /// the reason `why`), closing its output; returns what must be published.
+    async fn all_exited(&self, code: u32, why: &str) -> Vec<ProcessExit> {
+        let (ios, exits) = {
+            let mut tasks = self.tasks.lock().await;
+            tasks.vm_gone.get_or_insert_with(|| why.to_owned());
+            tasks.exit_all(|_| code)
+        };
         close_all(ios).await;
         exits
     }
@@ -126,7 +135,8 @@ impl Pod {
         }
         // The connection is gone: the VM stopped (asked or not). Whatever still ran is dead.
         tracing::info!("guest agent connection closed");
-        for e in self.all_exited(VM_GONE_EXIT).await {
+        let why = "its guest agent's connection closed (the VM exited)";
+        for e in self.all_exited(VM_GONE_EXIT, why).await {
             self.publish_exit(&e.id, e.exec_id.as_deref(), e.pid, e.exit)
                 .await;
         }

@@ -2,11 +2,15 @@
 //! to them.
 //!
 //! One shim process serves a whole pod (containers join their sandbox's shim). Requests run
-//! concurrently; the pod's tasks sit behind one async mutex, held across the short guest calls
-//! that change a task (so a process's exit is never processed before its start has been
-//! recorded) and never across a wait. The guest's events are followed in [`crate::events`].
+//! concurrently; the pod's tasks sit behind one async mutex, which is never held while a call
+//! to the guest is answered: a guest that stops answering must not stall `State`, `Kill` or
+//! `Delete`. A container being created is reserved by its id meanwhile, and a process being
+//! started is marked `starting`, so that an exit the guest reports before its start has been
+//! recorded is published after it. Stopping the VM is the exception: it holds the lock for its
+//! bounded grace periods (see [`crate::sandbox`]) so that nothing starts in a VM going away.
+//! The guest's events are followed in [`crate::events`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -52,6 +56,22 @@ pub(crate) struct Pod {
 pub(crate) struct Tasks {
     sandbox: Option<Sandbox>,
     pub(crate) containers: HashMap<String, Container>,
+    /// Containers the guest is creating, not yet in `containers`.
+    creating: HashSet<String>,
+    /// Why the VM is gone, once it is: nothing more can be created or started.
+    pub(crate) vm_gone: Option<String>,
+}
+
+/// Why a step that calls the guest failed: on the host, or in the guest call itself.
+pub(crate) enum GuestFailure {
+    Host(Error),
+    Guest(ClientError),
+}
+
+impl From<Error> for GuestFailure {
+    fn from(e: Error) -> GuestFailure {
+        GuestFailure::Host(e)
+    }
 }
 
 /// A process marked as exited, to be published.
@@ -84,6 +104,11 @@ impl Tasks {
 
     /// The guest agent, while the sandbox VM runs.
     fn agent(&self) -> Result<Arc<AgentClient>> {
+        if let Some(why) = &self.vm_gone {
+            return Err(Error::FailedPrecondition(format!(
+                "the pod's VM is gone: {why}"
+            )));
+        }
         self.sandbox
             .as_ref()
             .map(|s| s.agent.clone())
@@ -108,6 +133,11 @@ impl Tasks {
                 ios.extend(p.io.take());
                 let exit = Exit::now(code);
                 p.set_exited(exit);
+                if p.starting {
+                    // Published by the start, after its own event.
+                    p.exit_held = true;
+                    continue;
+                }
                 exits.push(ProcessExit {
                     id: id.clone(),
                     exec_id: p.exec_id.clone(),
@@ -148,6 +178,13 @@ impl Pod {
             sandbox.stop_vm().await;
         }
         let sandbox_id = sandbox.id.clone();
+        tasks.vm_gone.get_or_insert_with(|| {
+            if hung {
+                "its guest stopped answering, so the VM was killed".to_owned()
+            } else {
+                "the pod was stopped".to_owned()
+            }
+        });
         let (ios, exits) = tasks.exit_all(|c| {
             if c.id == sandbox_id {
                 128 + signal
@@ -247,18 +284,85 @@ impl Pod {
         process.terminal |= req.terminal;
         process.stdin = !req.stdin.is_empty();
         let terminal = process.terminal;
+        let (agent, share_dir, hostname) = {
+            let mut tasks = self.tasks.lock().await;
+            let Some(sandbox) = tasks.sandbox.as_ref().filter(|s| s.id == sandbox_id) else {
+                let why = tasks.vm_gone.as_deref().map_or_else(
+                    || "is not running (it stopped, or its shim exited)".to_owned(),
+                    |why| format!("has stopped: {why}"),
+                );
+                return Err(Error::FailedPrecondition(format!(
+                    "sandbox {sandbox_id} of container {} {why}",
+                    req.id
+                )));
+            };
+            // containerd gives a container the pod's hostname through its /etc/hostname; its
+            // UTS namespace (the VM's own) gets the same name.
+            let hostname = spec.hostname().or_else(|| sandbox.hostname.clone());
+            let share_dir = sandbox.share_dir.clone();
+            if tasks.containers.contains_key(&req.id) || tasks.creating.contains(&req.id) {
+                return Err(Error::AlreadyExists(format!("container {}", req.id)));
+            }
+            let agent = tasks.agent()?;
+            tasks.creating.insert(req.id.clone());
+            (agent, share_dir, hostname)
+        };
+        let created = self
+            .create_in_guest(req, bundle, spec, &agent, share_dir, hostname, process)
+            .await;
         let mut tasks = self.tasks.lock().await;
-        let Some(sandbox) = tasks.sandbox.as_ref().filter(|s| s.id == sandbox_id) else {
+        tasks.creating.remove(&req.id);
+        let (io, rootfs) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                drop(tasks);
+                return Err(self.guest_failed(&req.id, e).await);
+            }
+        };
+        if let Some(why) = tasks.vm_gone.clone() {
+            // The VM went while the guest created the container: it has nothing to run in.
+            drop(tasks);
+            if let Some(Err(u)) = rootfs.as_ref().map(Rootfs::unmount) {
+                tracing::warn!(container = %req.id, error = %u, "unmounting after a failed create");
+            }
+            io.close().await;
             return Err(Error::FailedPrecondition(format!(
-                "sandbox {sandbox_id} of container {} is not running in this shim",
+                "container {}: the pod's VM is gone: {why}",
                 req.id
             )));
-        };
-        if tasks.containers.contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!("container {}", req.id)));
         }
-        let agent = sandbox.agent.clone();
-        let share_dir = sandbox.share_dir.clone();
+        let mut init = Process::new(None, &req.stdin, &req.stdout, &req.stderr);
+        init.io = Some(io);
+        init.terminal = terminal;
+        tasks.containers.insert(
+            req.id.clone(),
+            Container {
+                id: req.id.clone(),
+                bundle: bundle.to_path_buf(),
+                kind: Kind::Workload,
+                init,
+                execs: HashMap::new(),
+                rootfs,
+                in_guest: true,
+            },
+        );
+        tracing::info!(container = %req.id, sandbox = %sandbox_id, "container created");
+        Ok(0)
+    }
+
+    /// The host side of a container (its output, its shared root filesystem in host mode)
+    /// and its creation in the guest; on failure, nothing of it is left on the host.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in_guest(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &std::path::Path,
+        spec: &BundleSpec,
+        agent: &AgentClient,
+        share_dir: Option<PathBuf>,
+        hostname: Option<String>,
+        process: coffer_agent::protocol::Process,
+    ) -> std::result::Result<(ProcessIo, Option<Rootfs>), GuestFailure> {
         // Guest pull: the guest fetches the image itself; containerd's snapshot on the host is
         // never mounted or shown to the guest.
         let image = match &share_dir {
@@ -270,9 +374,6 @@ impl Pod {
                 ))
             })?),
         };
-        // containerd gives a container the pod's hostname through its /etc/hostname; its UTS
-        // namespace (the VM's own) gets the same name.
-        let hostname = spec.hostname().or_else(|| sandbox.hostname.clone());
         let files = spec.file_mounts()?;
         let oci = spec.oci_for_guest()?;
         // Checked now: stdin is only opened once the process runs, too late to refuse it.
@@ -283,7 +384,7 @@ impl Pod {
                 Ok(r) => Some(r),
                 Err(e) => {
                     io.close().await;
-                    return Err(e);
+                    return Err(e.into());
                 }
             },
             None => None,
@@ -306,80 +407,148 @@ impl Pod {
                 tracing::warn!(container = %req.id, error = %u, "unmounting after a failed create");
             }
             io.close().await;
-            return Err(e.into());
+            return Err(GuestFailure::Guest(e));
         }
-        let mut init = Process::new(None, &req.stdin, &req.stdout, &req.stderr);
-        init.io = Some(io);
-        init.terminal = terminal;
-        tasks.containers.insert(
-            req.id.clone(),
-            Container {
-                id: req.id.clone(),
-                bundle: bundle.to_path_buf(),
-                kind: Kind::Workload,
-                init,
-                execs: HashMap::new(),
-                rootfs,
-                in_guest: true,
-            },
-        );
-        tracing::info!(container = %req.id, sandbox = %sandbox_id, "container created");
-        Ok(0)
+        Ok((io, rootfs))
+    }
+
+    /// The error for a failed guest call about `id`. A guest that did not answer within the
+    /// call's deadline is hung: its VM is killed, and with it every process of the pod, so that
+    /// containerd sees the pod end instead of a pod that accepts requests it never carries out.
+    async fn guest_failed(&self, id: &str, failure: GuestFailure) -> Error {
+        let e = match failure {
+            GuestFailure::Host(e) => return e,
+            GuestFailure::Guest(e) => e,
+        };
+        if matches!(e, ClientError::CallTimeout { .. }) {
+            tracing::warn!(container = %id, error = %e, "the guest is hung; killing its VM");
+            let mut tasks = self.tasks.lock().await;
+            self.stop_sandbox(&mut tasks, 9, true).await;
+        }
+        e.into()
     }
 
     pub(crate) async fn start(&self, req: StartRequest) -> Result<StartResponse> {
+        let exec = !req.exec_id.is_empty();
+        let (agent, guest) = {
+            let mut tasks = self.tasks.lock().await;
+            let vm_gone = tasks.vm_gone.clone();
+            let agent = tasks.agent();
+            let container = tasks.container_mut(&req.id)?;
+            let kind = container.kind;
+            if kind == Kind::Workload {
+                if let Some(why) = vm_gone {
+                    return Err(Error::FailedPrecondition(format!(
+                        "cannot start task {} {}: the pod's VM is gone: {why}",
+                        req.id, req.exec_id
+                    )));
+                }
+            }
+            let process = container.process_mut(&req.exec_id)?;
+            if process.phase != Phase::Created || process.starting {
+                return Err(Error::FailedPrecondition(format!(
+                    "task {} {} was already started",
+                    req.id, req.exec_id
+                )));
+            }
+            match kind {
+                Kind::Sandbox if exec => {
+                    return Err(Error::Unsupported("exec in the sandbox (pause) container"))
+                }
+                Kind::Sandbox => {
+                    // The VM is the sandbox's process, and it runs already.
+                    process.phase = Phase::Running;
+                    let pid = process.pid;
+                    self.publish_start(&req, pid).await;
+                    return Ok(StartResponse {
+                        pid,
+                        ..Default::default()
+                    });
+                }
+                Kind::Workload => {}
+            }
+            let agent = agent?;
+            let guest = if exec {
+                Some(process.guest.take().ok_or_else(|| {
+                    Error::FailedPrecondition(format!("exec {} has no process", req.exec_id))
+                })?)
+            } else {
+                None
+            };
+            process.starting = true;
+            (agent, guest)
+        };
+
+        let started = match guest {
+            None => agent.start(&req.id).await,
+            Some(guest) => agent.exec(&req.id, &req.exec_id, guest).await,
+        };
+
         let mut tasks = self.tasks.lock().await;
-        let agent = tasks.sandbox.as_ref().map(|s| s.agent.clone());
-        let vm_pid = tasks.sandbox.as_ref().map_or(0, |s| s.pid());
-        let container = tasks.container_mut(&req.id)?;
-        let kind = container.kind;
-        let process = container.process_mut(&req.exec_id)?;
-        if process.phase != Phase::Created {
-            return Err(Error::FailedPrecondition(format!(
-                "task {} {} was already started",
+        let vm_pid = tasks.sandbox.as_ref().map_or(0, Sandbox::pid);
+        let Ok(process) = tasks
+            .container_mut(&req.id)
+            .and_then(|c| c.process_mut(&req.exec_id))
+        else {
+            return Err(Error::NotFound(format!(
+                "task {} {} was deleted while it started",
                 req.id, req.exec_id
             )));
-        }
-        let pid = match (kind, req.exec_id.is_empty()) {
-            (Kind::Sandbox, true) => process.pid,
-            (Kind::Sandbox, false) => {
-                return Err(Error::Unsupported("exec in the sandbox (pause) container"))
-            }
-            (Kind::Workload, exec) => {
-                let agent = agent.ok_or_else(|| {
-                    Error::FailedPrecondition("the sandbox VM is not running".into())
-                })?;
-                let guest_pid = if exec {
-                    agent.start(&req.id).await?
-                } else {
-                    let guest = process.guest.take().ok_or_else(|| {
-                        Error::FailedPrecondition(format!("exec {} has no process", req.exec_id))
-                    })?;
-                    agent.exec(&req.id, &req.exec_id, guest).await?
-                };
-                // Only now does the guest know the process its stdin goes to.
-                let target = StdinTarget {
-                    agent,
-                    id: req.id.clone(),
-                    exec_id: (!exec).then(|| req.exec_id.clone()),
-                };
-                if let Some(io) = process.io.as_mut() {
-                    // The path was checked at create or exec, and the process runs now: a
-                    // failure here leaves it reading nothing rather than failing its start.
-                    if let Err(e) = io.start_stdin(&process.stdin, target) {
-                        tracing::warn!(container = %req.id, exec = %req.exec_id, error = %e, "stdin not forwarded");
-                    }
+        };
+        let guest_pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                let held = process.finish_start();
+                drop(tasks);
+                if let Some(exit) = held {
+                    let exec_id = exec.then_some(req.exec_id.as_str());
+                    self.publish_exit(&req.id, exec_id, 0, exit).await;
                 }
-                // A guest pid means nothing on the host, and containerd treats a task's pid as
-                // a host process: it is told the VM's, as Kata's shim does.
-                tracing::info!(container = %req.id, exec = %req.exec_id, guest_pid, vm_pid, "process started in the guest");
-                vm_pid
+                return Err(self.guest_failed(&req.id, GuestFailure::Guest(e)).await);
             }
         };
-        process.pid = pid;
-        process.phase = Phase::Running;
-        // Published while the tasks is locked, so the start reaches containerd before an exit
-        // the guest may already have reported.
+        // Only now does the guest know the process its stdin goes to.
+        let target = StdinTarget {
+            agent,
+            id: req.id.clone(),
+            exec_id: exec.then(|| req.exec_id.clone()),
+        };
+        if let Some(io) = process.io.as_mut() {
+            // The path was checked at create or exec, and the process runs now: a failure here
+            // leaves it reading nothing rather than failing its start.
+            if let Err(e) = io.start_stdin(&process.stdin, target) {
+                tracing::warn!(container = %req.id, exec = %req.exec_id, error = %e, "stdin not forwarded");
+            }
+        }
+        // A guest pid means nothing on the host, and containerd treats a task's pid as a host
+        // process: it is told the VM's, as Kata's shim does.
+        tracing::info!(container = %req.id, exec = %req.exec_id, guest_pid, vm_pid, "process started in the guest");
+        process.pid = vm_pid;
+        if process.phase == Phase::Created {
+            process.phase = Phase::Running;
+        }
+        drop(tasks);
+        // Still `starting`: an exit reported now waits until containerd has the start.
+        self.publish_start(&req, vm_pid).await;
+        let held = self
+            .tasks
+            .lock()
+            .await
+            .process_mut(&req.id, exec.then_some(req.exec_id.as_str()))
+            .and_then(Process::finish_start);
+        if let Some(exit) = held {
+            // The guest reported the exit while the start was under way.
+            let exec_id = exec.then_some(req.exec_id.as_str());
+            self.publish_exit(&req.id, exec_id, vm_pid, exit).await;
+        }
+        Ok(StartResponse {
+            pid: vm_pid,
+            ..Default::default()
+        })
+    }
+
+    /// Tells containerd that the process `req` names started.
+    async fn publish_start(&self, req: &StartRequest, pid: u32) {
         if req.exec_id.is_empty() {
             let event = TaskStart {
                 container_id: req.id.clone(),
@@ -398,11 +567,6 @@ impl Pod {
             self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
                 .await;
         }
-        drop(tasks);
-        Ok(StartResponse {
-            pid,
-            ..Default::default()
-        })
     }
 
     pub(crate) async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
@@ -538,12 +702,15 @@ impl Pod {
         };
         match kind {
             Kind::Workload => {
-                if container.in_guest {
-                    if let Some(agent) = tasks.sandbox.as_ref().map(|s| s.agent.clone()) {
-                        if let Err(e) = agent.remove(&container.id).await {
-                            // The VM may be gone already; the host side is cleaned regardless.
-                            tracing::debug!(container = %container.id, error = %e, "guest remove");
-                        }
+                let agent = match container.in_guest {
+                    true => tasks.agent().ok(),
+                    false => None,
+                };
+                drop(tasks);
+                if let Some(agent) = agent {
+                    if let Err(e) = agent.remove(&container.id).await {
+                        // The VM may be gone already; the host side is cleaned regardless.
+                        tracing::debug!(container = %container.id, error = %e, "guest remove");
                     }
                 }
                 if let Some(rootfs) = &container.rootfs {
@@ -556,9 +723,9 @@ impl Pod {
                     sandbox.remove_state()?;
                     tracing::info!(sandbox = %sandbox.id, "sandbox removed");
                 }
+                drop(tasks);
             }
         }
-        drop(tasks);
         let exit = container.init.exit();
         let pid = container.init.pid;
         let event = TaskDelete {
@@ -728,6 +895,39 @@ impl Pod {
             processes,
             ..Default::default()
         })
+    }
+
+    /// Undoes a create whose answer nobody received (containerd went away while it ran), so
+    /// that nothing is left that no containerd knows of: the container is removed, and a shim
+    /// left without tasks stops its VM, removes its state and exits.
+    pub(crate) async fn abandon_create(&self, id: &str, created: bool) {
+        tracing::warn!(
+            id,
+            created,
+            "containerd went away during the create; undoing it"
+        );
+        if created {
+            let mut tasks = self.tasks.lock().await;
+            let kind = tasks.containers.get(id).map(|c| c.kind);
+            if kind == Some(Kind::Sandbox) {
+                self.stop_sandbox(&mut tasks, 9, false).await;
+            }
+            if let Some(container) = tasks.containers.remove(id) {
+                let agent = tasks.agent().ok().filter(|_| container.in_guest);
+                drop(tasks);
+                if let Some(agent) = agent {
+                    if let Err(e) = agent.remove(id).await {
+                        tracing::debug!(container = id, error = %e, "guest remove");
+                    }
+                }
+                if let Some(Err(e)) = container.rootfs.as_ref().map(Rootfs::unmount) {
+                    tracing::warn!(container = id, error = %e, "unmounting an abandoned container");
+                }
+            }
+        }
+        if let Err(e) = self.shutdown().await {
+            tracing::warn!(error = %e, "shutting down after an abandoned create");
+        }
     }
 
     pub(crate) async fn shutdown(&self) -> Result<()> {

@@ -82,6 +82,11 @@ pub struct Process {
     pub guest: Option<coffer_agent::protocol::Process>,
     /// Output copiers; taken when the process exits.
     pub io: Option<ProcessIo>,
+    /// Set while the guest starts it (the pod's lock is not held meanwhile): an exit that
+    /// arrives then is recorded but published only after the start, as containerd expects.
+    pub starting: bool,
+    /// An exit recorded while `starting`, still to be published.
+    pub exit_held: bool,
     exit: watch::Sender<Option<Exit>>,
 }
 
@@ -98,6 +103,8 @@ impl Process {
             phase: Phase::Created,
             guest: None,
             io: None,
+            starting: false,
+            exit_held: false,
             exit: watch::channel(None).0,
         }
     }
@@ -120,6 +127,16 @@ impl Process {
         self.phase = Phase::Stopped;
         self.exit.send_replace(Some(exit));
         true
+    }
+
+    /// Ends the start: returns the exit recorded meanwhile, still to be published.
+    pub fn finish_start(&mut self) -> Option<Exit> {
+        self.starting = false;
+        if std::mem::take(&mut self.exit_held) {
+            self.exit()
+        } else {
+            None
+        }
     }
 
     /// The `State` answer for this process.

@@ -196,8 +196,27 @@ impl Task for TaskService {
 /// tests drive.
 impl TaskService {
     /// `Create`: the sandbox VM for a sandbox bundle, else a container in it.
+    ///
+    /// The create runs as a task of its own, not as part of the request: if containerd goes
+    /// away mid-create (it crashed or restarts), the request is dropped, but the VM half booted
+    /// must not vanish with its state left behind. The create finishes, and as nobody is told
+    /// of it, the restarted containerd cannot know the task: it is undone (see
+    /// [`Pod::abandon_create`]).
     pub async fn create_task(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        self.pod.create(req).await
+        let pod = self.pod.clone();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let id = req.id.clone();
+            let result = pod.create(req).await;
+            if let Err(unanswered) = answer.send(result) {
+                pod.abandon_create(&id, unanswered.is_ok()).await;
+            }
+        });
+        answered.await.unwrap_or_else(|e| {
+            Err(crate::error::Error::FailedPrecondition(format!(
+                "the create did not finish: {e}"
+            )))
+        })
     }
 
     /// `Start` of a task or exec'd process.

@@ -38,6 +38,24 @@ pub enum StartError {
     },
 }
 
+/// What the host holds that a pod could leave behind, counted for one private containerd: its
+/// pods' QEMU processes and shims, mounts under its directory, Coffer sandbox state, and the
+/// CNI network namespaces (each holds a pod's TAP). Compare one taken before with one after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// QEMU processes.
+    pub vms: usize,
+    /// Coffer shims.
+    pub shims: usize,
+    /// Mount points under the containerd's directory.
+    pub mounts: usize,
+    /// Sandbox state directories.
+    pub state: usize,
+    /// CNI network namespaces on the host (`/run/netns/cni-*`): not only this containerd's,
+    /// so compare only within one test that runs alone.
+    pub netns: usize,
+}
+
 /// A running private containerd; stopped and removed when dropped.
 #[derive(Debug)]
 pub struct PrivateContainerd {
@@ -258,6 +276,45 @@ impl PrivateContainerd {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// What the host holds for this containerd's pods now.
+    pub fn footprint(&self) -> Footprint {
+        let netns = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("cni-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        Footprint {
+            vms: self.vms().len(),
+            shims: tools::processes("containerd-shim-coffer", &self.socket.to_string_lossy()).len(),
+            mounts: tools::mounts_under(&self.dir).len(),
+            state: self.sandbox_state().len(),
+            netns,
+        }
+    }
+
+    /// The footprint once it equals `want`, or as it is after `limit`: containerd cleans up
+    /// after a dead shim in the background, and shims exit after their last task is deleted.
+    pub fn settled_footprint(&self, want: &Footprint, limit: std::time::Duration) -> Footprint {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let now = self.footprint();
+            if now == *want || std::time::Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// containerd's open descriptors (0 when it is not running).
+    pub fn containerd_fds(&self) -> usize {
+        let pid = std::fs::read_to_string(self.dir.join("containerd.pid")).unwrap_or_default();
+        std::fs::read_dir(Path::new("/proc").join(pid.trim()).join("fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Where pods of the tests keep their container logs.

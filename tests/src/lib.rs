@@ -20,7 +20,7 @@ pub mod registry;
 pub mod stream;
 pub mod tools;
 
-pub use containerd::{Options, PrivateContainerd, StartError};
+pub use containerd::{Footprint, Options, PrivateContainerd, StartError};
 pub use cri::{Cri, CriError};
 pub use crictl::Crictl;
 pub use driver::{

@@ -11,39 +11,12 @@ use coffer_tests::{skip, tools, Container, Pod, PrivateContainerd};
 const CYCLES: usize = 20;
 const PODS: usize = 4;
 
-/// What the host holds that a pod could leave behind (each pod's network namespace, with its
-/// TAP, is checked by the pod's own cycle).
-#[derive(Debug, PartialEq, Eq)]
-struct Footprint {
-    vms: usize,
-    shims: usize,
-    mounts: usize,
-    state: usize,
-}
-
-fn footprint(ctd: &PrivateContainerd) -> Footprint {
-    Footprint {
-        vms: ctd.vms().len(),
-        shims: tools::processes("containerd-shim-coffer", &ctd.socket().to_string_lossy()).len(),
-        mounts: tools::mounts_under(ctd.dir()).len(),
-        state: ctd.sandbox_state().len(),
-    }
-}
-
 /// The pod's network namespace, as its shim recorded it.
 fn pod_netns(state_dir: &Path, pod_id: &str) -> PathBuf {
     let record = std::fs::read_to_string(state_dir.join(pod_id).join("state.json"))
         .expect("the sandbox's state.json");
     let v: serde_json::Value = serde_json::from_str(&record).expect("state.json is JSON");
     PathBuf::from(v["network"]["netns"].as_str().expect("a pod network"))
-}
-
-/// Open descriptors of containerd (its pid is in the private directory).
-fn containerd_fds(ctd: &PrivateContainerd) -> usize {
-    let pid = std::fs::read_to_string(ctd.dir().join("containerd.pid")).unwrap_or_default();
-    std::fs::read_dir(Path::new("/proc").join(pid.trim()).join("fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -57,8 +30,8 @@ fn twenty_cycles_of_four_concurrent_pods_leak_nothing() {
         return;
     }
     let ctd = PrivateContainerd::start().expect("the private containerd starts");
-    let before = footprint(&ctd);
-    let fds_before = containerd_fds(&ctd);
+    let before = ctd.footprint();
+    let fds_before = ctd.containerd_fds();
     for cycle in 0..CYCLES {
         let workers: Vec<_> = (0..PODS)
             .map(|n| {
@@ -86,15 +59,12 @@ fn twenty_cycles_of_four_concurrent_pods_leak_nothing() {
         for w in workers {
             w.join().expect("a pod's cycle failed");
         }
-        eprintln!("cycle {}: {:?}", cycle + 1, footprint(&ctd));
+        eprintln!("cycle {}: {:?}", cycle + 1, ctd.footprint());
     }
     // Shims exit once their last task is deleted; give the last ones a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while footprint(&ctd) != before && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(footprint(&ctd), before, "the pods left something behind");
-    let fds_after = containerd_fds(&ctd);
+    let after = ctd.settled_footprint(&before, Duration::from_secs(30));
+    assert_eq!(after, before, "the pods left something behind");
+    let fds_after = ctd.containerd_fds();
     // containerd keeps a few descriptors of its own (connections, caches): a leak per pod
     // would show as dozens after 80 pods.
     assert!(

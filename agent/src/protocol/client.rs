@@ -732,6 +732,15 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending, events: EventSende
         let frame = match read_frame_async::<_, GuestFrame>(&mut read).await {
             Ok(f) => f,
             Err(FrameError::Closed) => break,
+            // The connection went away (QEMU exited): not a protocol error of the guest's.
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                break
+            }
             Err(e) => {
                 if let Ok(mut b) = broken.lock() {
                     *b = Some(e.to_string());
