@@ -14,6 +14,11 @@ use tokio::net::UnixStream;
 /// The most bytes one console file holds.
 pub const CONSOLE_CAP: u64 = 512 * 1024;
 
+/// The most console bytes the host takes per second. A boot prints a few KiB; a guest that
+/// prints without end costs the host a bounded share of a core, and the socket slows the guest
+/// down for the rest.
+pub const CONSOLE_RATE: u64 = 256 * 1024;
+
 /// Copies the console from `stream` into `log` (rotating at `cap`) until QEMU closes it.
 pub async fn pump(mut stream: UnixStream, log: PathBuf, cap: u64) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -25,11 +30,22 @@ pub async fn pump(mut stream: UnixStream, log: PathBuf, cap: u64) {
         }
     };
     let mut size = file.metadata().await.map_or(0, |m| m.len());
+    let second = std::time::Duration::from_secs(1);
+    let mut window = tokio::time::Instant::now();
+    let mut taken: u64 = 0;
     loop {
+        if taken >= CONSOLE_RATE {
+            tokio::time::sleep_until(window + second).await;
+        }
+        if window.elapsed() >= second {
+            window = tokio::time::Instant::now();
+            taken = 0;
+        }
         let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        taken = taken.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
         let mut chunk = buf.get(..n).unwrap_or_default();
         while !chunk.is_empty() {
             if size >= cap {
@@ -107,5 +123,29 @@ mod tests {
         let joined = older + &current;
         let last: Vec<&str> = joined.lines().rev().take(100).collect();
         assert_eq!(last[99], "line 01900 of a chatty guest");
+    }
+
+    /// A flood is taken at [`CONSOLE_RATE`]: two and a half seconds' worth needs two waits for
+    /// the next second (a bound from below, which a slow machine cannot break).
+    #[tokio::test]
+    async fn a_flood_is_taken_at_the_console_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let started = std::time::Instant::now();
+        let pump = tokio::spawn(pump(host, log.clone(), CONSOLE_CAP));
+        let flood = vec![b'x'; usize::try_from(CONSOLE_RATE * 5 / 2).unwrap()];
+        guest.write_all(&flood).await.unwrap();
+        drop(guest);
+        pump.await.unwrap();
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let kept = std::fs::metadata(&log).unwrap().len()
+            + std::fs::metadata(rotated(&log)).map_or(0, |m| m.len());
+        // Slowed, not dropped: under twice the cap, every byte is kept.
+        assert_eq!(kept, CONSOLE_RATE * 5 / 2);
     }
 }

@@ -359,6 +359,13 @@ impl Vm {
         }
     }
 
+    /// Waits until QEMU's process ends, reading nothing else, so it can race other waits
+    /// (child reaping is cancel-safe; QMP reads are not). [`Vm::stop`], [`Vm::kill`] or
+    /// [`Vm::wait`] then records how it ended.
+    pub async fn exited(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
     /// Waits up to `limit` (forever when `None`) for QEMU to exit, reading QMP events meanwhile
     /// so the shutdown reason is known.
     async fn wait_exit(&mut self, limit: Option<Duration>) -> Result<Option<ExitStatus>> {

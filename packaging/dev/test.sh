@@ -28,6 +28,12 @@ fi
 echo "==> building Coffer"
 cargo build --workspace --bins
 
+# The hostile-guest tests boot this in place of coffer-agent: static, as the guest has no libc.
+echo "==> building the hostile guest agent for the hostile-guest tests"
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+  cargo build -p coffer-hostile-guest --target x86_64-unknown-linux-gnu
+export COFFER_HOSTILE_GUEST=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/debug/coffer-hostile-guest
+
 echo "==> running the tests"
 # --show-output keeps what passing tests printed, so that tests which could not run (they print
 # `SKIP: <reason>` and return) are counted and named below instead of passing silently.

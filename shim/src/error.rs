@@ -57,6 +57,15 @@ pub enum Error {
         /// The end of the guest console, on one line.
         console: String,
     },
+    /// QEMU exited before the guest agent answered (the kernel panicked, the guest powered
+    /// off); the console's last lines usually say why.
+    #[error("the VM exited before its guest agent answered ({exit}); last lines of the guest console: {console}")]
+    VmExitedEarly {
+        /// How QEMU ended.
+        exit: String,
+        /// The end of the guest console, on one line.
+        console: String,
+    },
     /// The guest read other Init-Data than the host launched it with.
     #[error("Init-Data digest mismatch: the host launched the VM with {expected} but the guest read {found}")]
     DigestMismatch {
@@ -117,6 +126,7 @@ impl Error {
             | Error::DigestMismatch { .. }
             | Error::GuestRefused(_)
             | Error::AgentTimeout { .. }
+            | Error::VmExitedEarly { .. }
             | Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Hypervisor(e) => match e {
                 H::TeeUnavailable { .. }

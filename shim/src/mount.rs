@@ -6,10 +6,15 @@
 //! mounted root is then bind-mounted to `<share>/<container-id>/rootfs`, which the guest reaches
 //! as `/run/coffer/share/<container-id>/rootfs`.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +23,8 @@ use crate::error::{Error, Result};
 pub struct Rootfs {
     /// `<bundle>/rootfs`, if the shim mounted something there.
     pub bundle_rootfs: Option<PathBuf>,
+    /// The sandbox's share directory.
+    pub share: PathBuf,
     /// The bind mount inside the share.
     pub shared: PathBuf,
     /// `shared` relative to the share, as the guest protocol wants it.
@@ -52,6 +59,7 @@ impl Rootfs {
         let shared = share_dir.join(&guest_path);
         let rootfs = Rootfs {
             bundle_rootfs,
+            share: share_dir.to_path_buf(),
             shared,
             guest_path,
         };
@@ -65,11 +73,15 @@ impl Rootfs {
     }
 
     fn bind(&self, source: &Path) -> Result<()> {
-        mkdir_all(&self.shared)?;
+        // The guest writes in the share: the mount point is reached through descriptors, never
+        // through a path a symlink of the guest's could redirect. The share itself is the
+        // host's.
+        mkdir_all(&self.share)?;
+        let target = open_in_share(&self.share, &self.guest_path, true)?;
         // MS_REC: the snapshot may itself contain mounts.
         mount(
             Some(source),
-            &self.shared,
+            &fd_path(&target),
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
@@ -87,9 +99,13 @@ impl Rootfs {
     /// container. Already unmounted is fine.
     pub fn unmount(&self) -> Result<()> {
         let mut problems = Vec::new();
-        let mut targets = vec![self.shared.clone()];
-        targets.extend(self.bundle_rootfs.clone());
-        for target in &targets {
+        // In the share, through descriptors resolved without symlinks (see `bind`). What the
+        // guest moved away is still under the state directory, whose removal unmounts
+        // everything below it.
+        if let Err(e) = unmount_in_share(&self.share, &self.guest_path) {
+            problems.push(e);
+        }
+        if let Some(target) = &self.bundle_rootfs {
             if let Err(e) = unmount_all(target) {
                 problems.push(e);
             }
@@ -97,13 +113,8 @@ impl Rootfs {
         // Only empty directories are removed (never recursively): if an unmount failed, the
         // container's files are still visible here and must not be deleted through it.
         if problems.is_empty() {
-            let container_dir = self.shared.parent();
-            for dir in std::iter::once(self.shared.as_path()).chain(container_dir) {
-                if let Err(e) = std::fs::remove_dir(dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        problems.push(format!("cannot remove {}: {e}", dir.display()));
-                    }
-                }
+            if let Err(e) = remove_in_share(&self.share, &self.guest_path) {
+                problems.push(e);
             }
         }
         if problems.is_empty() {
@@ -112,6 +123,132 @@ impl Rootfs {
             Err(Error::Mount(problems.join("; ")))
         }
     }
+}
+
+/// Resolution inside the share: beneath it, no symlink, no magic link.
+fn beneath() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
+}
+
+fn open_beneath(dir: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd> {
+    let fd = openat2(dir.as_raw_fd(), name, beneath()).map_err(|e| {
+        let why = match e {
+            Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => {
+                "; it is not a plain directory of the share (the guest can write there)"
+            }
+            _ => "",
+        };
+        Error::Mount(format!("cannot open {}: {e}{why}", shown.display()))
+    })?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `O_PATH` descriptor of the directory `rel` (`/`-separated) under the sandbox's share,
+/// each component created when `create` and missing, and none of them a symlink: the guest can
+/// change the share, and a symlink there must not lead a mount of the host's anywhere else.
+fn open_in_share(share: &Path, rel: &str, create: bool) -> Result<OwnedFd> {
+    let open_share = nix::fcntl::open(
+        share,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Mount(format!("cannot open the share {}: {e}", share.display())))?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(open_share) };
+    let mut shown = share.to_path_buf();
+    for name in rel.split('/') {
+        shown.push(name);
+        if create {
+            match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::Mount(format!(
+                        "cannot create {}: {e}",
+                        shown.display()
+                    )))
+                }
+            }
+        }
+        dir = open_beneath(&dir, name, &shown)?;
+    }
+    Ok(dir)
+}
+
+/// Removes the empty directories of `rel` under the share, deepest first, without following
+/// symlinks (a name the guest turned into a symlink is left alone).
+fn remove_in_share(share: &Path, rel: &str) -> std::result::Result<(), String> {
+    let names: Vec<&str> = rel.split('/').collect();
+    for depth in (0..names.len()).rev() {
+        let parent = names[..depth].join("/");
+        let dir = if parent.is_empty() {
+            nix::fcntl::open(
+                share,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            // SAFETY: open returned a new descriptor that nothing else owns.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|e| format!("cannot open the share {}: {e}", share.display()))
+        } else {
+            match open_in_share(share, &parent, false) {
+                Ok(fd) => Ok(fd),
+                Err(Error::Mount(e)) if e.contains("No such file") => return Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        }?;
+        match unlinkat(
+            Some(dir.as_raw_fd()),
+            names[depth],
+            UnlinkatFlags::RemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove {}: {e}",
+                    share.join(names[..=depth].join("/")).display()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything mounted at `rel` under the share (stacked mounts included), each time
+/// reaching the topmost mount through a descriptor resolved as in [`open_in_share`].
+fn unmount_in_share(share: &Path, rel: &str) -> std::result::Result<(), String> {
+    for _ in 0..16 {
+        let target = match open_in_share(share, rel, false) {
+            Ok(fd) => fd,
+            Err(Error::Mount(e)) if e.contains("No such file") => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        // The magic link is followed to the mount's root: no UMOUNT_NOFOLLOW here.
+        match umount2(&fd_path(&target), MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) => return Ok(()),
+            Err(Errno::EBUSY) => {
+                return umount2(&fd_path(&target), MntFlags::MNT_DETACH)
+                    .map_err(|e| format!("cannot unmount {}: {e}", share.join(rel).display()));
+            }
+            Err(e) => return Err(format!("cannot unmount {}: {e}", share.join(rel).display())),
+        }
+    }
+    Err(format!(
+        "cannot unmount {}: more than 16 mounts stacked on it",
+        share.join(rel).display()
+    ))
+}
+
+/// The path through which `fd` itself is reached.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Unmounts everything mounted at `target` (stacked mounts included); lazily when busy, so a
@@ -227,6 +364,35 @@ mod tests {
         assert!(!share.join("c1").exists());
         assert!(!bundle.join("rootfs/hello").exists());
         assert_eq!(std::fs::read(lower.join("hello")).unwrap(), b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_in_the_share_is_never_followed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("b");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(bundle.join("rootfs/f"), b"x").unwrap();
+        let share = dir.path().join("s");
+        let elsewhere = dir.path().join("host-dir");
+        std::fs::create_dir_all(elsewhere.join("rootfs")).unwrap();
+        std::fs::create_dir_all(&share).unwrap();
+        // What a guest can do: the container's directory in the share made a symlink out.
+        std::os::unix::fs::symlink(&elsewhere, share.join("c1")).unwrap();
+        let e = Rootfs::mount(&[], &bundle, &share, "c1").await.unwrap_err();
+        assert!(
+            e.to_string().contains("not a plain directory of the share"),
+            "{e}"
+        );
+        // Nothing was mounted through the symlink, and nothing of the host removed.
+        assert!(!elsewhere.join("rootfs/f").exists());
+        assert!(elsewhere.join("rootfs").is_dir());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let tmp = dir.path().to_string_lossy().into_owned();
+        assert!(!info.contains(tmp.as_str()), "a mount under {tmp}");
     }
 
     #[tokio::test]

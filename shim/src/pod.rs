@@ -40,6 +40,9 @@ use crate::process::{wait_exit, Exit, Phase, Process};
 use crate::sandbox::Sandbox;
 use crate::spec::{self, BundleSpec};
 
+/// How long the guest has to report the exit of a process sent SIGKILL.
+const KILL_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Exit code reported for processes that were running when the VM went away unasked.
 pub(crate) const VM_GONE_EXIT: u32 = 255;
 
@@ -613,7 +616,7 @@ impl Pod {
         Ok(())
     }
 
-    pub(crate) async fn kill(&self, req: KillRequest) -> Result<()> {
+    pub(crate) async fn kill(self: &Arc<Self>, req: KillRequest) -> Result<()> {
         let mut tasks = self.tasks.lock().await;
         let container = tasks.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
@@ -632,12 +635,16 @@ impl Pod {
                 req.id, req.exec_id
             )));
         }
+        let exit = process.subscribe();
         let agent = tasks.agent()?;
         let exec_id = (!req.exec_id.is_empty()).then_some(req.exec_id.as_str());
         let signal = i32::try_from(req.signal).map_err(|_| {
             Error::InvalidArgument(format!("signal {} is out of range", req.signal))
         })?;
         drop(tasks);
+        if signal == libc::SIGKILL {
+            self.expect_exit(&req.id, exit);
+        }
         match agent.signal(&req.id, exec_id, signal).await {
             Err(e @ ClientError::CallTimeout { .. }) => {
                 // A guest that cannot take a signal cannot end anything: its VM goes, and with
@@ -649,6 +656,24 @@ impl Pod {
             }
             result => Ok(result?),
         }
+    }
+
+    /// A process sent SIGKILL cannot outlive it: a guest that does not report its exit within
+    /// [`KILL_EXIT_GRACE`] is hung or lying, and its VM goes, so that containerd, which waits
+    /// for the exit, is not kept waiting by the guest.
+    fn expect_exit(self: &Arc<Self>, id: &str, exit: tokio::sync::watch::Receiver<Option<Exit>>) {
+        let pod = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if tokio::time::timeout(KILL_EXIT_GRACE, wait_exit(exit))
+                .await
+                .is_err()
+            {
+                tracing::warn!(container = %id, grace = ?KILL_EXIT_GRACE, "the guest did not report the exit of a killed process; killing its VM");
+                let mut tasks = pod.tasks.lock().await;
+                pod.stop_sandbox(&mut tasks, 9, true).await;
+            }
+        });
     }
 
     pub(crate) async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {

@@ -223,6 +223,10 @@ impl Sandbox {
                         detail: t.to_string(),
                         console: console_last_lines(&dir, 3),
                     },
+                    Error::VmExitedEarly { exit, .. } => Error::VmExitedEarly {
+                        exit,
+                        console: console_last_lines(&dir, 3),
+                    },
                     other => other,
                 };
                 let _ = std::fs::remove_file(bundle.join(BUNDLE_RECORD));
@@ -323,8 +327,26 @@ impl Sandbox {
         // QEMU holds the TAP now: the shim's copy goes, so the TAP goes with QEMU.
         let network = network.map(|n| n.guest);
 
-        let (agent, hello) =
-            AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await?;
+        // A guest that dies while booting (a kernel panic, say) fails the pod at once, not at
+        // the end of the agent's deadline.
+        let (agent, hello) = {
+            let vm = launched
+                .as_mut()
+                .ok_or_else(|| Error::FailedPrecondition("the VM was not launched".into()))?;
+            tokio::select! {
+                connected = AgentClient::connect(&resources.agent_socket, config.agent_timeout()) => connected?,
+                exit = vm.exited() => {
+                    let exit = match exit {
+                        Ok(_) => vm.wait().await.map_or_else(|e| e.to_string(), |x| x.to_string()),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(Error::VmExitedEarly {
+                        exit,
+                        console: String::new(),
+                    });
+                }
+            }
+        };
         check_hello(digest.as_ref().map(|d| d.to_hex()), &hello.initdata)?;
         tracing::info!(
             sandbox = id,
