@@ -77,6 +77,12 @@ pub struct VmConfig {
     /// Largest VM a pod may ask for, in MiB; a pod whose limits need more is refused. Default:
     /// the host's memory.
     pub max_memory_mib: Option<u32>,
+    /// The host user QEMU runs as (a name from the host's user database). Unset: QEMU runs as
+    /// the shim's user (root). The user needs no rights of its own: the shim hands it its
+    /// sockets' directory, the Init-Data image (group-readable) and the TAP, and adds the groups
+    /// of `/dev/kvm` and `/dev/sev` to its groups. Only with `rootfs = "guest"`: the host-mode
+    /// share needs root.
+    pub user: Option<String>,
     /// SEV-SNP settings.
     pub snp: SnpConfig,
     /// TDX settings.
@@ -98,6 +104,7 @@ impl Default for VmConfig {
             memory_mib: 512,
             max_vcpus: None,
             max_memory_mib: None,
+            user: None,
             snp: SnpConfig::default(),
             tdx: TdxConfig::default(),
         }

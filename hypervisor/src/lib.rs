@@ -31,7 +31,7 @@ mod vm;
 
 pub use config::{HypervisorKind, SnpConfig, TdxConfig, VmConfig};
 pub use error::{Error, Result};
-pub use plan::{LaunchPlan, Nic, VmResources, TAP_FD};
+pub use plan::{LaunchPlan, Nic, RunAs, VmResources, QEMU_DIR, TAP_FD};
 pub use probe::{HostCapabilities, Support};
 pub use tee::{Accel, Tee};
 pub use vm::{StopStep, Vm, VmExit, VmStatus, QMP_START_TIMEOUT};

@@ -43,7 +43,56 @@ pub struct VmResources {
     pub share_dir: Option<PathBuf>,
     /// The pod's network device, if it has one.
     pub nic: Option<Nic>,
+    /// The unprivileged user QEMU runs as, if not the caller's.
+    pub run_as: Option<RunAs>,
 }
+
+/// An unprivileged host user for QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// Its name, for messages.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (those of `/dev/kvm` and `/dev/sev`, so it can use them).
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// The host user `name`, with the groups of `/dev/kvm` and `/dev/sev` (where they exist)
+    /// among its groups.
+    pub fn lookup(name: &str) -> crate::Result<RunAs> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| {
+                crate::Error::InvalidConfig(format!("cannot look up the [vm] user {name:?}: {e}"))
+            })?
+            .ok_or_else(|| {
+                crate::Error::InvalidConfig(format!(
+                    "the [vm] user {name:?} does not exist on this host"
+                ))
+            })?;
+        let mut groups = vec![user.gid.as_raw()];
+        // KVM, and SEV's firmware device for SEV-SNP launches.
+        for device in ["/dev/kvm", "/dev/sev"] {
+            if let Ok(meta) = std::fs::metadata(device) {
+                groups.push(std::os::unix::fs::MetadataExt::gid(&meta));
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        Ok(RunAs {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+        })
+    }
+}
+
+/// The directory of the state directory an unprivileged QEMU owns (see [`VmResources::run_as`]).
+pub const QEMU_DIR: &str = "qemu";
 
 /// QEMU's `-sandbox` setting for every VM.
 pub const QEMU_SANDBOX: &str =
@@ -75,8 +124,19 @@ impl VmResources {
             console_socket: dir.join("tty.sock"),
             share_dir: Some(dir.join("share")),
             nic: None,
+            run_as: None,
             state_dir: dir,
         }
+    }
+
+    /// Where QEMU makes its sockets when it runs as `run_as`: a directory of the state
+    /// directory that only that user may write, so that QEMU can change nothing else there.
+    pub fn run_as(&mut self, run_as: RunAs) {
+        let dir = self.state_dir.join(QEMU_DIR);
+        self.agent_socket = dir.join("agent.sock");
+        self.qmp_socket = dir.join("qmp.sock");
+        self.console_socket = dir.join("tty.sock");
+        self.run_as = Some(run_as);
     }
 }
 
@@ -508,4 +568,43 @@ fn cloud_hypervisor_args(
         ]);
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod run_as_tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_looked_up_and_an_unknown_one_named() {
+        let root = RunAs::lookup("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(root.groups.contains(&0));
+        let e = RunAs::lookup("no-such-coffer-user")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"no-such-coffer-user\" does not exist on this host"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unprivileged_qemu_makes_its_sockets_in_its_own_directory() {
+        let mut r = VmResources::in_dir("/run/coffer/sb");
+        r.run_as(RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        });
+        for socket in [&r.agent_socket, &r.qmp_socket, &r.console_socket] {
+            assert_eq!(socket.parent(), Some(Path::new("/run/coffer/sb/qemu")));
+        }
+        // What the shim writes stays where QEMU cannot change it.
+        assert_eq!(r.console_log, Path::new("/run/coffer/sb/console.log"));
+        assert_eq!(
+            r.initdata_image.as_deref(),
+            Some(Path::new("/run/coffer/sb/initdata.img"))
+        );
+    }
 }

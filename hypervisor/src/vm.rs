@@ -126,6 +126,9 @@ impl Vm {
                 source,
             })?;
         }
+        if let Some(run_as) = &resources.run_as {
+            hand_over(resources, run_as)?;
+        }
         // A socket left by an earlier run would accept nothing and only delay the start.
         remove_stale(&resources.qmp_socket)?;
         remove_stale(&resources.agent_socket)?;
@@ -139,12 +142,27 @@ impl Vm {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let tap = resources.nic.as_ref().map(|nic| nic.tap_fd);
+        let run_as = resources
+            .run_as
+            .as_ref()
+            .map(|r| (r.uid, r.gid, r.groups.clone()));
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe system calls (prctl, getppid, dup2, fcntl) on plain integers.
+        // async-signal-safe system calls (setgroups, setgid, setuid, prctl, getppid, dup2,
+        // fcntl) on plain integers and a vector allocated before the fork.
         unsafe {
             command.pre_exec(move || {
+                // Groups first, the user last: after setuid nothing else can be changed. The
+                // parent-death signal is set after, as a change of user clears it.
+                if let Some((uid, gid, groups)) = &run_as {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                        || libc::setgid(*gid) < 0
+                        || libc::setuid(*uid) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // The VM dies with the process that started it (the shim): no VM outlives its
                 // pod's shim, even one killed with SIGKILL. A parent already gone is caught by
                 // getppid.
@@ -415,6 +433,59 @@ impl Vm {
     }
 }
 
+/// Gives an unprivileged QEMU what it needs of the state directory, and nothing more: a
+/// directory of its own for its sockets, passage through the state directory, and read access
+/// to the Init-Data image through its group.
+fn hand_over(resources: &VmResources, run_as: &crate::RunAs) -> Result<()> {
+    use std::os::unix::fs::{chown, DirBuilderExt, MetadataExt, PermissionsExt};
+    let io = |what: String| move |source| Error::Io { what, source };
+    // Every directory above the state directory must let the user pass; the state directory
+    // itself is opened below.
+    for dir in resources.state_dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let passes = mode & 0o001 != 0
+            || (meta.uid() == run_as.uid && mode & 0o100 != 0)
+            || (run_as.groups.contains(&meta.gid()) && mode & 0o010 != 0);
+        if !passes {
+            return Err(Error::InvalidConfig(format!(
+                "QEMU runs as {}, who cannot pass through {} (mode {:o}); give it passage (chmod o+x) or use a state_dir it can reach",
+                run_as.name,
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    let own = resources.state_dir.join(crate::QEMU_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&own) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(format!("cannot create {own:?}"))(e)),
+    }
+    // A directory the shim made (never a link the user could have planted: it could not write
+    // here before this), given to the user.
+    chown(&own, Some(run_as.uid), Some(run_as.gid)).map_err(io(format!(
+        "cannot give {own:?} to the user {}",
+        run_as.name
+    )))?;
+    std::fs::set_permissions(&resources.state_dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(io(format!(
+            "cannot open {:?} for passage",
+            resources.state_dir
+        )))?;
+    if let Some(image) = resources.initdata_image.as_ref().filter(|i| i.exists()) {
+        chown(image, None, Some(run_as.gid)).map_err(io(format!(
+            "cannot give {image:?} to the group of {}",
+            run_as.name
+        )))?;
+        std::fs::set_permissions(image, std::fs::Permissions::from_mode(0o640))
+            .map_err(io(format!("cannot make {image:?} group-readable")))?;
+    }
+    Ok(())
+}
+
 fn remove_stale(path: &std::path::Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -439,5 +510,55 @@ async fn collect_stderr(mut pipe: ChildStderr, keep: Arc<Mutex<Vec<u8>>>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn nobody() -> crate::RunAs {
+        crate::RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        }
+    }
+
+    /// The user gets its own sockets' directory and the Init-Data image through its group;
+    /// a directory it cannot pass through is named before QEMU would fail on it.
+    #[test]
+    fn an_unprivileged_qemu_is_handed_only_what_it_needs() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: changing owners needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let state = root.path().join("sb");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(state.join("initdata.img"), b"image").unwrap();
+        let mut resources = VmResources::in_dir(&state);
+        resources.run_as(nobody());
+        hand_over(&resources, &nobody()).unwrap();
+        let own = std::fs::metadata(state.join(crate::QEMU_DIR)).unwrap();
+        assert_eq!((own.uid(), own.mode() & 0o777), (65534, 0o700));
+        assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o711);
+        let image = std::fs::metadata(state.join("initdata.img")).unwrap();
+        assert_eq!(
+            (image.uid(), image.gid(), image.mode() & 0o777),
+            (0, 65534, 0o640)
+        );
+
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = hand_over(&resources, &nobody()).unwrap_err().to_string();
+        assert!(
+            e.contains("QEMU runs as nobody, who cannot pass through") && e.contains("mode 700"),
+            "{e}"
+        );
     }
 }

@@ -199,6 +199,12 @@ impl Config {
                 ),
             ));
         }
+        if self.vm.user.is_some() && self.rootfs == Some(RootfsSource::Host) {
+            return Err(invalid(
+                "vm.user",
+                "QEMU serves the host-mode share (rootfs = \"host\") with the host's file permissions, which needs root; unset user or use rootfs = \"guest\"",
+            ));
+        }
         if let Some(default) = &self.default {
             if !default.is_absolute() {
                 return Err(invalid("default", "must be an absolute path"));
@@ -364,6 +370,21 @@ max_inflated = 2000
             .to_string();
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("memory_mib"), "{e}");
+    }
+
+    #[test]
+    fn an_unprivileged_qemu_needs_guest_pull() {
+        let e = parse("rootfs = \"host\"\n[vm]\nuser = \"nobody\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "bad coffer config /etc/coffer/test.toml: vm.user: QEMU serves the host-mode share"
+            ),
+            "{e}"
+        );
+        let c = parse("[vm]\nuser = \"nobody\"\n").unwrap();
+        assert_eq!(c.vm.user.as_deref(), Some("nobody"));
     }
 
     #[test]

@@ -654,6 +654,9 @@ impl Pod {
                 self.stop_sandbox(&mut tasks, 9, true).await;
                 Ok(())
             }
+            // The connection is gone, and with it the VM's processes: their exits are on
+            // their way (see `follow_events`), which is what a kill asks for.
+            Err(ClientError::Disconnected | ClientError::Broken { .. }) => Ok(()),
             result => Ok(result?),
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use coffer_agent::protocol::client::{AgentClient, ClientError, EventReceiver};
 use coffer_agent::protocol::ErrorKind;
-use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, Tee, Vm, VmConfig, VmResources};
+use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, RunAs, Tee, Vm, VmConfig, VmResources};
 use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
@@ -252,6 +252,9 @@ impl Sandbox {
     ) -> Result<(SandboxState, Arc<AgentClient>, EventReceiver)> {
         write_bundle_record(bundle, dir)?;
         let mut resources = VmResources::in_dir(dir.path());
+        if let Some(user) = &config.vm.user {
+            resources.run_as(RunAs::lookup(user)?);
+        }
         // Guest pull: the VM gets no share from the host at all.
         resources.share_dir = None;
         if config.rootfs_source() == RootfsSource::Host {

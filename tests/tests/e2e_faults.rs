@@ -426,16 +426,6 @@ fn guest_hung_at_every_step() {
     every_step(Fault::HangGuest);
 }
 
-/// The shim's peak resident memory in KiB (`VmHWM`).
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The bound on the shim's memory under a flood: its output buffers (16 MiB of events, 4 MiB
 /// per stream) and the binary's own pages, with room to spare.
 const FLOOD_PEAK_LIMIT_KIB: u64 = 64 * 1024;
@@ -475,7 +465,7 @@ fn a_flooding_container_leaves_the_pod_answering_and_the_shim_bounded() {
         assert_eq!(r.exit_code, 0);
         assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{word}\n"));
     }
-    let peak = peak_kib(shim);
+    let peak = tools::peak_rss_kib(shim);
     let log = std::fs::metadata(pod.log_directory.join("flood.log")).map_or(0, |m| m.len());
     eprintln!("shim peak RSS under the flood: {peak} KiB; container log so far: {log} bytes");
     assert!(

@@ -549,3 +549,86 @@ fn benchmark_create_guest_pull_vs_host() {
         results[1].2.saturating_sub(results[0].2)
     );
 }
+
+/// With `[vm] user` set, QEMU runs as that unprivileged user (here `nobody`), with the groups
+/// the shim gave it; the pod boots, pulls, runs and is removed leaving nothing, and the sandbox
+/// state QEMU could write is only its own sockets' directory.
+#[test]
+fn qemu_runs_as_an_unprivileged_user() {
+    let Some(s) = setup() else { return };
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        skip("this host has no user `nobody`");
+        return;
+    };
+    // The user must reach its sockets under the state directory, which lies in this test's
+    // private directory.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [s.ctd.dir().to_path_buf(), s.ctd.coffer_state_dir()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .expect("open the private directory for passage");
+    }
+    let config = s.ctd.dir().join("coffer/coffer-qemu.toml");
+    let text = std::fs::read_to_string(&config).expect("the handler's config");
+    let text = text.replace("[vm]\n", "[vm]\nuser = \"nobody\"\n");
+    assert!(
+        text.contains("user = \"nobody\""),
+        "no [vm] table in {text}"
+    );
+    std::fs::write(&config, text).expect("write the handler's config");
+
+    let before = s.ctd.footprint();
+    let mut cri = s.ctd.cri().expect("connect");
+    let pod = s.pod("unprivileged", None);
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let vms = s.ctd.vms();
+    assert_eq!(vms.len(), 1, "one VM: {vms:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vms[0])).expect("status");
+    let ids = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    };
+    let uid = nobody.uid.as_raw();
+    assert_eq!(ids("Uid:"), vec![uid; 4], "QEMU's user ids:\n{status}");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or_default();
+    assert_eq!(cap_eff, "0000000000000000", "QEMU keeps capabilities");
+    // What QEMU owns in the sandbox's state: its sockets' directory, nothing else.
+    let state = s.ctd.coffer_state_dir().join(&pod_id);
+    for entry in std::fs::read_dir(&state)
+        .expect("the sandbox state")
+        .flatten()
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = entry.metadata().expect("metadata").uid();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            owner == uid,
+            name == coffer_hypervisor::QEMU_DIR,
+            "{name} is owned by {owner}"
+        );
+    }
+
+    let c = container("main", &s.busybox, "echo unprivileged-vm; exec sleep 3600");
+    let id = cri
+        .create_container(&pod_id, &pod, &c)
+        .expect("CreateContainer");
+    cri.start_container(&id).expect("StartContainer");
+    let lines = wait_for_log_line(&mut cri, &id, "unprivileged-vm");
+    assert!(lines.iter().any(|l| l == "unprivileged-vm"), "{lines:?}");
+    assert_eq!(exec_out(&mut cri, &id, &["echo", "hi"]), "hi\n");
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+    let after = s
+        .ctd
+        .settled_footprint(&before, std::time::Duration::from_secs(30));
+    assert_eq!(after, before, "the unprivileged VM's pod left something");
+}

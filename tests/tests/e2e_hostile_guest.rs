@@ -121,16 +121,6 @@ fn shim_of(ctd: &PrivateContainerd) -> u32 {
     shims[0]
 }
 
-/// Peak resident memory in KiB (`VmHWM`), 0 once the process is gone.
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// What a case expects of StartContainer (where the shim first asks the guest for a container).
 enum Expect {
     /// RunPodSandbox already fails (the first request after the hello configures the pod's
@@ -180,7 +170,7 @@ fn hostile(case: &str, expect: Expect, check: impl FnOnce(&PrivateContainerd, &m
     let sampler = {
         let peak = peak.clone();
         std::thread::spawn(move || loop {
-            let now = peak_kib(shim);
+            let now = tools::peak_rss_kib(shim);
             if now == 0 {
                 return;
             }

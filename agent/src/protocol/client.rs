@@ -342,6 +342,13 @@ impl AgentClient {
             if let Ok(mut p) = self.pending.lock() {
                 p.remove(&id);
             }
+            // The other end is gone (QEMU exited): the connection is lost, nothing more.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(self.gone());
+            }
             return Err(FrameError::Io(e).into());
         }
         Ok(rx)
