@@ -136,47 +136,65 @@ fn beneath() -> OpenHow {
         )
 }
 
-fn open_beneath(dir: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd> {
-    let fd = openat2(dir.as_raw_fd(), name, beneath()).map_err(|e| {
-        let why = match e {
+/// A path of the share that could not be opened, created or removed: the system's error, to
+/// tell a missing path from the others, and a message naming the path.
+#[derive(Debug)]
+struct ShareError {
+    errno: Errno,
+    message: String,
+}
+
+impl ShareError {
+    fn new(errno: Errno, what: &str, path: &Path) -> ShareError {
+        let why = match errno {
             Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => {
                 "; it is not a plain directory of the share (the guest can write there)"
             }
             _ => "",
         };
-        Error::Mount(format!("cannot open {}: {e}{why}", shown.display()))
-    })?;
-    // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        ShareError {
+            errno,
+            message: format!("cannot {what} {}: {errno}{why}", path.display()),
+        }
+    }
 }
 
-/// An `O_PATH` descriptor of the directory `rel` (`/`-separated) under the sandbox's share,
-/// each component created when `create` and missing, and none of them a symlink: the guest can
-/// change the share, and a symlink there must not lead a mount of the host's anywhere else.
-fn open_in_share(share: &Path, rel: &str, create: bool) -> Result<OwnedFd> {
-    let open_share = nix::fcntl::open(
+impl From<ShareError> for Error {
+    fn from(e: ShareError) -> Error {
+        Error::Mount(e.message)
+    }
+}
+
+/// An `O_PATH` descriptor of the directory `rel` (`/`-separated; empty: the share itself) under
+/// the sandbox's share, each component created when `create` and missing, and none of them a
+/// symlink: the guest can change the share, and a symlink there must not lead a mount of the
+/// host's anywhere else.
+fn open_in_share(
+    share: &Path,
+    rel: &str,
+    create: bool,
+) -> std::result::Result<OwnedFd, ShareError> {
+    let fd = nix::fcntl::open(
         share,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::Mount(format!("cannot open the share {}: {e}", share.display())))?;
+    .map_err(|e| ShareError::new(e, "open the share", share))?;
     // SAFETY: open returned a new descriptor that nothing else owns.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(open_share) };
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut shown = share.to_path_buf();
-    for name in rel.split('/') {
+    for name in rel.split('/').filter(|n| !n.is_empty()) {
         shown.push(name);
         if create {
             match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => {
-                    return Err(Error::Mount(format!(
-                        "cannot create {}: {e}",
-                        shown.display()
-                    )))
-                }
+                Err(e) => return Err(ShareError::new(e, "create", &shown)),
             }
         }
-        dir = open_beneath(&dir, name, &shown)?;
+        let fd = openat2(dir.as_raw_fd(), name, beneath())
+            .map_err(|e| ShareError::new(e, "open", &shown))?;
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
     }
     Ok(dir)
 }
@@ -186,35 +204,19 @@ fn open_in_share(share: &Path, rel: &str, create: bool) -> Result<OwnedFd> {
 fn remove_in_share(share: &Path, rel: &str) -> std::result::Result<(), String> {
     let names: Vec<&str> = rel.split('/').collect();
     for depth in (0..names.len()).rev() {
-        let parent = names[..depth].join("/");
-        let dir = if parent.is_empty() {
-            nix::fcntl::open(
-                share,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            // SAFETY: open returned a new descriptor that nothing else owns.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .map_err(|e| format!("cannot open the share {}: {e}", share.display()))
-        } else {
-            match open_in_share(share, &parent, false) {
-                Ok(fd) => Ok(fd),
-                Err(Error::Mount(e)) if e.contains("No such file") => return Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
-        }?;
+        let dir = match open_in_share(share, &names[..depth].join("/"), false) {
+            Ok(dir) => dir,
+            Err(e) if e.errno == Errno::ENOENT => return Ok(()),
+            Err(e) => return Err(e.message),
+        };
+        let path = share.join(names[..=depth].join("/"));
         match unlinkat(
             Some(dir.as_raw_fd()),
             names[depth],
             UnlinkatFlags::RemoveDir,
         ) {
             Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => {
-                return Err(format!(
-                    "cannot remove {}: {e}",
-                    share.join(names[..=depth].join("/")).display()
-                ))
-            }
+            Err(e) => return Err(ShareError::new(e, "remove", &path).message),
         }
     }
     Ok(())
@@ -226,8 +228,8 @@ fn unmount_in_share(share: &Path, rel: &str) -> std::result::Result<(), String> 
     for _ in 0..16 {
         let target = match open_in_share(share, rel, false) {
             Ok(fd) => fd,
-            Err(Error::Mount(e)) if e.contains("No such file") => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.errno == Errno::ENOENT => return Ok(()),
+            Err(e) => return Err(e.message),
         };
         // The magic link is followed to the mount's root: no UMOUNT_NOFOLLOW here.
         match umount2(&fd_path(&target), MntFlags::empty()) {

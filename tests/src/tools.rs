@@ -307,6 +307,12 @@ pub fn in_netns(netns: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Why tests that boot Coffer pods through a private containerd cannot run here (no shim, no
+/// guest image, no containerd), if they cannot.
+pub fn coffer_pods_missing() -> Option<String> {
+    bin_dir().and(guest_dir()).err().or_else(containerd_missing)
+}
+
 /// The peak resident memory of process `pid` in KiB (`VmHWM`), 0 once it is gone.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

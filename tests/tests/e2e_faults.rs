@@ -94,11 +94,7 @@ impl fmt::Display for Step {
 /// The private containerd with the coffer-qemu handler, its boot deadline shortened, or `None`
 /// (skipped, saying why).
 fn setup() -> Option<PrivateContainerd> {
-    if let Err(reason) = tools::bin_dir().and(tools::guest_dir()) {
-        skip(reason);
-        return None;
-    }
-    if let Some(reason) = tools::containerd_missing() {
+    if let Some(reason) = tools::coffer_pods_missing() {
         skip(reason);
         return None;
     }

@@ -75,20 +75,13 @@ fn hostile_initrd(dir: &Path, binary: &Path) -> PathBuf {
 /// The private containerd whose coffer-qemu handler boots the hostile guest; `None` (skipped,
 /// saying why) without what it needs.
 fn setup() -> Option<(PrivateContainerd, PathBuf)> {
-    let binary = match tools::bin_dir()
-        .and(tools::guest_dir())
-        .and_then(|_| hostile_binary())
-    {
+    let binary = match tools::coffer_pods_missing().map_or_else(hostile_binary, Err) {
         Ok(b) => b,
         Err(reason) => {
             skip(reason);
             return None;
         }
     };
-    if let Some(reason) = tools::containerd_missing() {
-        skip(reason);
-        return None;
-    }
     let ctd = PrivateContainerd::start().expect("the private containerd starts");
     std::fs::create_dir_all(ctd.scratch()).expect("scratch directory");
     let initrd = hostile_initrd(&ctd.scratch(), &binary);

@@ -21,11 +21,7 @@ fn pod_netns(state_dir: &Path, pod_id: &str) -> PathBuf {
 
 #[test]
 fn twenty_cycles_of_four_concurrent_pods_leak_nothing() {
-    if let Err(reason) = tools::bin_dir().and(tools::guest_dir()) {
-        skip(reason);
-        return;
-    }
-    if let Some(reason) = tools::containerd_missing() {
+    if let Some(reason) = tools::coffer_pods_missing() {
         skip(reason);
         return;
     }
