@@ -82,13 +82,13 @@ impl Pod {
         self.publish_exit(id, exec_id, pid, exit).await;
     }
 
-    /// Marks every process that has not exited as exited with `code` (the VM is gone, for
-    /// the reason `why`), closing its output; returns what must be published.
-    async fn all_exited(&self, code: u32, why: &str) -> Vec<ProcessExit> {
+    /// Marks every process that has not exited as exited (the VM is gone, for the reason
+    /// `why`), closing its output; returns what must be published.
+    async fn all_exited(&self, why: &str) -> Vec<ProcessExit> {
         let (ios, exits) = {
             let mut tasks = self.tasks.lock().await;
             tasks.vm_gone.get_or_insert_with(|| why.to_owned());
-            tasks.exit_all(|_| code)
+            tasks.exit_all(false)
         };
         close_all(ios).await;
         exits
@@ -136,7 +136,7 @@ impl Pod {
         // The connection is gone: the VM stopped (asked or not). Whatever still ran is dead.
         tracing::info!("guest agent connection closed");
         let why = "its guest agent's connection closed (the VM exited)";
-        for e in self.all_exited(VM_GONE_EXIT, why).await {
+        for e in self.all_exited(why).await {
             self.publish_exit(&e.id, e.exec_id.as_deref(), e.pid, e.exit)
                 .await;
         }

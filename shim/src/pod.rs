@@ -6,9 +6,10 @@
 //! to the guest is answered: a guest that stops answering must not stall `State`, `Kill` or
 //! `Delete`. A container being created is reserved by its id meanwhile, and a process being
 //! started is marked `starting`, so that an exit the guest reports before its start has been
-//! recorded is published after it. Stopping the VM is the exception: it holds the lock for its
-//! bounded grace periods (see [`crate::sandbox`]) so that nothing starts in a VM going away.
-//! The guest's events are followed in [`crate::events`].
+//! recorded is published after it. Stopping the VM takes it out of the pod and marks the pod
+//! gone first, so that nothing starts in a VM going away; whoever else needs the VM stopped
+//! (a delete, a second kill) waits for that stop. The guest's events are followed in
+//! [`crate::events`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -30,15 +31,19 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::topics;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex, RwLock};
 
 use crate::container::{Container, Kind};
 use crate::error::{Error, Result};
 use crate::io::{close_all, ProcessIo, StdinTarget};
 use crate::mount::Rootfs;
 use crate::process::{wait_exit, Exit, Phase, Process};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{RunningVm, Sandbox};
 use crate::spec::{self, BundleSpec};
+
+/// How long the shim, once its last task is gone, waits for the requests still being answered
+/// (one that stopped the VM, say) before it exits.
+const REQUESTS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the guest has to report the exit of a process sent SIGKILL.
 const KILL_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -52,6 +57,9 @@ pub(crate) struct Pod {
     pub(crate) publisher: Option<RemotePublisher>,
     exit: Arc<ExitSignal>,
     pub(crate) tasks: Mutex<Tasks>,
+    /// Held shared by every request being answered (see [`crate::task`]): the shim exits only
+    /// once it can take it exclusively, so that no request is cut off without its answer.
+    pub(crate) requests: RwLock<()>,
 }
 
 /// The pod's sandbox and tasks, behind the pod's lock.
@@ -63,6 +71,11 @@ pub(crate) struct Tasks {
     creating: HashSet<String>,
     /// Why the VM is gone, once it is: nothing more can be created or started.
     pub(crate) vm_gone: Option<String>,
+    /// Set once the VM is being stopped; turns `true` when it has stopped and every process
+    /// has been reported exited.
+    stopped: Option<watch::Receiver<bool>>,
+    /// The sandbox's exit code when it was stopped by a signal (128 + the signal).
+    sandbox_exit: Option<u32>,
 }
 
 /// Why a step that calls the guest failed: on the host, or in the guest call itself.
@@ -118,16 +131,23 @@ impl Tasks {
             .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))
     }
 
-    /// Marks every process that has not exited as exited, with the code `code_of` gives for its
-    /// container; returns their output, to be closed, and the exits, to be published.
-    pub(crate) fn exit_all(
-        &mut self,
-        code_of: impl Fn(&Container) -> u32,
-    ) -> (Vec<ProcessIo>, Vec<ProcessExit>) {
+    /// Marks every process that has not exited as exited (the VM is gone): the sandbox with
+    /// the code of the signal that stopped it, if one did, the rest with [`VM_GONE_EXIT`].
+    /// Returns their output, to be closed, and the exits, to be published.
+    ///
+    /// The sandbox's process is the VM: while a stop is under way, its exit is left to the
+    /// stop, which reports it once QEMU is gone.
+    pub(crate) fn exit_all(&mut self, vm_reaped: bool) -> (Vec<ProcessIo>, Vec<ProcessExit>) {
         let mut ios = Vec::new();
         let mut exits = Vec::new();
+        let sandbox_exit = self.sandbox_exit.unwrap_or(VM_GONE_EXIT);
+        let stopping = self.stopped.is_some() && !vm_reaped;
         for c in self.containers.values_mut() {
-            let code = code_of(c);
+            let code = match c.kind {
+                Kind::Sandbox if stopping => continue,
+                Kind::Sandbox => sandbox_exit,
+                Kind::Workload => VM_GONE_EXIT,
+            };
             let id = c.id.clone();
             for p in std::iter::once(&mut c.init).chain(c.execs.values_mut()) {
                 if p.exit().is_some() {
@@ -166,21 +186,28 @@ impl Pod {
             publisher,
             exit,
             tasks: Mutex::new(Tasks::default()),
+            requests: RwLock::new(()),
         }
     }
 
-    /// Stops the VM (if any is running; at once if its guest no longer answers) and reports
-    /// every process as exited.
-    async fn stop_sandbox(&self, tasks: &mut Tasks, signal: u32, hung: bool) {
-        let Some(sandbox) = tasks.sandbox.as_mut() else {
-            return;
-        };
-        if hung {
-            sandbox.kill_vm().await;
-        } else {
-            sandbox.stop_vm().await;
+    /// Begins stopping the VM (at once if its guest no longer answers); every process is
+    /// reported exited once it has stopped. Returns without waiting for that, as a kill
+    /// returns before the exit it causes: the exits follow as events. Nothing new starts
+    /// meanwhile: the pod is marked gone first.
+    ///
+    /// The VM is taken out of the pod and stopped without its lock, in a task of its own that
+    /// a dropped request cannot cancel. Returns what turns `true` when the stop is done
+    /// (whoever began it), or `None` if the pod never had a VM.
+    async fn begin_stop(
+        self: &Arc<Self>,
+        signal: u32,
+        hung: bool,
+    ) -> Option<watch::Receiver<bool>> {
+        let mut tasks = self.tasks.lock().await;
+        if let Some(stopped) = &tasks.stopped {
+            return Some(stopped.clone());
         }
-        let sandbox_id = sandbox.id.clone();
+        let vm = tasks.sandbox.as_mut().and_then(Sandbox::take_vm)?;
         tasks.vm_gone.get_or_insert_with(|| {
             if hung {
                 "its guest stopped answering, so the VM was killed".to_owned()
@@ -188,18 +215,37 @@ impl Pod {
                 "the pod was stopped".to_owned()
             }
         });
-        let (ios, exits) = tasks.exit_all(|c| {
-            if c.id == sandbox_id {
-                128 + signal
-            } else {
-                VM_GONE_EXIT
-            }
-        });
+        tasks.sandbox_exit = Some(128 + signal);
+        let (done, stopped) = watch::channel(false);
+        tasks.stopped = Some(stopped.clone());
+        tokio::spawn(self.clone().stop_vm(vm, hung, done));
+        Some(stopped)
+    }
+
+    /// Stops the VM as [`Pod::begin_stop`] does, and returns once it has stopped and every
+    /// process has been reported exited, whoever began the stop.
+    async fn stop_sandbox(self: &Arc<Self>, signal: u32, hung: bool) {
+        if let Some(mut stopped) = self.begin_stop(signal, hung).await {
+            // Err: the stopping task is gone, which only a panic does; nothing is left to
+            // wait for.
+            let _ = stopped.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Stops `vm`, then reports every process as exited and signals `done`.
+    async fn stop_vm(self: Arc<Self>, vm: RunningVm, hung: bool, done: watch::Sender<bool>) {
+        if hung {
+            vm.kill().await;
+        } else {
+            vm.stop().await;
+        }
+        let (ios, exits) = self.tasks.lock().await.exit_all(true);
         close_all(ios).await;
         for e in exits {
             self.publish_exit(&e.id, e.exec_id.as_deref(), e.pid, e.exit)
                 .await;
         }
+        done.send_replace(true);
     }
 
     pub(crate) async fn create(
@@ -275,7 +321,7 @@ impl Pod {
     }
 
     async fn create_workload(
-        &self,
+        self: &Arc<Self>,
         req: &CreateTaskRequest,
         bundle: &std::path::Path,
         spec: &BundleSpec,
@@ -418,20 +464,19 @@ impl Pod {
     /// The error for a failed guest call about `id`. A guest that did not answer within the
     /// call's deadline is hung: its VM is killed, and with it every process of the pod, so that
     /// containerd sees the pod end instead of a pod that accepts requests it never carries out.
-    async fn guest_failed(&self, id: &str, failure: GuestFailure) -> Error {
+    async fn guest_failed(self: &Arc<Self>, id: &str, failure: GuestFailure) -> Error {
         let e = match failure {
             GuestFailure::Host(e) => return e,
             GuestFailure::Guest(e) => e,
         };
         if matches!(e, ClientError::CallTimeout { .. }) {
             tracing::warn!(container = %id, error = %e, "the guest is hung; killing its VM");
-            let mut tasks = self.tasks.lock().await;
-            self.stop_sandbox(&mut tasks, 9, true).await;
+            self.begin_stop(9, true).await;
         }
         e.into()
     }
 
-    pub(crate) async fn start(&self, req: StartRequest) -> Result<StartResponse> {
+    pub(crate) async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
         let exec = !req.exec_id.is_empty();
         let (agent, guest) = {
             let mut tasks = self.tasks.lock().await;
@@ -617,7 +662,7 @@ impl Pod {
     }
 
     pub(crate) async fn kill(self: &Arc<Self>, req: KillRequest) -> Result<()> {
-        let mut tasks = self.tasks.lock().await;
+        let tasks = self.tasks.lock().await;
         let container = tasks.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         if process.exit().is_some() {
@@ -626,7 +671,8 @@ impl Pod {
         }
         if container.kind == Kind::Sandbox {
             tracing::info!(sandbox = %req.id, signal = req.signal, "stopping the sandbox VM");
-            self.stop_sandbox(&mut tasks, req.signal, false).await;
+            drop(tasks);
+            self.begin_stop(req.signal, false).await;
             return Ok(());
         }
         if process.phase == Phase::Created {
@@ -650,8 +696,7 @@ impl Pod {
                 // A guest that cannot take a signal cannot end anything: its VM goes, and with
                 // it every process of the pod, as containerd expects after a kill.
                 tracing::warn!(container = %req.id, error = %e, "the guest is hung; killing its VM");
-                let mut tasks = self.tasks.lock().await;
-                self.stop_sandbox(&mut tasks, 9, true).await;
+                self.begin_stop(9, true).await;
                 Ok(())
             }
             // The connection is gone, and with it the VM's processes: their exits are on
@@ -673,8 +718,7 @@ impl Pod {
                 .is_err()
             {
                 tracing::warn!(container = %id, grace = ?KILL_EXIT_GRACE, "the guest did not report the exit of a killed process; killing its VM");
-                let mut tasks = pod.tasks.lock().await;
-                pod.stop_sandbox(&mut tasks, 9, true).await;
+                pod.begin_stop(9, true).await;
             }
         });
     }
@@ -698,7 +742,7 @@ impl Pod {
         })
     }
 
-    pub(crate) async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+    pub(crate) async fn delete(self: &Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
         let mut tasks = self.tasks.lock().await;
         let container = tasks.container_mut(&req.id)?;
         if !req.exec_id.is_empty() {
@@ -722,8 +766,11 @@ impl Pod {
             )));
         }
         let kind = container.kind;
-        if kind == Kind::Sandbox && container.init.exit().is_none() {
-            self.stop_sandbox(&mut tasks, 9, false).await;
+        if kind == Kind::Sandbox {
+            // Also waits for a stop under way, and reaps a VM that exited by itself.
+            drop(tasks);
+            self.stop_sandbox(9, false).await;
+            tasks = self.tasks.lock().await;
         }
         let Some(container) = tasks.containers.remove(&req.id) else {
             return Err(Error::NotFound(format!("task {}", req.id)));
@@ -928,18 +975,18 @@ impl Pod {
     /// Undoes a create whose answer nobody received (containerd went away while it ran), so
     /// that nothing is left that no containerd knows of: the container is removed, and a shim
     /// left without tasks stops its VM, removes its state and exits.
-    pub(crate) async fn abandon_create(&self, id: &str, created: bool) {
+    pub(crate) async fn abandon_create(self: &Arc<Self>, id: &str, created: bool) {
         tracing::warn!(
             id,
             created,
             "containerd went away during the create; undoing it"
         );
         if created {
-            let mut tasks = self.tasks.lock().await;
-            let kind = tasks.containers.get(id).map(|c| c.kind);
+            let kind = self.tasks.lock().await.containers.get(id).map(|c| c.kind);
             if kind == Some(Kind::Sandbox) {
-                self.stop_sandbox(&mut tasks, 9, false).await;
+                self.stop_sandbox(9, false).await;
             }
+            let mut tasks = self.tasks.lock().await;
             if let Some(container) = tasks.containers.remove(id) {
                 let agent = tasks.agent().ok().filter(|_| container.in_guest);
                 drop(tasks);
@@ -958,17 +1005,30 @@ impl Pod {
         }
     }
 
-    pub(crate) async fn shutdown(&self) -> Result<()> {
+    pub(crate) async fn shutdown(self: &Arc<Self>) -> Result<()> {
+        {
+            let tasks = self.tasks.lock().await;
+            if !tasks.containers.is_empty() {
+                // Other tasks still use this shim.
+                return Ok(());
+            }
+        }
+        self.stop_sandbox(9, false).await;
         let mut tasks = self.tasks.lock().await;
         if !tasks.containers.is_empty() {
-            // Other tasks of the tasks still use this shim.
+            // A task was created while the VM stopped; it fails, but it is containerd's to
+            // delete, and with it this shim.
             return Ok(());
         }
-        if tasks.sandbox.is_some() {
-            self.stop_sandbox(&mut tasks, 9, false).await;
-            if let Some(sandbox) = tasks.sandbox.take() {
-                sandbox.remove_state()?;
-            }
+        if let Some(sandbox) = tasks.sandbox.take() {
+            sandbox.remove_state()?;
+        }
+        drop(tasks);
+        // The requests still in flight get their answers first: the server drops whatever is
+        // left when the shim exits.
+        let answered = tokio::time::timeout(REQUESTS_GRACE, self.requests.write()).await;
+        if answered.is_err() {
+            tracing::warn!(grace = ?REQUESTS_GRACE, "exiting with requests still unanswered");
         }
         self.exit.signal();
         Ok(())

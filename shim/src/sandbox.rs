@@ -125,6 +125,17 @@ pub struct Sandbox {
     pub agent: Arc<AgentClient>,
     /// The pod's hostname (its containers' UTS namespaces get it).
     pub hostname: Option<String>,
+    /// The VM's process id, kept once the VM is gone.
+    pid: u32,
+    /// The running VM, until [`Sandbox::take_vm`] takes it to stop it.
+    running: Option<RunningVm>,
+}
+
+/// A sandbox's VM, taken out of its [`Sandbox`] to be stopped without holding the pod.
+#[derive(Debug)]
+pub struct RunningVm {
+    id: String,
+    agent: Arc<AgentClient>,
     /// The pod's network namespace, when the VM is connected to one.
     netns: Option<PathBuf>,
     vm: Vm,
@@ -199,10 +210,15 @@ impl Sandbox {
                         dir,
                         record,
                         share_dir,
-                        agent,
+                        agent: agent.clone(),
                         hostname: spec.hostname(),
-                        netns,
-                        vm,
+                        pid: vm.pid(),
+                        running: Some(RunningVm {
+                            id: id.to_string(),
+                            agent,
+                            netns,
+                            vm,
+                        }),
                     },
                     events,
                 ))
@@ -389,12 +405,19 @@ impl Sandbox {
 
     /// The VM's process id.
     pub fn pid(&self) -> u32 {
-        self.vm.pid()
+        self.pid
     }
 
+    /// The running VM, to be stopped; `None` once it has been taken.
+    pub fn take_vm(&mut self) -> Option<RunningVm> {
+        self.running.take()
+    }
+}
+
+impl RunningVm {
     /// Kills a VM whose guest no longer answers, without the graceful steps of
-    /// [`Sandbox::stop_vm`]. Returns QEMU's exit description.
-    pub async fn kill_vm(&mut self) -> String {
+    /// [`RunningVm::stop`]. Returns QEMU's exit description.
+    pub async fn kill(mut self) -> String {
         let exit = match self.vm.kill().await {
             Ok(exit) => exit.to_string(),
             Err(e) => e.to_string(),
@@ -408,7 +431,7 @@ impl Sandbox {
 
     /// Stops the VM: the agent's shutdown first (the guest syncs and powers off), then QEMU's
     /// own stop sequence, which ends with SIGKILL. Returns QEMU's exit description.
-    pub async fn stop_vm(&mut self) -> String {
+    pub async fn stop(mut self) -> String {
         match tokio::time::timeout(SHUTDOWN_ACK, self.agent.shutdown()).await {
             Ok(Ok(())) => {}
             // The VM is already gone: the stop below only reaps it.
@@ -418,7 +441,7 @@ impl Sandbox {
                 // A live guest acknowledges at once: this one is hung, and a hung QEMU
                 // answers no powerdown either.
                 tracing::warn!(sandbox = %self.id, "the agent did not acknowledge shutdown");
-                return self.kill_vm().await;
+                return self.kill().await;
             }
         }
         let exit = match self.vm.stop(STOP_GRACE).await {
@@ -436,7 +459,9 @@ impl Sandbox {
         }
         exit
     }
+}
 
+impl Sandbox {
     /// Removes everything on the host: mounts left in the share, the state directory and the
     /// bundle's record. The VM must have been stopped.
     pub fn remove_state(&self) -> Result<()> {

@@ -50,6 +50,20 @@ impl TaskService {
     }
 }
 
+impl TaskService {
+    /// Answers one request: counted as in flight until it has its result, so that the shim
+    /// does not exit under it (see [`Pod::shutdown`]).
+    async fn serve<T>(
+        &self,
+        op: &'static str,
+        id: &str,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> TtrpcResult<T> {
+        let _in_flight = self.pod.requests.read().await;
+        answer(op, id, request.await)
+    }
+}
+
 /// Logs a failed request with its message (containerd shows it too) and converts it.
 fn answer<T>(op: &'static str, id: &str, r: Result<T>) -> TtrpcResult<T> {
     r.map_err(|e| {
@@ -62,7 +76,7 @@ fn answer<T>(op: &'static str, id: &str, r: Result<T>) -> TtrpcResult<T> {
 impl Task for TaskService {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let id = req.id.clone();
-        answer("state", &id, self.task_state(req).await)
+        self.serve("state", &id, self.task_state(req)).await
     }
 
     async fn create(
@@ -72,100 +86,93 @@ impl Task for TaskService {
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
         tracing::info!(id, bundle = %req.bundle, "create");
-        answer("create", &id, self.create_task(req).await)
+        self.serve("create", &id, self.create_task(req)).await
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, "start");
-        answer("start", &id, self.start_task(req).await)
+        self.serve("start", &id, self.start_task(req)).await
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, "delete");
-        answer("delete", &id, self.delete_task(req).await)
+        self.serve("delete", &id, self.delete_task(req)).await
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let id = req.id.clone();
-        answer("pids", &id, self.pod.pids(req).await)
+        self.serve("pids", &id, self.pod.pids(req)).await
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, signal = req.signal, "kill");
-        answer(
-            "kill",
-            &id,
-            self.kill_task(req).await.map(|()| Empty::new()),
-        )
+        self.serve("kill", &id, async {
+            self.kill_task(req).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
         tracing::info!(id, exec = %req.exec_id, "exec");
-        answer(
-            "exec",
-            &id,
-            self.exec_process(req).await.map(|()| Empty::new()),
-        )
+        self.serve("exec", &id, async {
+            self.exec_process(req).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
-        answer(
-            "resize_pty",
-            &id,
-            self.resize_pty_task(req).await.map(|()| Empty::new()),
-        )
+        self.serve("resize_pty", &id, async {
+            self.resize_pty_task(req).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
-        answer(
-            "close_io",
-            &id,
-            self.close_io_task(req).await.map(|()| Empty::new()),
-        )
+        self.serve("close_io", &id, async {
+            self.close_io_task(req).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
         let id = req.id.clone();
         tracing::info!(id, "update");
-        answer(
-            "update",
-            &id,
-            self.pod.update(req).await.map(|()| Empty::new()),
-        )
+        self.serve("update", &id, async {
+            self.pod.update(req).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
         tracing::info!(id = %req.id, "pause");
-        answer(
-            "pause",
-            &req.id,
-            self.pod.freeze(&req.id, true).await.map(|()| Empty::new()),
-        )
+        self.serve("pause", &req.id, async {
+            self.pod.freeze(&req.id, true).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
         tracing::info!(id = %req.id, "resume");
-        answer(
-            "resume",
-            &req.id,
-            self.pod.freeze(&req.id, false).await.map(|()| Empty::new()),
-        )
+        self.serve("resume", &req.id, async {
+            self.pod.freeze(&req.id, false).await.map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let id = req.id.clone();
-        answer("wait", &id, self.wait_task(req).await)
+        self.serve("wait", &id, self.wait_task(req)).await
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let id = req.id.clone();
-        answer("stats", &id, self.pod.stats(req).await)
+        self.serve("stats", &id, self.pod.stats(req)).await
     }
 
     async fn connect(

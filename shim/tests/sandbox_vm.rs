@@ -275,7 +275,8 @@ async fn sandbox_vm_starts_with_the_initdata_and_leaves_nothing() {
         .expect("read back the delivered Init-Data");
     assert_eq!(delivered, document);
 
-    sandbox.stop_vm().await;
+    sandbox.take_vm().expect("a running VM").stop().await;
+    assert!(sandbox.take_vm().is_none(), "the VM is taken once");
     assert!(!alive(pid), "QEMU {pid} outlived stop");
     sandbox.remove_state().unwrap();
     assert_eq!(f.state_entries(), Vec::<String>::new());
@@ -336,7 +337,8 @@ async fn the_guest_reads_with_the_handlers_limits() {
         record.guest_report,
         "unmeasured (no TEE); the guest's digest matches the kernel command line"
     );
-    sandbox.stop_vm().await;
+    sandbox.take_vm().expect("a running VM").stop().await;
+    assert!(sandbox.take_vm().is_none(), "the VM is taken once");
     sandbox.remove_state().unwrap();
 }
 

@@ -339,6 +339,26 @@ impl PrivateContainerd {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// `ctr` (the one up.sh chose for this containerd) in the CRI's namespace: its stdout, or
+    /// its stderr as the error.
+    pub fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        let ctr = self.up_env("CTR").unwrap_or_else(|_| "ctr".to_owned());
+        let out = std::process::Command::new(&ctr)
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {ctr}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ctr {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// What up.sh warned about (a missing shim or guest image).
     pub fn up_warnings(&self) -> &str {
         &self.up_stderr

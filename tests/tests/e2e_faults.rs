@@ -396,6 +396,10 @@ fn every_step(fault: Fault) {
             case(&mut ctd, fault, step);
         }));
         if run.is_err() {
+            eprintln!(
+                "{fault} at {step} failed; containerd's log ends:\n{}",
+                ctd.containerd_log_tail(80)
+            );
             failed.push(format!("{fault} at {step}"));
         }
     }
@@ -480,4 +484,68 @@ fn a_flooding_container_leaves_the_pod_answering_and_the_shim_bounded() {
     assert_nothing_left(&mut cri);
     let after = ctd.settled_footprint(&before, STATE_WAIT);
     assert_eq!(after, before, "the flooded pod left something behind");
+}
+
+/// Stopping a VM whose guest is hung waits out the agent's shutdown deadline (5 s) before it
+/// kills QEMU. Meanwhile the pod still answers: `ctr tasks ls` asks the shim for every task's
+/// state, and gets it before the stop has given up on the guest. The kill itself returns at
+/// once, as a kill does; the exits follow.
+#[test]
+fn a_vm_being_stopped_does_not_hold_the_pod() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(ctd) = setup() else { return };
+    let before = ctd.footprint();
+    let mut cri = ctd.cri().expect("connect");
+    let pod = Pod::new("stopping", "coffer-qemu", &ctd.log_root());
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let c = Container::busybox_sh("main", "echo up; exec sleep 3600");
+    let container = cri
+        .create_container(&pod_id, &pod, &c)
+        .expect("CreateContainer");
+    cri.start_container(&container).expect("StartContainer");
+    wait_for_log_line(&mut cri, &container, "up");
+    signal(the_one("VM", ctd.vms()), "STOP");
+
+    const GAVE_UP: &str = "the agent did not acknowledge shutdown";
+    std::thread::scope(|s| {
+        let kill = s.spawn(|| ctd.ctr(&["tasks", "kill", "--signal", "SIGKILL", &pod_id]));
+        assert!(
+            eventually(|| ctd.containerd_log().contains("stopping the sandbox VM")),
+            "the shim never began stopping the VM:\n{}",
+            ctd.containerd_log_tail(20)
+        );
+        let listed = ctd.ctr(&["tasks", "ls"]).expect("ctr tasks ls");
+        let log = ctd.containerd_log();
+        assert!(
+            !log.contains(GAVE_UP),
+            "the pod's state was answered only after the stop gave up on the guest:\n{listed}"
+        );
+        // containerd lists a task whose state it could not get within 2 s as UNKNOWN.
+        for id in [&pod_id, &container] {
+            let line = listed.lines().find(|l| l.starts_with(id.as_str()));
+            assert!(
+                line.is_some_and(|l| l.split_whitespace().nth(2) == Some("RUNNING")),
+                "task {id} during the stop:\n{listed}"
+            );
+        }
+        eprintln!("state during the stop:\n{listed}");
+        kill.join()
+            .expect("the kill")
+            .expect("killing the sandbox task succeeds");
+    });
+    assert!(
+        eventually(|| ctd.containerd_log().contains(GAVE_UP)),
+        "the hung guest's VM was stopped without the shutdown deadline"
+    );
+    assert!(
+        eventually(|| !cri.pod_ready(&pod_id).unwrap_or(true)),
+        "the pod is still ready"
+    );
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_nothing_left(&mut cri);
+    let after = ctd.settled_footprint(&before, STATE_WAIT);
+    assert_eq!(after, before, "the stopped pod left something behind");
 }

@@ -274,19 +274,7 @@ fn a_guest_pid_is_never_taken_for_a_host_pid() {
     hostile("host-pids", Expect::Works, |ctd, _cri, container| {
         let vm = ctd.vms();
         assert_eq!(vm.len(), 1, "one VM: {vm:?}");
-        let ctr = ctd.up_env("CTR").expect("up.sh records ctr");
-        let out = Command::new(&ctr)
-            .args([
-                "--address",
-                &ctd.socket().to_string_lossy(),
-                "-n",
-                "k8s.io",
-                "tasks",
-                "ls",
-            ])
-            .output()
-            .expect("run ctr");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = ctd.ctr(&["tasks", "ls"]).expect("ctr tasks ls");
         let line = text
             .lines()
             .find(|l| l.starts_with(container))

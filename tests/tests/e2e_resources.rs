@@ -25,19 +25,7 @@ fn setup() -> Option<PrivateContainerd> {
 
 /// `ctr` against the private containerd, in the CRI's namespace; its stdout.
 fn ctr(ctd: &PrivateContainerd, args: &[&str]) -> String {
-    let out = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(ctd.socket())
-        .args(["-n", "k8s.io"])
-        .args(args)
-        .output()
-        .expect("run ctr");
-    assert!(
-        out.status.success(),
-        "ctr {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ctd.ctr(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The memory limit the guest's cgroup has, from the task's metrics (`ctr task metrics`).
