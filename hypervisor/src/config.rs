@@ -45,6 +45,10 @@ impl HypervisorKind {
     }
 }
 
+/// [`VmConfig::tcg_cache_mib`] by default: room for what a guest boot translates (about
+/// 47 MiB with the image's kernel and agent), so that the boot never refills it.
+pub const DEFAULT_TCG_CACHE_MIB: u32 = 64;
+
 /// How to build and run the sandbox VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +81,12 @@ pub struct VmConfig {
     /// Largest VM a pod may ask for, in MiB; a pod whose limits need more is refused. Default:
     /// the host's memory.
     pub max_memory_mib: Option<u32>,
+    /// Size of QEMU's translation cache in MiB when the VM is emulated (`accel = "tcg"`, or
+    /// `auto` on a host without KVM): the most guest code translated for the host QEMU keeps,
+    /// and so a bound on what the guest's code can make QEMU hold (QEMU's own default is
+    /// 1 GiB). When the cache fills, QEMU empties it and translates again what still runs.
+    /// `0`: QEMU's default. Ignored with KVM.
+    pub tcg_cache_mib: u32,
     /// The host user QEMU runs as (a name from the host's user database). Unset: QEMU runs as
     /// the shim's user (root). The user needs no rights of its own: the shim hands it its
     /// sockets' directory, the Init-Data image (group-readable) and the TAP, and adds the groups
@@ -104,6 +114,7 @@ impl Default for VmConfig {
             memory_mib: 512,
             max_vcpus: None,
             max_memory_mib: None,
+            tcg_cache_mib: DEFAULT_TCG_CACHE_MIB,
             user: None,
             snp: SnpConfig::default(),
             tdx: TdxConfig::default(),

@@ -59,7 +59,7 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
         cmdline.push_str(
             " tsc=reliable no_timer_check noapictimer rcupdate.rcu_expedited=1 cryptomgr.notests \
              random.trust_cpu=on 8250.nr_uarts=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 \
-             i8042.noaux=1 pci=lastbus=0",
+             i8042.noaux=1 pci=lastbus=0 noreplace-smp",
         );
     }
     let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
@@ -163,14 +163,14 @@ fn none_golden_argv_with_and_without_initdata() {
     let plan =
         LaunchPlan::build(&config(), Tee::None, &host, Some(&digest()), &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=64 -cpu max",
     );
     expected.extend(common_tail("none", true));
     assert_eq!(plan.args, expected);
 
     let plan = LaunchPlan::build(&config(), Tee::None, &host, None, &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=64 -cpu max",
     );
     expected.extend(common_tail("none", false));
     assert_eq!(plan.args, expected);
@@ -233,10 +233,16 @@ fn accel_follows_the_probe_and_the_configuration() {
     };
     let mut c = config();
     assert_eq!(accel_of(&c, true), ("kvm".into(), "host".into()));
-    assert_eq!(accel_of(&c, false), ("tcg".into(), "max".into()));
+    assert_eq!(accel_of(&c, false), ("tcg,tb-size=64".into(), "max".into()));
     c.accel = Accel::Tcg;
+    assert_eq!(accel_of(&c, true), ("tcg,tb-size=64".into(), "max".into()));
+    c.tcg_cache_mib = 32;
+    assert_eq!(accel_of(&c, true), ("tcg,tb-size=32".into(), "max".into()));
+    // 0 leaves the cache at QEMU's own default.
+    c.tcg_cache_mib = 0;
     assert_eq!(accel_of(&c, true), ("tcg".into(), "max".into()));
     c.accel = Accel::Kvm;
+    c.tcg_cache_mib = 32;
     assert_eq!(accel_of(&c, false), ("kvm".into(), "host".into()));
 }
 
