@@ -34,6 +34,13 @@ const AGENT_TIMEOUT_SECS: u64 = 40;
 /// The host-wide counts (network namespaces) and the 2 cores allow one case at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// Holds the other tests of this file off (a failed one does not stop the rest).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     /// `kill -KILL` of the pod's QEMU.
@@ -381,9 +388,7 @@ fn complaints(ctd: &PrivateContainerd) -> String {
 }
 
 fn every_step(fault: Fault) {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let Some(mut ctd) = setup() else { return };
     // Every step is tried, so that one failure does not hide the others'.
     let mut failed = Vec::new();
@@ -435,9 +440,7 @@ const FLOOD_PEAK_LIMIT_KIB: u64 = 64 * 1024;
 /// the shim's memory stays bounded, and nothing is left.
 #[test]
 fn a_flooding_container_leaves_the_pod_answering_and_the_shim_bounded() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let Some(ctd) = setup() else { return };
     let before = ctd.footprint();
     let mut cri = ctd.cri().expect("connect");
@@ -492,9 +495,7 @@ fn a_flooding_container_leaves_the_pod_answering_and_the_shim_bounded() {
 /// once, as a kill does; the exits follow.
 #[test]
 fn a_vm_being_stopped_does_not_hold_the_pod() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let Some(ctd) = setup() else { return };
     let before = ctd.footprint();
     let mut cri = ctd.cri().expect("connect");
