@@ -129,7 +129,7 @@ else
     kmods=
 fi
 
-# The agent binary: static, built for size (the workspace's `agent` profile).
+# The agent binary: static, built for size (the workspace's release profile).
 if [ -n "${COFFER_AGENT_BIN:-}" ]; then
     agent=$COFFER_AGENT_BIN
 else
@@ -138,10 +138,10 @@ else
     # home lives, or two checkouts would build different images.
     # No symbol table: it is a fifth of the binary, and the guest has no use for it.
     RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols --remap-path-prefix=$root=/coffer --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-        cargo build --manifest-path "$root/Cargo.toml" --profile agent \
+        cargo build --manifest-path "$root/Cargo.toml" --release \
         --target x86_64-unknown-linux-gnu -p coffer-agent --bin coffer-agent \
         --target-dir "$target_dir" >&2
-    agent=$target_dir/x86_64-unknown-linux-gnu/agent/coffer-agent
+    agent=$target_dir/x86_64-unknown-linux-gnu/release/coffer-agent
 fi
 if ! file_type=$(od -An -c -N4 "$agent" 2>/dev/null) || [ "$(echo $file_type)" != "177 E L F" ]; then
     echo "error: $agent is not an ELF binary" >&2
