@@ -198,7 +198,7 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("RunPodSandbox: {e}"))?;
     let ready = driver.pod_ready(&pod_id).map_err(|e| e.to_string())?;
     say(&format!(
-        "pod {} is {} after {:.1} s",
+        "pod {} is {} after {:.2} s",
         short(&pod_id),
         if ready { "ready" } else { "NOT ready" },
         started.elapsed().as_secs_f64()
