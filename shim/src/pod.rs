@@ -982,15 +982,15 @@ impl Pod {
             "containerd went away during the create; undoing it"
         );
         if created {
-            let kind = self.tasks.lock().await.containers.get(id).map(|c| c.kind);
-            if kind == Some(Kind::Sandbox) {
-                self.stop_sandbox(9, false).await;
-            }
+            // Out of the task table before anything is undone: containerd, once back, asks for
+            // the task and must find none, not one that is still being stopped.
             let mut tasks = self.tasks.lock().await;
             if let Some(container) = tasks.containers.remove(id) {
                 let agent = tasks.agent().ok().filter(|_| container.in_guest);
                 drop(tasks);
-                if let Some(agent) = agent {
+                if container.kind == Kind::Sandbox {
+                    self.stop_sandbox(9, false).await;
+                } else if let Some(agent) = agent {
                     if let Err(e) = agent.remove(id).await {
                         tracing::debug!(container = id, error = %e, "guest remove");
                     }
