@@ -117,6 +117,8 @@ fn main() {
         out,
         policy,
     });
+    // The boot's allocations are done; what it freed can go back to the host.
+    boot::release_freed_memory();
     boot::log(&format!("serving the host on {}", port_path.display()));
     server::serve(read_port, agent)
 }

@@ -142,6 +142,7 @@ impl Vm {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let tap = resources.nic.as_ref().map(|nic| nic.tap_fd);
+        let huge_pages = plan.transparent_huge_pages;
         let run_as = resources
             .run_as
             .as_ref()
@@ -173,6 +174,10 @@ impl Vm {
                     return Err(std::io::Error::other(
                         "the parent exited before the VM started",
                     ));
+                }
+                // Kept across exec: QEMU's madvise(MADV_HUGEPAGE) then has no effect.
+                if !huge_pages && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 if let Some(tap) = tap {
                     // dup2 onto itself keeps close-on-exec set: clear it in every case.

@@ -178,6 +178,14 @@ async fn boots_under_tcg_runs_and_stops_cleanly() {
     let status = vm.status().await.unwrap();
     assert_eq!(status.status, "running");
     assert!(status.running);
+    // Under TCG, QEMU runs without transparent huge pages: its madvise asks in vain.
+    assert!(!g.plan.transparent_huge_pages);
+    let proc_status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let thp = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{proc_status}");
 
     let exit = vm.stop(Duration::from_secs(3)).await.unwrap();
     eprintln!("{exit}");

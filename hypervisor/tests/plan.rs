@@ -61,6 +61,8 @@ fn common_tail(tee: &str, with_initdata: bool) -> Vec<String> {
              random.trust_cpu=on 8250.nr_uarts=1 i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 \
              i8042.noaux=1 pci=lastbus=0 noreplace-smp",
         );
+        // TEE none is only ever emulated in these plans (capable_host(false)).
+        cmdline.push_str(" page_reporting.page_reporting_order=7");
     }
     let mut v = words("-smp 1 -m 512M -kernel /g/vmlinuz -initrd /g/initrd.img -append");
     v.push(cmdline);
@@ -247,6 +249,24 @@ fn accel_follows_the_probe_and_the_configuration() {
 }
 
 #[test]
+fn huge_pages_and_fine_reporting_follow_the_accelerator() {
+    // (huge pages, the balloon reports 512 KiB blocks)
+    let memory = |c: &VmConfig, kvm: bool| {
+        let plan = LaunchPlan::build(c, Tee::None, &capable_host(kvm), None, &resources()).unwrap();
+        let i = plan.args.iter().position(|a| a == "-append").unwrap();
+        let fine = plan.args[i + 1]
+            .split(' ')
+            .any(|p| p == "page_reporting.page_reporting_order=7");
+        (plan.transparent_huge_pages, fine)
+    };
+    let mut c = config();
+    assert_eq!(memory(&c, true), (true, false));
+    assert_eq!(memory(&c, false), (false, true));
+    c.accel = Accel::Tcg;
+    assert_eq!(memory(&c, true), (false, true));
+}
+
+#[test]
 fn a_tee_the_host_cannot_launch_is_refused_before_anything_starts() {
     let host = HostCapabilities {
         kvm: Support::no("slow"),
@@ -423,14 +443,16 @@ fn prints_as_json_and_as_a_shell_line() {
     let json = serde_json::to_value(&plan).unwrap();
     assert_eq!(json["program"], "qemu-system-x86_64");
     assert_eq!(json["args"].as_array().unwrap().len(), plan.args.len());
-    assert_eq!(json.as_object().unwrap().len(), 2);
+    assert_eq!(json["transparent_huge_pages"], false);
+    assert_eq!(json.as_object().unwrap().len(), 3);
 
     let line = plan.to_string();
     assert!(line.starts_with("qemu-system-x86_64 -nodefaults -no-user-config -display none"));
     assert!(
         line.contains(&format!(
-            " -append 'console=ttyS0 panic=-1 quiet coffer.tee=none {}' ",
-            coffer_hypervisor::plan::FAST_BOOT_PARAMS
+            " -append 'console=ttyS0 panic=-1 quiet coffer.tee=none {} {}' ",
+            coffer_hypervisor::plan::FAST_BOOT_PARAMS,
+            coffer_hypervisor::plan::TCG_REPORTING_PARAMS
         )),
         "{line}"
     );

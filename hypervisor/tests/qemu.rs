@@ -75,6 +75,7 @@ fn object_only_plan(object: &str) -> LaunchPlan {
         .chain(["-qmp".to_string()])
         .collect(),
         hypervisor: HypervisorKind::Qemu,
+        transparent_huge_pages: true,
     }
 }
 

@@ -156,7 +156,9 @@ fn snp_plan_carries_the_reference_host_data() {
         "--json",
     ]);
     assert_eq!(plan["program"], "qemu-system-x86_64");
-    assert_eq!(plan.as_object().map(|o| o.len()), Some(2), "{plan}");
+    assert_eq!(plan.as_object().map(|o| o.len()), Some(3), "{plan}");
+    // A TEE guest runs on KVM, where huge pages speed its memory up.
+    assert_eq!(plan["transparent_huge_pages"], true, "{plan}");
     let args = args_of(&plan);
     // The host's CPUID, when it reports SEV, decides cbitpos; elsewhere the config does.
     let object = args
@@ -225,8 +227,9 @@ fn none_plan_from_a_file_uses_tcg_and_attaches_the_disk() {
     assert_eq!(
         at("-append"),
         format!(
-            "console=ttyS0 panic=-1 quiet coffer.tee=none coffer.initdata_digest={DIGEST_HEX} {}",
-            coffer_hypervisor::plan::FAST_BOOT_PARAMS
+            "console=ttyS0 panic=-1 quiet coffer.tee=none coffer.initdata_digest={DIGEST_HEX} {} {}",
+            coffer_hypervisor::plan::FAST_BOOT_PARAMS,
+            coffer_hypervisor::plan::TCG_REPORTING_PARAMS
         )
     );
     assert!(args.contains(&"virtio-blk-pci,drive=initdata,serial=initdata".to_string()));

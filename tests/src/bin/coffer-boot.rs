@@ -3,11 +3,12 @@
 //! (the same handshake that makes a pod ready), then stopped. No containerd, no shim.
 //!
 //! ```text
-//! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE] [--console]
+//! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE] [--settle SECS]
+//!             [--console]
 //! ```
 //!
 //! Prints one line per run (`run N: hello after S s, QEMU PSS M MiB`, the PSS read once the
-//! guest has idled for two seconds) and needs root only where QEMU does.
+//! guest has idled for `--settle` seconds, default 2) and needs root only where QEMU does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,18 +24,23 @@ struct Args {
     config: PathBuf,
     runs: u32,
     initdata: PathBuf,
+    /// How long the guest idles after hello before QEMU's memory is read.
+    settle: Duration,
     /// Print each run's guest console to stderr.
     console: bool,
 }
 
 fn usage() -> String {
-    "usage: coffer-boot --config HANDLER.toml [--runs N] [--initdata FILE] [--console]".into()
+    "usage: coffer-boot --config HANDLER.toml [--runs N] [--initdata FILE] [--settle SECS] \
+     [--console]"
+        .into()
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut config = None;
     let mut runs = 1;
     let mut console = false;
+    let mut settle = Duration::from_secs(2);
     let mut initdata = tools::seed_initdata();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,6 +57,13 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--runs {v:?} is not a number"))?;
             }
             "--initdata" => initdata = PathBuf::from(value()?),
+            "--settle" => {
+                let v = value()?;
+                settle = v
+                    .parse()
+                    .map(Duration::from_secs)
+                    .map_err(|_| format!("--settle {v:?} is not a number of seconds"))?;
+            }
             "--console" => console = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
@@ -60,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         config: config.ok_or_else(usage)?,
         runs,
         initdata,
+        settle,
         console,
     })
 }
@@ -71,9 +85,6 @@ struct Boot {
     /// QEMU's proportional set size once the guest idles after hello, in KiB.
     pss_kib: Option<u64>,
 }
-
-/// How long the guest idles after hello before QEMU's memory is read.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// `Pss:` of a process, in KiB, from `/proc/PID/smaps_rollup`.
 fn pss_kib(pid: u32) -> Option<u64> {
@@ -88,7 +99,7 @@ fn pss_kib(pid: u32) -> Option<u64> {
 }
 
 /// One boot: spawn, hello, a short idle, stop.
-async fn boot_once(config: &Config, doc: &InitData, show_console: bool) -> Result<Boot, String> {
+async fn boot_once(config: &Config, doc: &InitData, args: &Args) -> Result<Boot, String> {
     let dir = tempfile::Builder::new()
         .prefix("cb")
         .tempdir_in("/tmp")
@@ -116,13 +127,13 @@ async fn boot_once(config: &Config, doc: &InitData, show_console: bool) -> Resul
     let hello = AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await;
     let took = start.elapsed();
     let pss = if hello.is_ok() {
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(args.settle).await;
         pss_kib(vm.pid())
     } else {
         None
     };
     let _ = vm.stop(Duration::from_secs(5)).await;
-    if show_console {
+    if args.console {
         // What the guest printed, to see where its boot time goes (with `printk.time=1` among
         // the handler's kernel_params, the kernel's lines carry their times).
         eprint!(
@@ -171,7 +182,7 @@ async fn main() -> ExitCode {
         }
     };
     for run in 1..=args.runs {
-        match boot_once(&config, &doc, args.console).await {
+        match boot_once(&config, &doc, &args).await {
             Ok(boot) => println!(
                 "run {run}: hello after {:.2} s, QEMU PSS {} MiB",
                 boot.hello.as_secs_f64(),
