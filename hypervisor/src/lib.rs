@@ -15,7 +15,7 @@
 //! let host = HostCapabilities::for_dry_run(config.accel);
 //! let plan = LaunchPlan::build(&config, Tee::None, &host, None, &VmResources::in_dir("/run/coffer/pod"))?;
 //! // No KVM in a dry run: the guest is emulated, with a bounded translation cache.
-//! assert!(plan.args.contains(&"tcg,tb-size=64".to_string()));
+//! assert!(plan.args.contains(&"tcg,tb-size=48".to_string()));
 //! # Ok::<(), coffer_hypervisor::Error>(())
 //! ```
 

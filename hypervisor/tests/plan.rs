@@ -165,14 +165,14 @@ fn none_golden_argv_with_and_without_initdata() {
     let plan =
         LaunchPlan::build(&config(), Tee::None, &host, Some(&digest()), &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=64 -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=48 -cpu max",
     );
     expected.extend(common_tail("none", true));
     assert_eq!(plan.args, expected);
 
     let plan = LaunchPlan::build(&config(), Tee::None, &host, None, &resources()).unwrap();
     let mut expected = words(
-        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=64 -cpu max",
+        "-nodefaults -no-user-config -display none -no-reboot -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -S -machine q35 -accel tcg,tb-size=48 -cpu max",
     );
     expected.extend(common_tail("none", false));
     assert_eq!(plan.args, expected);
@@ -235,9 +235,9 @@ fn accel_follows_the_probe_and_the_configuration() {
     };
     let mut c = config();
     assert_eq!(accel_of(&c, true), ("kvm".into(), "host".into()));
-    assert_eq!(accel_of(&c, false), ("tcg,tb-size=64".into(), "max".into()));
+    assert_eq!(accel_of(&c, false), ("tcg,tb-size=48".into(), "max".into()));
     c.accel = Accel::Tcg;
-    assert_eq!(accel_of(&c, true), ("tcg,tb-size=64".into(), "max".into()));
+    assert_eq!(accel_of(&c, true), ("tcg,tb-size=48".into(), "max".into()));
     c.tcg_cache_mib = 32;
     assert_eq!(accel_of(&c, true), ("tcg,tb-size=32".into(), "max".into()));
     // 0 leaves the cache at QEMU's own default.

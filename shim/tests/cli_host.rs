@@ -223,7 +223,7 @@ fn none_plan_from_a_file_uses_tcg_and_attaches_the_disk() {
         let i = args.iter().position(|a| a == flag).expect(flag);
         args[i + 1].clone()
     };
-    assert_eq!(at("-accel"), "tcg,tb-size=64");
+    assert_eq!(at("-accel"), "tcg,tb-size=48");
     assert_eq!(
         at("-append"),
         format!(
