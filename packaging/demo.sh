@@ -12,7 +12,8 @@
 # Then it cleans up; --keep leaves the pod and containerd running (stop with
 # `packaging/dev/down.sh <dir>`, which it prints).
 #
-# env: COFFER_PROFILE  cargo profile to build (release by default; debug reuses a test build)
+# env: COFFER_PROFILE  release (default: the shim and CLI as installed on a node, built by
+#                      packaging/build-node.sh) or debug (reuses a test build)
 #      COFFER_DEMO_DIR where the private containerd lives (default /tmp/coffer-demo)
 set -euo pipefail
 
@@ -52,16 +53,22 @@ step "1/5 Installing what Coffer needs from Debian (containerd, runc, QEMU 10, p
 ./packaging/dev/deps.sh
 
 step "2/5 Building Coffer ($profile): the shim, the CLI and the demo's CRI client"
-flag=()
-[ "$profile" = release ] && flag=(--release)
 log=$repo/target/demo-build.log
 mkdir -p "$repo/target"
-if ! cargo build "${flag[@]}" --bin containerd-shim-coffer-v2 --bin coffer --bin coffer-demo >"$log" 2>&1; then
+build_failed() {
   tail -n 30 "$log" >&2
   die "the build failed (full log: $log)"
+}
+if [ "$profile" = release ]; then
+  cargo build --release --bin coffer-demo >"$log" 2>&1 || build_failed
+  demo=$repo/target/release/coffer-demo
+  bin=$(./packaging/build-node.sh 2>>"$log" | tail -n 1) || build_failed
+else
+  cargo build --bin containerd-shim-coffer-v2 --bin coffer --bin coffer-demo >"$log" 2>&1 || build_failed
+  bin=$repo/target/$profile
+  demo=$bin/coffer-demo
 fi
-grep -E 'Finished' "$log" | sed 's/^ */    /'
-bin=$repo/target/$profile
+grep -E 'Finished|warning: the Rust target' "$log" | sed 's/^ */    /'
 
 step "3/5 Building the guest image (Linux 6.12 built from Debian's source, once, + coffer-agent initramfs) into target/guest"
 guest=${COFFER_GUEST_DIR:-$repo/target/guest}
@@ -77,7 +84,7 @@ step "5/5 Running the Init-Data example as a pod"
 args=(--socket "$sock" --bin-dir "$bin" --handler "$handler" --initdata "$initdata" --log-root "$dir/logs" --state-dir "$dir/vm"
   --containerd-dir "$dir")
 [ $keep -eq 1 ] && args+=(--keep)
-"$bin/coffer-demo" "${args[@]}"
+"$demo" "${args[@]}"
 
 printf '\nDone in %d s.' $(( $(date +%s) - started ))
 if [ $keep -eq 1 ]; then

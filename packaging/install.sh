@@ -15,8 +15,9 @@
 #                               (default /run/coffer)
 #   --containerd-config FILE  containerd's config (default /etc/containerd/config.toml)
 #   --containerd-version V    the containerd version to configure for (default: ask containerd)
-#   --bin-dir DIR             where the built binaries are (default: target/release, else
-#                               target/debug, of this checkout)
+#   --bin-dir DIR             where the built binaries are (default, of this checkout: the
+#                               node build of packaging/build-node.sh, else target/release,
+#                               else target/debug)
 #   --guest-dir DIR           the built guest image (default: target/guest of this checkout)
 #   --uninstall               undo the install recorded under PREFIX/share/coffer/install/
 #
@@ -119,9 +120,9 @@ fi
 # Install.
 
 if [ -z "$bin_dir" ]; then bin_dir=$(find_bin_dir); fi
-[ -n "$bin_dir" ] || die "no built containerd-shim-coffer-v2 and coffer under $repo/target; build them (cargo build --release -p coffer-shim) or pass --bin-dir"
+[ -n "$bin_dir" ] || die "no built containerd-shim-coffer-v2 and coffer under $repo/target; build them (packaging/build-node.sh) or pass --bin-dir"
 for b in containerd-shim-coffer-v2 coffer; do
-  [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found; build it (cargo build --release -p coffer-shim) or pass --bin-dir"
+  [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found; build it (packaging/build-node.sh) or pass --bin-dir"
 done
 guest_dir=${guest_dir:-$repo/target/guest}
 have_guest=1

@@ -18,11 +18,12 @@ die() { echo "${0##*/}: $*" >&2; exit 1; }
 note() { echo "${0##*/}: $*"; }
 warn() { echo "${0##*/}: warning: $*" >&2; }
 
-# find_bin_dir: the directory of this checkout's built containerd-shim-coffer-v2 and coffer
-# (target/release, else target/debug); prints nothing when neither holds both.
+# find_bin_dir: the directory of this checkout's built containerd-shim-coffer-v2 and coffer:
+# the node build (build-node.sh), else target/release, else target/debug; prints nothing when
+# none holds both.
 find_bin_dir() {
-  local cand
-  for cand in "$coffer_repo/target/release" "$coffer_repo/target/debug"; do
+  local cand t=${CARGO_TARGET_DIR:-$coffer_repo/target}
+  for cand in "$t/x86_64-unknown-linux-musl/node" "$t/node" "$t/release" "$t/debug"; do
     if [ -x "$cand/containerd-shim-coffer-v2" ] && [ -x "$cand/coffer" ]; then
       echo "$cand"
       return 0

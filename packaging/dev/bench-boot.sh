@@ -9,7 +9,9 @@
 #
 #   packaging/dev/bench-boot.sh [N] [K]  (as root; needs a built shim, CLI, coffer-boot,
 #                                         coffer-demo and guest image)
-# env: COFFER_BIN_DIR (default target/release, else target/debug), COFFER_GUEST_DIR (target/guest)
+# env: COFFER_BIN_DIR (coffer-boot, coffer-demo; default target/release, else target/debug),
+#      COFFER_NODE_BIN_DIR (the shim and CLI; default the node build of packaging/build-node.sh
+#      when there is one, else COFFER_BIN_DIR), COFFER_GUEST_DIR (target/guest)
 set -euo pipefail
 n=${1:-5}
 k=${2:-10}
@@ -19,17 +21,20 @@ if [ -z "$bin" ]; then
   bin=$repo/target/release
   [ -x "$bin/coffer-boot" ] || bin=$repo/target/debug
 fi
+node=${COFFER_NODE_BIN_DIR:-$repo/target/x86_64-unknown-linux-musl/node}
+[ -x "$node/containerd-shim-coffer-v2" ] || node=$bin
+echo "shim and CLI: $node"
 guest=${COFFER_GUEST_DIR:-$repo/target/guest}
 dir=$(mktemp -d /tmp/coffer-bench.XXXXXX)
 trap '"$repo/packaging/dev/down.sh" "$dir" >/dev/null 2>&1 || true' EXIT
 # rootfs = host: these figures are about the VM and the pod, not the image (guest pull has its
 # own benchmark in tests/tests/e2e_guest_pull.rs).
-sock=$(COFFER_ROOTFS=host COFFER_BIN_DIR=$bin COFFER_GUEST_DIR=$guest "$repo/packaging/dev/up.sh" "$dir" | tail -n 1)
+sock=$(COFFER_ROOTFS=host COFFER_BIN_DIR=$node COFFER_GUEST_DIR=$guest "$repo/packaging/dev/up.sh" "$dir" | tail -n 1)
 
 pvh=$dir/coffer/coffer-qemu.toml
 hello() { "$bin/coffer-boot" --config "$1" | sed -n 's/.*hello after \([0-9.]*\) s.*/\1/p'; }
 ready() {
-  "$bin/coffer-demo" --socket "$sock" --bin-dir "$bin" --log-root "$dir/logs" --state-dir "$dir/vm" \
+  "$bin/coffer-demo" --socket "$sock" --bin-dir "$node" --log-root "$dir/logs" --state-dir "$dir/vm" \
     --handler "$1" --name "bench-$1" --ready-only | sed -n 's/.* is ready after \([0-9.]*\) s/\1/p'
 }
 
@@ -46,7 +51,7 @@ kib_field() { awk -v f="$2:" '$1 == f {print $2}' "$1" 2>/dev/null; }
 before=$(mem_available)
 start=$(date +%s.%N)
 for i in $(seq 1 "$k"); do
-  "$bin/coffer-demo" --socket "$sock" --bin-dir "$bin" --log-root "$dir/logs" --state-dir "$dir/vm" \
+  "$bin/coffer-demo" --socket "$sock" --bin-dir "$node" --log-root "$dir/logs" --state-dir "$dir/vm" \
     --name "bench-$i" --keep > "$dir/pod-$i.out" 2>&1 &
 done
 wait

@@ -28,6 +28,11 @@ fi
 echo "==> building Coffer"
 cargo build --workspace --bins
 
+# The shim and CLI as a node gets them (static, musl); e2e_node_build.rs runs a pod on them.
+echo "==> building the node binaries (packaging/build-node.sh)"
+COFFER_NODE_BIN_DIR=$(packaging/build-node.sh | tail -n 1)
+export COFFER_NODE_BIN_DIR
+
 # The hostile-guest tests boot this in place of coffer-agent: static, as the guest has no libc.
 echo "==> building the hostile guest agent for the hostile-guest tests"
 RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \

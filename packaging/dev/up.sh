@@ -21,7 +21,8 @@
 #
 # usage: up.sh DIR
 # env:   COFFER_BIN_DIR    directory holding containerd-shim-coffer-v2 and coffer
-#                          (default: target/release, else target/debug, of this checkout;
+#                          (default: the node build of packaging/build-node.sh, else
+#                          target/release, else target/debug, of this checkout;
 #                          without coffer there, only runc is registered)
 #        COFFER_GUEST_DIR  guest image directory (vmlinuz, initrd.img; default target/guest)
 #        COFFER_ACCEL      override the coffer-qemu handler's accel (auto, kvm or tcg)

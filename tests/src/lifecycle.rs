@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Container, ContainerState, Cri, Driver, Pod};
+use crate::{Container, ContainerState, Cri, Driver, Pod, PrivateContainerd};
 
 /// Bound on waiting for a container's output to reach its log.
 pub const LOG_WAIT: Duration = Duration::from_secs(120);
@@ -144,5 +144,48 @@ pub fn assert_nothing_left(cri: &mut Cri) {
         cri.list_containers().expect("ListContainers"),
         Vec::<String>::new(),
         "containers left"
+    );
+}
+
+/// A coffer-qemu pod of `ctd` stopped and removed: its QEMU is gone, the shim left no state,
+/// and the CRI lists nothing.
+pub fn stop_and_assert_gone(ctd: &PrivateContainerd, cri: &mut Cri, running: &Running) {
+    stop_and_remove(cri, running);
+    assert_eq!(
+        ctd.vms(),
+        Vec::<u32>::new(),
+        "a QEMU process outlived its pod"
+    );
+    assert_eq!(
+        ctd.sandbox_state(),
+        Vec::<String>::new(),
+        "state left in {}",
+        ctd.coffer_state_dir().display()
+    );
+    assert_nothing_left(cri);
+}
+
+/// The pod has an address from up.sh's CNI network, and its container has it on eth0.
+pub fn assert_on_the_pod_network(ctd: &PrivateContainerd, cri: &mut Cri, running: &Running) {
+    let status = cri
+        .pod_sandbox_status(&running.pod_id)
+        .expect("PodSandboxStatus");
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    let subnet = ctd.up_env("SUBNET").expect("up.env");
+    assert!(
+        ip.starts_with(subnet.trim_end_matches("0/24")),
+        "pod address {ip:?} is not from up.sh's {subnet}"
+    );
+    let exec = cri
+        .exec_sync(
+            &running.container_id,
+            &["ip", "-o", "-4", "addr", "show", "eth0"],
+        )
+        .expect("ExecSync");
+    let out = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        exec.exit_code == 0 && out.contains(&format!("inet {ip}/24")),
+        "eth0 of the container lacks {ip}: {out}{}",
+        String::from_utf8_lossy(&exec.stderr)
     );
 }

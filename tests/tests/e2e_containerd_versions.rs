@@ -11,9 +11,9 @@
 
 use std::path::PathBuf;
 
-use coffer_tests::lifecycle::{self, Running};
+use coffer_tests::lifecycle;
 use coffer_tests::tools;
-use coffer_tests::{skip, Cri, Options, Pod, PrivateContainerd};
+use coffer_tests::{skip, Options, Pod, PrivateContainerd};
 
 /// A containerd version under test.
 struct Version {
@@ -105,31 +105,6 @@ fn start(v: &Version, bin: PathBuf, coffer: Option<(PathBuf, PathBuf)>) -> Priva
     ctd
 }
 
-/// The pod has an address from up.sh's CNI network, and its container has it on eth0.
-fn assert_on_the_pod_network(ctd: &PrivateContainerd, cri: &mut Cri, running: &Running) {
-    let status = cri
-        .pod_sandbox_status(&running.pod_id)
-        .expect("PodSandboxStatus");
-    let ip = status.network.map(|n| n.ip).unwrap_or_default();
-    let subnet = ctd.up_env("SUBNET").expect("up.env");
-    assert!(
-        ip.starts_with(subnet.trim_end_matches("0/24")),
-        "pod address {ip:?} is not from up.sh's {subnet}"
-    );
-    let exec = cri
-        .exec_sync(
-            &running.container_id,
-            &["ip", "-o", "-4", "addr", "show", "eth0"],
-        )
-        .expect("ExecSync");
-    let out = String::from_utf8_lossy(&exec.stdout);
-    assert!(
-        exec.exit_code == 0 && out.contains(&format!("inet {ip}/24")),
-        "eth0 of the container lacks {ip}: {out}{}",
-        String::from_utf8_lossy(&exec.stderr)
-    );
-}
-
 /// The busybox lifecycle on runc: proves the containerd, its config and images on their own.
 fn runc_smoke(v: &Version) {
     let Some(bin) = binary(v) else { return };
@@ -137,7 +112,7 @@ fn runc_smoke(v: &Version) {
     let mut cri = ctd.cri().expect("connect");
     let pod = Pod::new("runc-smoke", "runc", &ctd.log_root());
     let running = lifecycle::start_busybox(&mut cri, &pod);
-    assert_on_the_pod_network(&ctd, &mut cri, &running);
+    lifecycle::assert_on_the_pod_network(&ctd, &mut cri, &running);
     lifecycle::stop_and_remove(&mut cri, &running);
     lifecycle::assert_nothing_left(&mut cri);
 }
@@ -164,20 +139,8 @@ fn coffer_smoke(v: &Version) {
     let running = lifecycle::start_busybox(&mut cri, &pod);
     assert_eq!(ctd.vms().len(), 1, "expected exactly one VM for the pod");
     assert_eq!(ctd.sandbox_state(), vec![running.pod_id.clone()]);
-    assert_on_the_pod_network(&ctd, &mut cri, &running);
-    lifecycle::stop_and_remove(&mut cri, &running);
-    assert_eq!(
-        ctd.vms(),
-        Vec::<u32>::new(),
-        "a QEMU process outlived its pod"
-    );
-    assert_eq!(
-        ctd.sandbox_state(),
-        Vec::<String>::new(),
-        "state left in {}",
-        ctd.coffer_state_dir().display()
-    );
-    lifecycle::assert_nothing_left(&mut cri);
+    lifecycle::assert_on_the_pod_network(&ctd, &mut cri, &running);
+    lifecycle::stop_and_assert_gone(&ctd, &mut cri, &running);
 }
 
 #[test]

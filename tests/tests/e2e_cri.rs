@@ -235,7 +235,6 @@ fn inspect(coffer: &Coffer, ctd: &PrivateContainerd, id: &str) -> std::process::
         .expect("run coffer inspect")
 }
 
-/// The VMs (QEMU processes) belonging to this private containerd.
 /// The seed-initdata pod on coffer-qemu, with the annotation under `key`, through `driver`.
 fn seed_initdata_pod(
     ctd: &PrivateContainerd,

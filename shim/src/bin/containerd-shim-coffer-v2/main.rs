@@ -11,9 +11,11 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// One shim serves one pod, and there is one shim process per pod on the node: its memory is
 /// multiplied by the pod count. So the runtime is single-threaded (no worker threads, each with
 /// its own stack), blocking work goes to `spawn_blocking` threads that leave soon after, and
-/// glibc keeps a single malloc arena instead of one more per thread that ever allocated.
+/// the allocator keeps a single heap: musl's always does (the node build, packaging/build-node.sh);
+/// glibc is told to keep one malloc arena instead of one more per thread that ever allocated.
 fn main() -> ExitCode {
     // SAFETY: mallopt only sets a parameter of the allocator, and no other thread exists yet.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
