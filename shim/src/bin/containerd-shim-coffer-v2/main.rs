@@ -14,6 +14,19 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// the allocator keeps a single heap: musl's always does (the node build, packaging/build-node.sh);
 /// glibc is told to keep one malloc arena instead of one more per thread that ever allocated.
 fn main() -> ExitCode {
+    // As containerd's own shims answer it. The shim library would first want the environment
+    // containerd gives a shim, and fail without it.
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "-v" || a == "-version" || a == "--version")
+    {
+        println!(
+            "containerd-shim-coffer-v2:\n  Version:  {}\n  Runtime:  {}",
+            env!("CARGO_PKG_VERSION"),
+            coffer_shim::service::RUNTIME_TYPE
+        );
+        return ExitCode::SUCCESS;
+    }
     // SAFETY: mallopt only sets a parameter of the allocator, and no other thread exists yet.
     #[cfg(target_env = "gnu")]
     unsafe {
