@@ -1,7 +1,8 @@
 //! The guest's network: the NIC the host attached, configured as the pod's interface.
 //!
-//! The host sends the pod's interface (found here by its MAC), routes and static neighbours;
-//! each is applied with rtnetlink messages on a blocking netlink socket (the agent has no async
+//! The host sends the pod's interface (found here by its MAC, through `getifaddrs(3)`), routes
+//! and static neighbours (their devices found by name, through `if_nametoindex(3)`); each is
+//! applied with rtnetlink messages on a blocking netlink socket (the agent has no async
 //! runtime). Loopback is brought up at boot, whatever the pod's network.
 
 use std::net::IpAddr;
@@ -11,11 +12,10 @@ use std::time::Duration;
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::AddressMessage;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -122,35 +122,6 @@ impl Netlink {
         }
     }
 
-    fn links(&mut self) -> std::io::Result<Vec<LinkMessage>> {
-        let replies = self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l),
-                _ => None,
-            })
-            .collect())
-    }
-
-    fn link_index(&mut self, name: &str) -> Result<u32, GuestError> {
-        let links = self
-            .links()
-            .map_err(|e| failed("listing the guest's interfaces", e))?;
-        links
-            .iter()
-            .find(|l| {
-                l.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
-            })
-            .map(|l| l.header.index)
-            .ok_or_else(|| invalid(format!("the guest has no interface named {name:?}")))
-    }
-
     fn set_link(&mut self, message: LinkMessage) -> std::io::Result<()> {
         self.request(RouteNetlinkMessage::SetLink(message), NLM_F_ACK)
             .map(drop)
@@ -177,27 +148,16 @@ pub fn update_interface(iface: &Interface) -> Result<(), GuestError> {
     if !(68..=65535).contains(&iface.mtu) {
         return Err(invalid(format!("MTU {} is out of range", iface.mtu)));
     }
+    let index = index_of_mac(mac)?.ok_or_else(|| {
+        GuestError::new(
+            ErrorKind::NotFound,
+            format!(
+                "the guest has no NIC with MAC {}; the VM was started without the pod's network device",
+                iface.hw_addr
+            ),
+        )
+    })?;
     let mut nl = Netlink::open().map_err(|e| failed("opening a netlink socket", e))?;
-    let links = nl
-        .links()
-        .map_err(|e| failed("listing the guest's interfaces", e))?;
-    let index = links
-        .iter()
-        .find(|l| {
-            l.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Address(m) if m.as_slice() == mac))
-        })
-        .map(|l| l.header.index)
-        .ok_or_else(|| {
-            GuestError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the guest has no NIC with MAC {}; the VM was started without the pod's network device",
-                    iface.hw_addr
-                ),
-            )
-        })?;
     // A link is renamed while it is down.
     nl.set_link(LinkUnspec::new_with_index(index).down().build())
         .map_err(|e| failed("setting the NIC down", e))?;
@@ -218,6 +178,31 @@ pub fn update_interface(iface: &Interface) -> Result<(), GuestError> {
     }
     nl.set_link(LinkUnspec::new_with_index(index).up().build())
         .map_err(|e| failed(&format!("bringing {} up", iface.name), e))
+}
+
+/// The index of the interface whose MAC is `mac`, from the link-layer entries of
+/// `getifaddrs(3)`.
+fn index_of_mac(mac: [u8; 6]) -> Result<Option<u32>, GuestError> {
+    let interfaces = nix::ifaddrs::getifaddrs()
+        .map_err(|e| failed("listing the guest's interfaces", e.into()))?;
+    for i in interfaces {
+        let Some(link) = i.address.as_ref().and_then(|a| a.as_link_addr()) else {
+            continue;
+        };
+        if link.addr() == Some(mac) {
+            return Ok(u32::try_from(link.ifindex()).ok());
+        }
+    }
+    Ok(None)
+}
+
+/// The index of the interface named `name` (`if_nametoindex(3)`).
+fn link_index(name: &str) -> Result<u32, GuestError> {
+    check_name(name)?;
+    nix::net::if_::if_nametoindex(name).map_err(|e| match e {
+        nix::errno::Errno::ENODEV => invalid(format!("the guest has no interface named {name:?}")),
+        e => failed(&format!("looking up the interface {name:?}"), e.into()),
+    })
 }
 
 fn check_name(name: &str) -> Result<(), GuestError> {
@@ -264,7 +249,7 @@ pub fn update_routes(routes: &[Route]) -> Result<(), GuestError> {
     }
     let mut nl = Netlink::open().map_err(|e| failed("opening a netlink socket", e))?;
     for r in routes {
-        let index = nl.link_index(&r.device)?;
+        let index = link_index(&r.device)?;
         let bad = |e| invalid::<String>(format!("route {}: {e}", describe(r)));
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .output_interface(index)
@@ -330,7 +315,7 @@ pub fn add_neighbors(neighbors: &[ArpNeighbor]) -> Result<(), GuestError> {
     for n in neighbors {
         let mac = parse_mac(&n.lladdr)
             .ok_or_else(|| invalid(format!("neighbour MAC {:?} is not valid", n.lladdr)))?;
-        let index = nl.link_index(&n.device)?;
+        let index = link_index(&n.device)?;
         let mut m = NeighbourMessage::default();
         m.header.family = match n.address {
             IpAddr::V4(_) => AddressFamily::Inet,
