@@ -44,7 +44,17 @@ for i in $(seq 1 "$n"); do
   b=$(ready coffer-qemu)
   c=$(ready runc)
   printf '%3d  %13s  %18s  %16s\n' "$i" "$a" "$b" "$c"
+  echo "$a $b $c" >> "$dir/rows"
 done
+# Medians of each column, and the pod's ratio to the floor two ways: of the medians, and the
+# median of each row's own ratio (a row's pod and floor ran back to back, under the same load).
+median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+column() { awk -v c="$1" 'NF == 3 && $c + 0 > 0 {print $c}' "$dir/rows"; }
+mf=$(column 1 | median); mp=$(column 2 | median); mr=$(column 3 | median)
+rr=$(awk 'NF == 3 && $1 + 0 > 0 && $2 + 0 > 0 {print $2 / $1}' "$dir/rows" | median)
+printf 'median  %11s  %18s  %16s\n' "$mf" "$mp" "$mr"
+printf 'pod ready / floor: %.2f x (of the medians), %.2f x (median of the rows)\n' \
+  "$(awk -v p="$mp" -v f="$mf" 'BEGIN {print p / f}')" "$rr"
 
 mem_available() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
 kib_field() { awk -v f="$2:" '$1 == f {print $2}' "$1" 2>/dev/null; }
