@@ -92,8 +92,9 @@ fn in_namespace(netns: &Path, tap: bool) -> Result<(Handle, Option<OwnedFd>)> {
     Ok((handle, tap))
 }
 
-/// Creates a TAP (no packet information header) in the calling thread's namespace.
-fn open_tap() -> Result<OwnedFd> {
+/// Creates a TAP (no packet information header) named [`TAP_NAME`] in the calling thread's
+/// network namespace. The device lives as long as the descriptor.
+pub fn open_tap() -> Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

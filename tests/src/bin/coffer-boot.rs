@@ -4,18 +4,24 @@
 //!
 //! ```text
 //! coffer-boot --config /etc/coffer/coffer-qemu.toml [--runs N] [--initdata FILE] [--settle SECS]
-//!             [--console]
+//!             [--console] [--no-nic]
 //! ```
+//!
+//! The VM gets the devices a pod's VM gets: the Init-Data disk, the 9p share (empty) and a NIC,
+//! backed by a TAP in a network namespace of its own that goes with the run. The guest is given
+//! no address: configuring the pod's network is the pod's part, not the floor's. `--no-nic`
+//! leaves the NIC out (the floor as it was measured before pods had a network).
 //!
 //! Prints one line per run (`run N: hello after S s, QEMU PSS M MiB`, the PSS read once the
 //! guest has idled for `--settle` seconds, default 2) and needs root only where QEMU does.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use coffer_agent::protocol::client::AgentClient;
-use coffer_hypervisor::{HostCapabilities, LaunchPlan, Vm, VmResources};
+use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, Vm, VmResources};
 use coffer_initdata::InitData;
 use coffer_shim::config::Config;
 use coffer_tests::tools;
@@ -28,11 +34,13 @@ struct Args {
     settle: Duration,
     /// Print each run's guest console to stderr.
     console: bool,
+    /// Give the VM a NIC, as a pod's VM has.
+    nic: bool,
 }
 
 fn usage() -> String {
     "usage: coffer-boot --config HANDLER.toml [--runs N] [--initdata FILE] [--settle SECS] \
-     [--console]"
+     [--console] [--no-nic]"
         .into()
 }
 
@@ -40,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
     let mut config = None;
     let mut runs = 1;
     let mut console = false;
+    let mut nic = true;
     let mut settle = Duration::from_secs(2);
     let mut initdata = tools::seed_initdata();
     let mut it = std::env::args().skip(1);
@@ -65,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--settle {v:?} is not a number of seconds"))?;
             }
             "--console" => console = true,
+            "--no-nic" => nic = false,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -75,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         initdata,
         settle,
         console,
+        nic,
     })
 }
 
@@ -98,14 +109,39 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// A TAP for the VM's NIC, made in a new network namespace (on a thread of its own, which
+/// ends there): nothing appears on the host's network, and the namespace goes when the
+/// descriptor is closed.
+fn isolated_tap() -> Result<OwnedFd, String> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot make a network namespace for the NIC: {e}"))?;
+        coffer_shim::network::open_tap().map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread making the TAP panicked".to_string())?
+}
+
+/// The guest NIC's MAC: locally administered, as a pod's veth has.
+const NIC_MAC: &str = "02:42:0a:58:00:02";
+
 /// One boot: spawn, hello, a short idle, stop.
 async fn boot_once(config: &Config, doc: &InitData, args: &Args) -> Result<Boot, String> {
     let dir = tempfile::Builder::new()
         .prefix("cb")
         .tempdir_in("/tmp")
         .map_err(|e| format!("cannot make a state directory: {e}"))?;
-    // The same devices a pod's VM has: the Init-Data disk and the (here empty) 9p share.
-    let resources = VmResources::in_dir(dir.path());
+    // The same devices a pod's VM has: the Init-Data disk, the (here empty) 9p share and a NIC.
+    let mut resources = VmResources::in_dir(dir.path());
+    let tap = if args.nic {
+        Some(isolated_tap()?)
+    } else {
+        None
+    };
+    resources.nic = tap.as_ref().map(|t| Nic {
+        tap_fd: t.as_raw_fd(),
+        mac: NIC_MAC.into(),
+    });
     if let Some(share) = &resources.share_dir {
         std::fs::create_dir(share)
             .map_err(|e| format!("cannot create {}: {e}", share.display()))?;
@@ -124,6 +160,8 @@ async fn boot_once(config: &Config, doc: &InitData, args: &Args) -> Result<Boot,
     let mut vm = Vm::spawn(&plan, &resources)
         .await
         .map_err(|e| e.to_string())?;
+    // QEMU holds the TAP now.
+    drop(tap);
     let hello = AgentClient::connect(&resources.agent_socket, config.agent_timeout()).await;
     let took = start.elapsed();
     let pss = if hello.is_ok() {
