@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Boot timings side by side, interleaved in one run so that the machine's load hits every column
 # alike: the coffer-qemu handler's VM, with a pod VM's devices and NIC, launched bare until the
-# agent's hello (coffer-boot: the floor), the Init-Data example as a pod through the CRI on a private containerd until it is
-# ready (coffer-demo), and the same pod on the runc handler.
+# agent's hello (coffer-boot: the floor), the Init-Data example as a pod through the CRI on a
+# private containerd until it is ready (coffer-demo), and the same pod on the runc handler.
 #
 # Then K pods at once (default 10), kept running: the time until all are ready, each shim's RSS,
 # each QEMU's PSS once idle, and the host memory they take together.
