@@ -45,6 +45,32 @@ impl HypervisorKind {
     }
 }
 
+/// The QEMU machine a plain (TEE `none`) guest runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Machine {
+    /// A PC with PCI Express and ACPI (`-machine q35`): what TDX and SEV-SNP guests run on, and
+    /// what any x86 guest kernel boots.
+    #[default]
+    Q35,
+    /// QEMU's minimal machine (`-machine microvm,acpi=off`): no PCI and no ACPI; the virtio
+    /// devices sit on virtio-mmio and QEMU names them on the kernel command line (the kernel
+    /// needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`). The guest kernel skips enumerating ACPI and
+    /// PCI, about a fifth of its boot under TCG. With no ACPI there is no power button: the
+    /// guest stops when its agent is asked to, and QEMU `quit` ends it otherwise.
+    Microvm,
+}
+
+impl Machine {
+    /// The name in the handler configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
 /// [`VmConfig::tcg_cache_mib`] by default: room for what a guest boot translates (about
 /// 43 MiB with the image's kernel and agent), so that the boot never refills it. A pod's first
 /// container takes its guest to ~54 MiB: at 48 the cache is refilled once then, which costs that
@@ -61,6 +87,8 @@ pub struct VmConfig {
     pub path: Option<PathBuf>,
     /// `auto` (default), `kvm` or `tcg`. Used for TEE `none`; TDX and SNP always need KVM.
     pub accel: Accel,
+    /// `q35` (default) or `microvm`, for TEE `none` on QEMU; TDX and SNP guests need `q35`.
+    pub machine: Machine,
     /// The guest kernel: a bzImage (`vmlinuz`), which every firmware boots, or for TEE `none`
     /// the uncompressed ELF (`vmlinux`), which QEMU starts through its PVH entry point.
     pub kernel: PathBuf,
@@ -108,6 +136,7 @@ impl Default for VmConfig {
             hypervisor: HypervisorKind::Qemu,
             path: None,
             accel: Accel::Auto,
+            machine: Machine::Q35,
             kernel: guest.join("vmlinuz"),
             initrd: guest.join("initrd.img"),
             firmware: None,
@@ -237,9 +266,18 @@ mod tests {
         assert_eq!(h.vm.hypervisor, HypervisorKind::CloudHypervisor);
         assert_eq!(h.vm.program(), PathBuf::from("cloud-hypervisor"));
         assert_eq!(h.vm.accel, Accel::Tcg);
+        assert_eq!(h.vm.machine, Machine::Q35);
         assert_eq!(h.vm.vcpus, 2);
         assert_eq!(h.vm.snp.cbitpos, Some(51));
         assert_eq!(h.vm.snp.reduced_phys_bits, 1);
+    }
+
+    #[test]
+    fn the_machine_is_named_in_kebab_case() {
+        let c: VmConfig = toml::from_str("machine = \"microvm\"\n").unwrap();
+        assert_eq!(c.machine, Machine::Microvm);
+        let e = toml::from_str::<VmConfig>("machine = \"pc\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `pc`"), "{e}");
     }
 
     #[test]

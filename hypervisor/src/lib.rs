@@ -30,7 +30,7 @@ mod tee;
 pub mod uapi;
 mod vm;
 
-pub use config::{HypervisorKind, SnpConfig, TdxConfig, VmConfig};
+pub use config::{HypervisorKind, Machine, SnpConfig, TdxConfig, VmConfig};
 pub use error::{Error, Result};
 pub use plan::{LaunchPlan, Nic, RunAs, VmResources, QEMU_DIR, TAP_FD};
 pub use probe::{HostCapabilities, Support};

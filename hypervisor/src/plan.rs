@@ -18,7 +18,7 @@ use coffer_contract::{KernelParams, AGENT_PORT_NAME, INITDATA_DISK_SERIAL, SHARE
 use coffer_initdata::{Digest, TeeField};
 use serde::Serialize;
 
-use crate::config::{HypervisorKind, VmConfig};
+use crate::config::{HypervisorKind, Machine, VmConfig};
 use crate::probe::HostCapabilities;
 use crate::{Accel, Error, Result, Tee};
 
@@ -158,6 +158,9 @@ pub struct LaunchPlan {
     /// host the whole 2 MiB around it: an idle guest's RAM took 58 MiB with them and 50 MiB
     /// without. Off (`PR_SET_THP_DISABLE` before exec) for TCG, on otherwise.
     pub transparent_huge_pages: bool,
+    /// Whether the guest has an ACPI power button, which QMP `system_powerdown` presses (see
+    /// [`crate::Vm::stop`]). A `microvm` guest has none.
+    pub power_button: bool,
 }
 
 impl LaunchPlan {
@@ -173,6 +176,12 @@ impl LaunchPlan {
         resources: &VmResources,
     ) -> Result<LaunchPlan> {
         check_config(config)?;
+        if tee != Tee::None && config.machine != Machine::Q35 {
+            return Err(Error::InvalidConfig(format!(
+                "machine = \"{}\" cannot run a {tee} guest; TDX and SEV-SNP guests need q35",
+                config.machine.as_str()
+            )));
+        }
         let support = host.tee(tee);
         if !support.available {
             return Err(Error::TeeUnavailable {
@@ -233,6 +242,9 @@ impl LaunchPlan {
             args,
             hypervisor: config.hypervisor,
             transparent_huge_pages: accel != Accel::Tcg,
+            power_button: config.hypervisor != HypervisorKind::Qemu
+                || tee != Tee::None
+                || config.machine == Machine::Q35,
         })
     }
 }
@@ -308,6 +320,11 @@ pub const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check noapictimer \
 /// at boot is fragmented: this returns about 5 MiB more of it to the host.
 pub const TCG_REPORTING_PARAMS: &str = "page_reporting.page_reporting_order=7";
 
+/// On a `microvm` (no ACPI) the guest cannot power off: its agent resets it instead, which ends
+/// the VM as QEMU runs with `-no-reboot`. A triple fault resets at once, where the kernel's
+/// default would first try ACPI and a keyboard controller the machine does not have.
+pub const MICROVM_PARAMS: &str = "reboot=t";
+
 fn kernel_cmdline(config: &VmConfig, tee: Tee, accel: Accel, digest: Option<&Digest>) -> String {
     let params = KernelParams {
         tee,
@@ -318,6 +335,10 @@ fn kernel_cmdline(config: &VmConfig, tee: Tee, accel: Accel, digest: Option<&Dig
     if tee == Tee::None {
         cmdline.push(' ');
         cmdline.push_str(FAST_BOOT_PARAMS);
+        if config.machine == Machine::Microvm {
+            cmdline.push(' ');
+            cmdline.push_str(MICROVM_PARAMS);
+        }
         if accel == Accel::Tcg {
             cmdline.push(' ');
             cmdline.push_str(TCG_REPORTING_PARAMS);
@@ -356,6 +377,15 @@ fn qemu_args(
 ) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
+    // A virtio device on the machine's transport: PCI, or virtio-mmio on a microvm.
+    let mmio = tee == Tee::None && config.machine == Machine::Microvm;
+    let virtio = |kind: &str| {
+        if mmio {
+            format!("virtio-{kind}-device")
+        } else {
+            format!("virtio-{kind}-pci")
+        }
+    };
 
     push(&[
         "-nodefaults",
@@ -376,7 +406,13 @@ fn qemu_args(
                 (Accel::Tcg, mib) if mib > 0 => format!("tcg,tb-size={mib}"),
                 _ => accel.as_str().to_owned(),
             };
-            push(&["-machine", "q35", "-accel", &accel_arg]);
+            let machine = match config.machine {
+                Machine::Q35 => "q35",
+                // No ACPI: QEMU then lists the virtio-mmio devices on the kernel command line.
+                // The RTC gives the guest the wall-clock time (image pulls check certificates).
+                Machine::Microvm => "microvm,acpi=off,rtc=on",
+            };
+            push(&["-machine", machine, "-accel", &accel_arg]);
             push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
         }
         Tee::Tdx => {
@@ -468,7 +504,7 @@ fn qemu_args(
     ]);
     push(&[
         "-device",
-        "virtio-serial-pci,id=vser0",
+        &format!("{},id=vser0", virtio("serial")),
         "-chardev",
         &format!(
             "socket,id=agent,path={},server=on,wait=off",
@@ -484,7 +520,7 @@ fn qemu_args(
         // host's to reclaim this way.
         push(&[
             "-device",
-            "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+            &format!("{},id=balloon0,free-page-reporting=on", virtio("balloon")),
         ]);
     }
     if let Some(share) = &res.share_dir {
@@ -495,7 +531,7 @@ fn qemu_args(
                 qemu_path("share", share)?
             ),
             "-device",
-            &format!("virtio-9p-pci,fsdev=share,mount_tag={SHARE_MOUNT_TAG}"),
+            &format!("{},fsdev=share,mount_tag={SHARE_MOUNT_TAG}", virtio("9p")),
         ]);
     }
     if let Some(nic) = &res.nic {
@@ -505,7 +541,12 @@ fn qemu_args(
             &format!("tap,id=net0,fd={TAP_FD}"),
             "-device",
             // No option ROM: the guest never boots from the network.
-            &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac),
+            &format!(
+                "{},netdev=net0,mac={}{}",
+                virtio("net"),
+                nic.mac,
+                if mmio { "" } else { ",romfile=" }
+            ),
         ]);
     }
     if let Some(image) = initdata_image {
@@ -516,7 +557,10 @@ fn qemu_args(
                 qemu_path("Init-Data image", image)?
             ),
             "-device",
-            &format!("virtio-blk-pci,drive=initdata,serial={INITDATA_DISK_SERIAL}"),
+            &format!(
+                "{},drive=initdata,serial={INITDATA_DISK_SERIAL}",
+                virtio("blk")
+            ),
         ]);
     }
     Ok(a)

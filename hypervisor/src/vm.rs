@@ -39,6 +39,8 @@ pub struct Vm {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_task: Option<JoinHandle<()>>,
     exit: Option<VmExit>,
+    /// Whether QMP `system_powerdown` reaches the guest ([`LaunchPlan::power_button`]).
+    power_button: bool,
 }
 
 /// `query-status`: QEMU's run state.
@@ -53,7 +55,8 @@ pub struct VmStatus {
 /// Which step of [`Vm::stop`] ended the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopStep {
-    /// The guest powered off after an ACPI power button press.
+    /// The guest powered off after an ACPI power button press (skipped for a guest without
+    /// one).
     Powerdown,
     /// QEMU quit on QMP `quit`.
     Quit,
@@ -79,15 +82,14 @@ impl fmt::Display for VmExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let why = match (self.stopped_by, self.shutdown_reason.as_deref()) {
             (Some(StopStep::Powerdown), _) => "the guest powered off on request".to_string(),
-            (Some(StopStep::Quit), _) => {
-                "stopped with QMP quit after the guest ignored the powerdown request".to_string()
-            }
+            (Some(StopStep::Quit), _) => "stopped with QMP quit".to_string(),
             (Some(StopStep::Kill), _) => {
                 "killed after powerdown and quit had no effect".to_string()
             }
             (None, Some("guest-shutdown")) => "the guest powered off".to_string(),
             (None, Some("guest-reset")) => {
-                "the guest rebooted, which ends the VM (a kernel panic does this with panic=-1)"
+                "the guest reset, which ends the VM (a guest without ACPI powers off this way; \
+                 a kernel panic resets with panic=-1)"
                     .to_string()
             }
             (None, Some("guest-panic")) => "the guest panicked".to_string(),
@@ -214,6 +216,7 @@ impl Vm {
             stderr,
             stderr_task,
             exit: None,
+            power_button: plan.power_button,
         };
         match vm.start(resources).await {
             Ok(()) => Ok(vm),
@@ -321,6 +324,11 @@ impl Vm {
         self.pid
     }
 
+    /// Whether QMP `system_powerdown` reaches the guest ([`LaunchPlan::power_button`]).
+    pub fn has_power_button(&self) -> bool {
+        self.power_button
+    }
+
     /// Asks QEMU for its run state.
     pub async fn status(&mut self) -> Result<VmStatus> {
         let qmp = self
@@ -332,16 +340,18 @@ impl Vm {
             .map_err(|e| Error::Qmp(format!("unexpected query-status answer: {e}")))
     }
 
-    /// Stops the VM: ACPI powerdown, then QMP `quit`, each given `grace` to take effect, then
-    /// SIGKILL. Always reaps QEMU.
+    /// Stops the VM: ACPI powerdown (when the guest has a power button), then QMP `quit`, each
+    /// given `grace` to take effect, then SIGKILL. Always reaps QEMU.
     pub async fn stop(&mut self, grace: Duration) -> Result<VmExit> {
         if let Some(exit) = &self.exit {
             return Ok(exit.clone());
         }
-        for (step, command) in [
+        let steps = [
             (StopStep::Powerdown, "system_powerdown"),
             (StopStep::Quit, "quit"),
-        ] {
+        ];
+        let first = usize::from(!self.power_button);
+        for (step, command) in steps.into_iter().skip(first) {
             if let Some(qmp) = self.qmp.as_mut() {
                 // `quit` may close the socket before answering; the wait below tells.
                 if let Err(e) = qmp.execute(command, None).await {
@@ -369,6 +379,17 @@ impl Vm {
             source: std::io::Error::other("wait failed after SIGKILL"),
         })?;
         Ok(self.finish(status, Some(StopStep::Kill)).await)
+    }
+
+    /// Waits at most `limit` for the VM to end on its own: `None` if it still runs.
+    pub async fn wait_for(&mut self, limit: Duration) -> Result<Option<VmExit>> {
+        if let Some(exit) = &self.exit {
+            return Ok(Some(exit.clone()));
+        }
+        match self.wait_exit(Some(limit)).await? {
+            Some(status) => Ok(Some(self.finish(status, None).await)),
+            None => Ok(None),
+        }
     }
 
     /// Waits until the VM ends on its own (the guest powers off, reboots or QEMU dies).

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use coffer_hypervisor::{
-    Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Nic, Support, Tee, VmConfig,
-    VmResources,
+    Accel, Error, HostCapabilities, HypervisorKind, LaunchPlan, Machine, Nic, Support, Tee,
+    VmConfig, VmResources,
 };
 use coffer_initdata::Digest;
 
@@ -226,6 +226,58 @@ fn none_boots_through_the_configured_firmware() {
     assert!(!plan.args.iter().any(|a| a == "-bios"), "{plan}");
 }
 
+/// A microvm: the same devices on virtio-mmio, no ACPI (so no power button), and a kernel that
+/// resets at once when its agent stops it.
+#[test]
+fn a_microvm_puts_every_device_on_virtio_mmio() {
+    let mut c = config();
+    c.machine = Machine::Microvm;
+    let mut res = resources();
+    res.nic = Some(Nic {
+        tap_fd: 17,
+        mac: "0a:58:0a:58:00:05".into(),
+    });
+    let host = capable_host(false);
+    let plan = LaunchPlan::build(&c, Tee::None, &host, Some(&digest()), &res).unwrap();
+    assert!(!plan.power_button);
+    let pci = LaunchPlan::build(&config(), Tee::None, &host, Some(&digest()), &res).unwrap();
+    assert!(pci.power_button);
+    // Word for word the q35 plan, but for the machine, the devices' transport, the NIC's option
+    // ROM (a PCI notion) and the reset.
+    let expected: Vec<String> = pci
+        .args
+        .iter()
+        .map(|a| {
+            if a == "q35" {
+                "microvm,acpi=off,rtc=on".to_string()
+            } else if a.starts_with("console=") {
+                a.replace(
+                    " page_reporting.",
+                    &format!(" {} page_reporting.", coffer_hypervisor::plan::MICROVM_PARAMS),
+                )
+            } else {
+                a.replace("-pci,", "-device,").replace(",romfile=", "")
+            }
+        })
+        .collect();
+    assert_eq!(plan.args, expected);
+    assert!(
+        plan.args.contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:05".to_string()),
+        "{plan}"
+    );
+    assert!(!plan.to_string().contains("pci,"), "{plan}");
+
+    // TDX and SNP guests run on q35 only.
+    for tee in [Tee::Tdx, Tee::Snp] {
+        let e = LaunchPlan::build(&c, tee, &host, Some(&digest()), &res).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot run a") && e.to_string().contains("guests need q35"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn accel_follows_the_probe_and_the_configuration() {
     let accel_of = |c: &VmConfig, kvm: bool| {
@@ -444,7 +496,8 @@ fn prints_as_json_and_as_a_shell_line() {
     assert_eq!(json["program"], "qemu-system-x86_64");
     assert_eq!(json["args"].as_array().unwrap().len(), plan.args.len());
     assert_eq!(json["transparent_huge_pages"], false);
-    assert_eq!(json.as_object().unwrap().len(), 3);
+    assert_eq!(json["power_button"], true);
+    assert_eq!(json.as_object().unwrap().len(), 4);
 
     let line = plan.to_string();
     assert!(line.starts_with("qemu-system-x86_64 -nodefaults -no-user-config -display none"));

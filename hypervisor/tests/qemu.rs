@@ -76,6 +76,7 @@ fn object_only_plan(object: &str) -> LaunchPlan {
         .collect(),
         hypervisor: HypervisorKind::Qemu,
         transparent_huge_pages: true,
+        power_button: true,
     }
 }
 

@@ -444,6 +444,13 @@ impl RunningVm {
                 return self.kill().await;
             }
         }
+        if !self.vm.has_power_button() {
+            // The agent's shutdown is the only one such a guest has: give it the time the
+            // power button would get, rather than quitting QEMU under it at once.
+            if let Err(e) = self.vm.wait_for(STOP_GRACE).await {
+                tracing::debug!(sandbox = %self.id, error = %e, "waiting for the guest to stop");
+            }
+        }
         let exit = match self.vm.stop(STOP_GRACE).await {
             Ok(exit) => {
                 tracing::info!(sandbox = %self.id, exit = %exit, "sandbox VM stopped");

@@ -210,7 +210,11 @@ const POWER_BUTTON: &str = "Power Button";
 /// button's input device (no `button`/`evdev` modules) the host's fallback (QMP quit) applies.
 pub fn watch_power_button() {
     let Some(dev) = find_power_button(Path::new("/sys/class/input")) else {
-        log("no ACPI power button input device; a powerdown request from the host will be ignored");
+        if Path::new("/sys/firmware/acpi").exists() {
+            log("no ACPI power button input device; a powerdown request from the host will be ignored");
+        } else {
+            log("no ACPI (a microvm), so no power button: the host stops this VM through the agent");
+        }
         return;
     };
     std::thread::spawn(move || {
@@ -300,7 +304,14 @@ pub fn power_off() -> ! {
     // guest's state is thrown away with the VM.
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::SIGKILL);
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Without ACPI (a microvm) the kernel cannot power off, only halt, and a halted guest
+    // leaves QEMU running: reset instead, which ends the VM as QEMU runs with -no-reboot.
+    let mode = if Path::new("/sys/firmware/acpi").exists() {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    } else {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    };
+    let _ = nix::sys::reboot::reboot(mode);
     // reboot(2) does not return on success; PID 1 must not exit either way.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
