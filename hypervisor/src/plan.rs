@@ -320,10 +320,17 @@ pub const FAST_BOOT_PARAMS: &str = "tsc=reliable no_timer_check noapictimer \
 /// at boot is fragmented: this returns about 5 MiB more of it to the host.
 pub const TCG_REPORTING_PARAMS: &str = "page_reporting.page_reporting_order=7";
 
-/// On a `microvm` (no ACPI) the guest cannot power off: its agent resets it instead, which ends
+/// On a `microvm` the kernel looks for neither ACPI tables nor a PCI bus, which the machine does
+/// not have. With no ACPI the guest cannot power off: its agent resets it instead, which ends
 /// the VM as QEMU runs with `-no-reboot`. A triple fault resets at once, where the kernel's
-/// default would first try ACPI and a keyboard controller the machine does not have.
-pub const MICROVM_PARAMS: &str = "reboot=t";
+/// default would first try ACPI and a keyboard controller the machine does not have either.
+pub const MICROVM_PARAMS: &str = "acpi=off pci=off reboot=t";
+
+/// The microvm's virtio-mmio transports the plan puts devices on, in order. Without ACPI QEMU
+/// makes eight, transport N on legacy interrupt 5 + N, and fills them from the last one: a
+/// fifth device would land on transport 3, interrupt 8, the RTC's, and the guest's RTC driver
+/// would then fail to probe (no wall-clock time). Transport 3 is left out.
+const MICROVM_VIRTIO_SLOTS: [u8; 7] = [7, 6, 5, 4, 2, 1, 0];
 
 fn kernel_cmdline(config: &VmConfig, tee: Tee, accel: Accel, digest: Option<&Digest>) -> String {
     let params = KernelParams {
@@ -379,12 +386,18 @@ fn qemu_args(
     let mut push = |words: &[&str]| a.extend(words.iter().map(|w| w.to_string()));
     // A virtio device on the machine's transport: PCI, or virtio-mmio on a microvm.
     let mmio = tee == Tee::None && config.machine == Machine::Microvm;
-    let virtio = |kind: &str| {
-        if mmio {
-            format!("virtio-{kind}-device")
-        } else {
-            format!("virtio-{kind}-pci")
+    let mut mmio_slots = MICROVM_VIRTIO_SLOTS.iter();
+    let mut virtio = |kind: &str| -> Result<String> {
+        if !mmio {
+            return Ok(format!("virtio-{kind}-pci"));
         }
+        let slot = mmio_slots.next().ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "a microvm has room for {} virtio devices; use machine = \"q35\"",
+                MICROVM_VIRTIO_SLOTS.len()
+            ))
+        })?;
+        Ok(format!("virtio-{kind}-device,bus=virtio-mmio-bus.{slot}"))
     };
 
     push(&[
@@ -504,7 +517,7 @@ fn qemu_args(
     ]);
     push(&[
         "-device",
-        &format!("{},id=vser0", virtio("serial")),
+        &format!("{},id=vser0", virtio("serial")?),
         "-chardev",
         &format!(
             "socket,id=agent,path={},server=on,wait=off",
@@ -520,7 +533,7 @@ fn qemu_args(
         // host's to reclaim this way.
         push(&[
             "-device",
-            &format!("{},id=balloon0,free-page-reporting=on", virtio("balloon")),
+            &format!("{},id=balloon0,free-page-reporting=on", virtio("balloon")?),
         ]);
     }
     if let Some(share) = &res.share_dir {
@@ -531,7 +544,7 @@ fn qemu_args(
                 qemu_path("share", share)?
             ),
             "-device",
-            &format!("{},fsdev=share,mount_tag={SHARE_MOUNT_TAG}", virtio("9p")),
+            &format!("{},fsdev=share,mount_tag={SHARE_MOUNT_TAG}", virtio("9p")?),
         ]);
     }
     if let Some(nic) = &res.nic {
@@ -543,7 +556,7 @@ fn qemu_args(
             // No option ROM: the guest never boots from the network.
             &format!(
                 "{},netdev=net0,mac={}{}",
-                virtio("net"),
+                virtio("net")?,
                 nic.mac,
                 if mmio { "" } else { ",romfile=" }
             ),
@@ -559,7 +572,7 @@ fn qemu_args(
             "-device",
             &format!(
                 "{},drive=initdata,serial={INITDATA_DISK_SERIAL}",
-                virtio("blk")
+                virtio("blk")?
             ),
         ]);
     }

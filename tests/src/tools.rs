@@ -1,6 +1,7 @@
 //! Where the things under test are: the workspace, the Coffer binaries, the guest image, the
 //! packaging scripts; and the `coffer` CLI calls the scenarios check against.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -321,4 +322,17 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A TAP for the VM's NIC, made in a new network namespace (on a thread of its own, which
+/// ends there): nothing appears on the host's network, and the namespace goes when the
+/// descriptor is closed.
+pub fn isolated_tap() -> Result<OwnedFd, String> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot make a network namespace for the NIC: {e}"))?;
+        coffer_shim::network::open_tap().map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread making the TAP panicked".to_string())?
 }

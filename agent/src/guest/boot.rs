@@ -213,7 +213,9 @@ pub fn watch_power_button() {
         if Path::new("/sys/firmware/acpi").exists() {
             log("no ACPI power button input device; a powerdown request from the host will be ignored");
         } else {
-            log("no ACPI (a microvm), so no power button: the host stops this VM through the agent");
+            log(
+                "no ACPI (a microvm), so no power button: the host stops this VM through the agent",
+            );
         }
         return;
     };

@@ -109,19 +109,6 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A TAP for the VM's NIC, made in a new network namespace (on a thread of its own, which
-/// ends there): nothing appears on the host's network, and the namespace goes when the
-/// descriptor is closed.
-fn isolated_tap() -> Result<OwnedFd, String> {
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot make a network namespace for the NIC: {e}"))?;
-        coffer_shim::network::open_tap().map_err(|e| e.to_string())
-    })
-    .join()
-    .map_err(|_| "the thread making the TAP panicked".to_string())?
-}
-
 /// The guest NIC's MAC: locally administered, as a pod's veth has.
 const NIC_MAC: &str = "02:42:0a:58:00:02";
 
@@ -134,7 +121,7 @@ async fn boot_once(config: &Config, doc: &InitData, args: &Args) -> Result<Boot,
     // The same devices a pod's VM has: the Init-Data disk, the (here empty) 9p share and a NIC.
     let mut resources = VmResources::in_dir(dir.path());
     let tap = if args.nic {
-        Some(isolated_tap()?)
+        Some(tools::isolated_tap()?)
     } else {
         None
     };
