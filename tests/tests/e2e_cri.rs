@@ -463,6 +463,84 @@ fn a_bad_handler_config_fails_run_pod_sandbox_naming_the_file_and_field() {
     assert_nothing_left(&mut cri);
 }
 
+/// The coffer-qemu handler on QEMU's microvm (`machine = "microvm"`), with Init-Data and the
+/// host-rootfs share, so that its VM has all five virtio-mmio devices: the host reaches the pod
+/// on its IP, the guest has the host's time, and the pod stops through its agent (the guest
+/// resets, having no power button), leaving nothing.
+#[test]
+fn a_microvm_pod_serves_on_the_pod_network_and_stops_through_its_agent() {
+    let Some((bin, _guest)) = coffer_parts() else {
+        return;
+    };
+    let Some(ctd) = private_containerd() else {
+        return;
+    };
+    let config = ctd.dir().join("coffer/coffer-qemu.toml");
+    let text = std::fs::read_to_string(&config).expect("the handler config");
+    let micro = text.replace("machine = \"q35\"", "machine = \"microvm\"");
+    assert_ne!(
+        micro, text,
+        "the packaged config has no `machine = \"q35\"` line"
+    );
+    std::fs::write(&config, micro).expect("write the handler config");
+
+    let mut cri = ctd.cri().expect("connect");
+    let annotation = Coffer::in_dir(&bin)
+        .encode(&tools::seed_initdata())
+        .expect("coffer initdata encode");
+    let pod = Pod::new("micro", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
+    let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
+    let args = launch_args(&ctd, &pod_id);
+    assert!(
+        args.iter().any(|a| a == "microvm,acpi=off,rtc=on"),
+        "{args:?}"
+    );
+    let devices = args.iter().filter(|a| a.starts_with("virtio-")).count();
+    assert_eq!(devices, 5, "{args:?}");
+
+    let server = Container::busybox_sh(
+        "httpd",
+        "mkdir -p /www && echo served-from-a-microvm > /www/index.html && exec httpd -f -p 8080 -h /www",
+    );
+    let server = cri
+        .create_container(&pod_id, &pod, &server)
+        .expect("CreateContainer httpd");
+    cri.start_container(&server).expect("StartContainer httpd");
+    let ip = pod_ip(&mut cri, &pod_id);
+    let socket = format!("{ip}:8080").parse().expect("socket address");
+    let body = tools::http_get(socket, Duration::from_secs(60)).expect("GET from the host");
+    assert_eq!(body, "served-from-a-microvm\n");
+    let guest_now: u64 = exec_ok(&mut cri, &server, &["date", "+%s"])
+        .trim()
+        .parse()
+        .expect("date +%s");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the host's clock")
+        .as_secs();
+    assert!(
+        guest_now.abs_diff(host_now) < 300,
+        "guest clock {guest_now}, host clock {host_now}"
+    );
+
+    cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
+    cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
+    assert_eq!(ctd.vms(), Vec::<u32>::new(), "a VM was left behind");
+    assert_eq!(
+        ctd.sandbox_state(),
+        Vec::<String>::new(),
+        "state was left behind"
+    );
+    assert_nothing_left(&mut cri);
+    // The guest ended itself on the agent's shutdown, not QEMU's quit.
+    let log = ctd.containerd_log();
+    assert!(
+        log.contains("the guest reset, which ends the VM"),
+        "no sign of the guest's own reset in containerd's log:\n{}",
+        ctd.containerd_log_tail(40)
+    );
+}
+
 /// The launch arguments the shim recorded for a sandbox.
 fn launch_args(ctd: &PrivateContainerd, pod_id: &str) -> Vec<String> {
     let record = std::fs::read(ctd.coffer_state_dir().join(pod_id).join("state.json"))
