@@ -15,7 +15,7 @@
 //! Prints one line per run (`run N: hello after S s, QEMU PSS M MiB`, the PSS read once the
 //! guest has idled for `--settle` seconds, default 2) and needs root only where QEMU does.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
