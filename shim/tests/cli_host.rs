@@ -156,9 +156,11 @@ fn snp_plan_carries_the_reference_host_data() {
         "--json",
     ]);
     assert_eq!(plan["program"], "qemu-system-x86_64");
-    assert_eq!(plan.as_object().map(|o| o.len()), Some(3), "{plan}");
+    assert_eq!(plan.as_object().map(|o| o.len()), Some(4), "{plan}");
     // A TEE guest runs on KVM, where huge pages speed its memory up.
     assert_eq!(plan["transparent_huge_pages"], true, "{plan}");
+    // On q35, where QMP's powerdown presses the guest's ACPI power button.
+    assert_eq!(plan["power_button"], true, "{plan}");
     let args = args_of(&plan);
     // The host's CPUID, when it reports SEV, decides cbitpos; elsewhere the config does.
     let object = args
