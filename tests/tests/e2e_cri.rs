@@ -498,14 +498,7 @@ fn a_microvm_pod_serves_on_the_pod_network_and_stops_through_its_agent() {
     let devices = args.iter().filter(|a| a.starts_with("virtio-")).count();
     assert_eq!(devices, 5, "{args:?}");
 
-    let server = Container::busybox_sh(
-        "httpd",
-        "mkdir -p /www && echo served-from-a-microvm > /www/index.html && exec httpd -f -p 8080 -h /www",
-    );
-    let server = cri
-        .create_container(&pod_id, &pod, &server)
-        .expect("CreateContainer httpd");
-    cri.start_container(&server).expect("StartContainer httpd");
+    let server = serve_http(&mut cri, &pod_id, &pod, "served-from-a-microvm");
     let ip = pod_ip(&mut cri, &pod_id);
     let socket = format!("{ip}:8080").parse().expect("socket address");
     let body = tools::http_get(socket, Duration::from_secs(60)).expect("GET from the host");
@@ -607,6 +600,20 @@ fn pod_netns(ctd: &PrivateContainerd, pod_id: &str) -> PathBuf {
     )
 }
 
+/// Starts a busybox `httpd` container in the pod that serves `body` (and a newline) on port 8080,
+/// and returns its id.
+fn serve_http(cri: &mut Cri, pod_id: &str, pod: &Pod, body: &str) -> String {
+    let server = Container::busybox_sh(
+        "httpd",
+        &format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 8080 -h /www"),
+    );
+    let server = cri
+        .create_container(pod_id, pod, &server)
+        .expect("CreateContainer httpd");
+    cri.start_container(&server).expect("StartContainer httpd");
+    server
+}
+
 /// The pod IP the CRI reports.
 fn pod_ip(cri: &mut Cri, pod_id: &str) -> String {
     let status = cri.pod_sandbox_status(pod_id).expect("PodSandboxStatus");
@@ -642,14 +649,7 @@ fn coffer_pods_are_reachable_on_the_pod_network() {
 
     let pod_a = Pod::new("net-a", "coffer-qemu", &ctd.log_root());
     let a = cri.run_pod_sandbox(&pod_a).expect("RunPodSandbox A");
-    let server = Container::busybox_sh(
-        "httpd",
-        "mkdir -p /www && echo served-from-pod-a > /www/index.html && exec httpd -f -p 8080 -h /www",
-    );
-    let server = cri
-        .create_container(&a, &pod_a, &server)
-        .expect("CreateContainer httpd");
-    cri.start_container(&server).expect("StartContainer httpd");
+    let server = serve_http(&mut cri, &a, &pod_a, "served-from-pod-a");
     let ip_a = pod_ip(&mut cri, &a);
 
     // The container's eth0 has the pod IP the CRI reports.

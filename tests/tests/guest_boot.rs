@@ -297,6 +297,23 @@ impl Events {
     }
 }
 
+/// A container of the busybox root filesystem in the share, running `process`.
+fn in_rootfs1(id: &str, process: Process) -> CreateContainer {
+    CreateContainer {
+        id: id.into(),
+        rootfs: Some("rootfs1".into()),
+        image: None,
+        hostname: None,
+        process,
+        files: vec![],
+        resources: None,
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
+        readonly_root: false,
+        oci: Default::default(),
+    }
+}
+
 fn shell(script: &str) -> Process {
     Process {
         args: vec!["sh".into(), "-c".into(), script.into()],
@@ -392,19 +409,10 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
     // A container prints and exits with a chosen code; both reach the host.
     g.client
         .create_container(CreateContainer {
-            id: "c1".into(),
-            rootfs: Some("rootfs1".into()),
-            image: None,
             hostname: Some("coffer-c1".into()),
-            process: shell(
+            ..in_rootfs1("c1", shell(
                 "echo hello from $(hostname) as pid $$; echo to stderr >&2; read line; echo \"stdin:$line\"; sleep 30; echo not reached",
-            ),
-            files: vec![],
-            resources: None,
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            readonly_root: false,
-            oci: Default::default(),
+            ))
         })
         .await
         .unwrap();
@@ -490,21 +498,12 @@ async fn guest_reads_verifies_and_delivers_initdata_and_runs_containers() {
         }
     );
 
+    // Waits for the host to drop a file into the share, so it runs after the reconnect.
     g.client
-        .create_container(CreateContainer {
-            id: "c2".into(),
-            rootfs: Some("rootfs1".into()),
-            image: None,
-            hostname: None,
-            // Waits for the host to drop a file into the share, so it runs after the reconnect.
-            process: shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
-            files: vec![],
-            resources: None,
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            readonly_root: false,
-            oci: Default::default(),
-        })
+        .create_container(in_rootfs1(
+            "c2",
+            shell("while [ ! -e /go ]; do sleep 0.2; done; echo done; exit 42"),
+        ))
         .await
         .unwrap();
     g.client.start("c2").await.unwrap();
@@ -564,19 +563,7 @@ async fn a_disk_without_the_serial_is_found_by_its_magic() {
     // The guest's clock comes from the microvm's RTC (image pulls check certificates against
     // it), whose driver must not lose its interrupt to a virtio device.
     g.client
-        .create_container(CreateContainer {
-            id: "clock".into(),
-            rootfs: Some("rootfs1".into()),
-            image: None,
-            hostname: None,
-            process: shell("date +%s"),
-            files: vec![],
-            resources: None,
-            masked_paths: Vec::new(),
-            readonly_paths: Vec::new(),
-            readonly_root: false,
-            oci: Default::default(),
-        })
+        .create_container(in_rootfs1("clock", shell("date +%s")))
         .await
         .unwrap();
     g.client.start("clock").await.unwrap();
@@ -661,19 +648,7 @@ async fn corrupt_missing_and_mismatched_initdata_are_reported_and_refuse_contain
         assert_eq!(report.policy, PolicyStatus::None);
         let err = g
             .client
-            .create_container(CreateContainer {
-                id: "c1".into(),
-                rootfs: Some("rootfs1".into()),
-                image: None,
-                hostname: None,
-                process: shell("echo must not run"),
-                files: vec![],
-                resources: None,
-                masked_paths: Vec::new(),
-                readonly_paths: Vec::new(),
-                readonly_root: false,
-                oci: Default::default(),
-            })
+            .create_container(in_rootfs1("c1", shell("echo must not run")))
             .await
             .unwrap_err();
         match err {
