@@ -324,7 +324,15 @@ pub const TCG_REPORTING_PARAMS: &str = "page_reporting.page_reporting_order=7";
 /// not have. With no ACPI the guest cannot power off: its agent resets it instead, which ends
 /// the VM as QEMU runs with `-no-reboot`. A triple fault resets at once, where the kernel's
 /// default would first try ACPI and a keyboard controller the machine does not have either.
-pub const MICROVM_PARAMS: &str = "acpi=off pci=off reboot=t";
+///
+/// QEMU offers every virtio-mmio queue at 1024 entries, where virtio-pci offers each device's
+/// own size (128 for virtio-serial, the balloon and 9p, 256 for virtio-net and virtio-blk), and
+/// the console driver fills each receive queue with a 4 KiB buffer per entry: 8 MiB of guest
+/// memory for the agent's channel alone, ~17 MiB of QEMU PSS per idle pod in all under TCG. The
+/// image's kernel caps the queues it sets up on virtio-mmio at `virtio_mmio.queue_size_max`
+/// (`packaging/guest/kernel/patches`); 128 is virtio-serial's own size, and leaves a microvm pod
+/// no larger than a q35 one. A kernel without the patch ignores the parameter.
+pub const MICROVM_PARAMS: &str = "acpi=off pci=off reboot=t virtio_mmio.queue_size_max=128";
 
 /// The microvm's virtio-mmio transports the plan puts devices on, in order. Without ACPI QEMU
 /// makes eight, transport N on legacy interrupt 5 + N, and fills them from the last one: a

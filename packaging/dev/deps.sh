@@ -2,8 +2,8 @@
 # Installs what building and testing Coffer needs on a Debian 12 (bookworm) machine, as root:
 # containerd, runc and the CNI plugins, QEMU 10 from bookworm-backports (sev-snp-guest),
 # protoc (CRI client), busybox-static and a C toolchain (guest image, pause image), what building
-# the guest kernel from Debian's source package needs (make, flex, bison, bc, libelf), a registry
-# (docker-registry) with skopeo to load it, for the guest-pull tests, and tmux, the real
+# the guest kernel from Debian's source package needs (patch, make, flex, bison, bc, libelf), a
+# registry (docker-registry) with skopeo to load it, for the guest-pull tests, and tmux, the real
 # terminal the interactive exec test types into.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -21,7 +21,7 @@ fi
 
 want=(containerd runc containernetworking-plugins protobuf-compiler busybox-static
       gcc libc6-dev cpio kmod iproute2 hyperfine ca-certificates xz-utils zstd
-      docker-registry skopeo tmux make flex bison bc libelf-dev)
+      docker-registry skopeo tmux patch make flex bison bc libelf-dev)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -5,10 +5,12 @@
 #   packaging/guest/kernel/build.sh SOURCE_DEB OUTDIR
 #
 # SOURCE_DEB is a linux-source-6.12 .deb (packaging/guest/build.sh downloads and pins it).
-# The configuration is `make allnoconfig` plus coffer.config; every line of the fragment must
+# The patches in patches/ are applied in name order; each says what it changes and why. The
+# configuration is `make allnoconfig` plus coffer.config; every line of the fragment must
 # survive `make olddefconfig`, or the build stops naming the lines that did not.
 #
-# The result depends only on the source package, the fragment, this script and the compiler, so
+# The result depends only on the source package, the patches, the fragment, this script and the
+# compiler, so
 # it is cached under OUTDIR's parent by a key over those: a second image build (and CI once the
 # cache is warm) takes seconds. The build pins what a kernel build would otherwise take from the
 # machine (user, host, time, build number); it builds in a directory of a fixed name, and with no
@@ -19,7 +21,7 @@ if [ $# -ne 2 ]; then
     echo "usage: $0 SOURCE_DEB OUTDIR" >&2
     exit 2
 fi
-for tool in dpkg-deb xz make gcc flex bison bc; do
+for tool in dpkg-deb xz patch make gcc flex bison bc; do
     command -v "$tool" >/dev/null || { echo "error: $tool is required to build the guest kernel (see packaging/dev/deps.sh)" >&2; exit 1; }
 done
 [ -e /usr/include/libelf.h ] || { echo "error: libelf headers are required to build the guest kernel (libelf-dev; see packaging/dev/deps.sh)" >&2; exit 1; }
@@ -29,8 +31,11 @@ deb=$1
 out=$2
 fragment=$here/coffer.config
 [ -f "$deb" ] || { echo "error: no kernel source package at $deb" >&2; exit 1; }
+patches=()
+for p in "$here"/patches/*.patch; do [ -e "$p" ] && patches+=("$p"); done
 
-key=$( { sha256sum "$deb" "$fragment" "$0" | cut -d' ' -f1; gcc --version | head -n1; } | sha256sum | cut -c1-16)
+key=$( { sha256sum "$deb" "${patches[@]}" "$fragment" "$0" | cut -d' ' -f1; gcc --version | head -n1; } |
+    sha256sum | cut -c1-16)
 if [ -f "$out/key" ] && [ "$(cat "$out/key")" = "$key" ] &&
    [ -f "$out/vmlinux" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/release" ]; then
     echo "guest kernel $(cat "$out/release") is cached in $out" >&2
@@ -50,6 +55,10 @@ dpkg-deb --fsys-tarfile "$deb" | tar -x -O --wildcards './usr/src/linux-source-*
     xz -dc | tar -x -C "$build" --strip-components=1
 
 cd "$build"
+for p in "${patches[@]}"; do
+    echo "==> applying $(basename "$p")" >&2
+    patch -s -p1 --no-backup-if-mismatch < "$p" || { echo "error: $p does not apply to $(basename "$deb")" >&2; exit 1; }
+done
 make -s allnoconfig >&2
 scripts/kconfig/merge_config.sh -m -O . .config "$fragment" >/dev/null
 make -s olddefconfig >&2
