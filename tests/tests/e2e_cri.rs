@@ -279,6 +279,12 @@ fn seed_initdata_pod(
         "state.json lacks the digest: {record}"
     );
     assert_eq!(ctd.vms().len(), 1, "expected exactly one VM for the pod");
+    // The packaged handler runs QEMU's microvm.
+    let args = launch_args(ctd, &running.pod_id);
+    assert!(
+        args.iter().any(|a| a == "microvm,acpi=off,rtc=on"),
+        "{args:?}"
+    );
 
     stop_and_remove(driver, &running);
     assert_eq!(
@@ -298,6 +304,14 @@ fn seed_initdata_pod(
         "coffer inspect still finds the removed sandbox"
     );
     assert_nothing_left(&mut ctd.cri().expect("connect"));
+    // A microvm guest has no power button: it ended itself on the agent's shutdown (a reset,
+    // which ends QEMU), not on QEMU's quit.
+    assert!(
+        ctd.containerd_log()
+            .contains("the guest reset, which ends the VM"),
+        "no sign of the guest's own reset in containerd's log:\n{}",
+        ctd.containerd_log_tail(40)
+    );
 }
 
 #[test]
@@ -463,12 +477,12 @@ fn a_bad_handler_config_fails_run_pod_sandbox_naming_the_file_and_field() {
     assert_nothing_left(&mut cri);
 }
 
-/// The coffer-qemu handler on QEMU's microvm (`machine = "microvm"`), with Init-Data and the
-/// host-rootfs share, so that its VM has all five virtio-mmio devices: the host reaches the pod
-/// on its IP, the guest has the host's time, and the pod stops through its agent (the guest
-/// resets, having no power button), leaving nothing.
+/// The coffer-qemu handler on q35 (`machine = "q35"`, the TEE handlers' machine; the packaged
+/// config runs microvm), with Init-Data and the host-rootfs share, so that its VM has all five
+/// virtio devices on PCI: the host reaches the pod on its IP, the guest has the host's time, and
+/// the pod stops through its agent (the guest powers off through ACPI), leaving nothing.
 #[test]
-fn a_microvm_pod_serves_on_the_pod_network_and_stops_through_its_agent() {
+fn a_q35_pod_serves_on_the_pod_network_and_powers_off_through_its_agent() {
     let Some((bin, _guest)) = coffer_parts() else {
         return;
     };
@@ -477,32 +491,32 @@ fn a_microvm_pod_serves_on_the_pod_network_and_stops_through_its_agent() {
     };
     let config = ctd.dir().join("coffer/coffer-qemu.toml");
     let text = std::fs::read_to_string(&config).expect("the handler config");
-    let micro = text.replace("machine = \"q35\"", "machine = \"microvm\"");
+    let q35 = text.replace("machine = \"microvm\"", "machine = \"q35\"");
     assert_ne!(
-        micro, text,
-        "the packaged config has no `machine = \"q35\"` line"
+        q35, text,
+        "the packaged config has no `machine = \"microvm\"` line"
     );
-    std::fs::write(&config, micro).expect("write the handler config");
+    std::fs::write(&config, q35).expect("write the handler config");
 
     let mut cri = ctd.cri().expect("connect");
     let annotation = Coffer::in_dir(&bin)
         .encode(&tools::seed_initdata())
         .expect("coffer initdata encode");
-    let pod = Pod::new("micro", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
+    let pod = Pod::new("q35", "coffer-qemu", &ctd.log_root()).annotation(ANNOTATION, &annotation);
     let pod_id = cri.run_pod_sandbox(&pod).expect("RunPodSandbox");
     let args = launch_args(&ctd, &pod_id);
-    assert!(
-        args.iter().any(|a| a == "microvm,acpi=off,rtc=on"),
-        "{args:?}"
-    );
-    let devices = args.iter().filter(|a| a.starts_with("virtio-")).count();
+    assert!(args.iter().any(|a| a == "q35"), "{args:?}");
+    let devices = args
+        .iter()
+        .filter(|a| a.starts_with("virtio-") && a.contains("-pci,"))
+        .count();
     assert_eq!(devices, 5, "{args:?}");
 
-    let server = serve_http(&mut cri, &pod_id, &pod, "served-from-a-microvm");
+    let server = serve_http(&mut cri, &pod_id, &pod, "served-from-a-q35-pod");
     let ip = pod_ip(&mut cri, &pod_id);
     let socket = format!("{ip}:8080").parse().expect("socket address");
     let body = tools::http_get(socket, Duration::from_secs(60)).expect("GET from the host");
-    assert_eq!(body, "served-from-a-microvm\n");
+    assert_eq!(body, "served-from-a-q35-pod\n");
     let guest_now: u64 = exec_ok(&mut cri, &server, &["date", "+%s"])
         .trim()
         .parse()
@@ -525,11 +539,11 @@ fn a_microvm_pod_serves_on_the_pod_network_and_stops_through_its_agent() {
         "state was left behind"
     );
     assert_nothing_left(&mut cri);
-    // The guest ended itself on the agent's shutdown, not QEMU's quit.
+    // The guest powered itself off on the agent's shutdown, not on QEMU's quit.
     let log = ctd.containerd_log();
     assert!(
-        log.contains("the guest reset, which ends the VM"),
-        "no sign of the guest's own reset in containerd's log:\n{}",
+        log.contains("the guest powered off"),
+        "no sign of the guest's own power-off in containerd's log:\n{}",
         ctd.containerd_log_tail(40)
     );
 }
