@@ -56,10 +56,11 @@ pub enum Machine {
     /// QEMU's minimal machine (`-machine microvm,acpi=off`): no PCI and no ACPI; the virtio
     /// devices sit on virtio-mmio and QEMU names them on the kernel command line (the kernel
     /// needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`). The guest kernel skips enumerating ACPI and
-    /// PCI, about a quarter of its boot under TCG, but QEMU offers 1024-entry queues on
-    /// virtio-mmio and the guest fills them (~15 MiB more per idle pod). With no ACPI there is
-    /// no power button: the guest stops when its agent is asked to, and QEMU `quit` ends it
-    /// otherwise.
+    /// PCI, about a quarter of its boot under TCG. QEMU offers 1024-entry queues on virtio-mmio,
+    /// which the plan caps at 128 through a kernel parameter of the image's kernel (see
+    /// [`crate::plan::MICROVM_PARAMS`]); a kernel without it fills them (~17 MiB more per idle
+    /// pod). With no ACPI there is no power button: the guest stops when its agent is asked to,
+    /// and QEMU `quit` ends it otherwise. The packaged plain handler runs on it.
     Microvm,
 }
 
