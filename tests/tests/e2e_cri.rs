@@ -586,6 +586,22 @@ fn the_pods_limits_size_its_vm() {
     assert_eq!(after("-m"), "768M", "{args:?}");
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(after("-smp"), 3.min(host_cpus).to_string(), "{args:?}");
+    // The guest has them: on the packaged microvm, with no ACPI, the vCPUs come from qboot's
+    // MP table.
+    let server = serve_http(&mut cri, &pod_id, &pod, "sized");
+    let cpus = exec_ok(&mut cri, &server, &["nproc"]);
+    assert_eq!(cpus.trim(), 3.min(host_cpus).to_string(), "nproc: {cpus}");
+    let meminfo = exec_ok(&mut cri, &server, &["cat", "/proc/meminfo"]);
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in the guest's /proc/meminfo:\n{meminfo}"));
+    // 768 MiB less what the kernel keeps for itself; the handler's own 512 MiB would be below.
+    assert!(
+        (600 << 10..=768 << 10).contains(&total_kib),
+        "guest MemTotal {total_kib} kB"
+    );
     cri.stop_pod_sandbox(&pod_id).expect("StopPodSandbox");
     cri.remove_pod_sandbox(&pod_id).expect("RemovePodSandbox");
 
