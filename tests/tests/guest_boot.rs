@@ -210,6 +210,22 @@ impl Guest {
         self.client = client;
         hello
     }
+
+    /// Runs `script` to its end in a container of the share's busybox, which must exit 0 and
+    /// print one number; returns it.
+    async fn number_from(&mut self, id: &str, script: &str) -> u64 {
+        self.client
+            .create_container(in_rootfs1(id, shell(script)))
+            .await
+            .unwrap();
+        self.client.start(id).await.unwrap();
+        let (out, err, status) = self.events.until_exit(id, None).await;
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(status.code, 0, "{out}{}", String::from_utf8_lossy(&err));
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script:?} printed no number: {out}"))
+    }
 }
 
 async fn shutdown(g: Guest) {
@@ -562,14 +578,7 @@ async fn a_disk_without_the_serial_is_found_by_its_magic() {
     );
     // The guest's clock comes from the microvm's RTC (image pulls check certificates against
     // it), whose driver must not lose its interrupt to a virtio device.
-    g.client
-        .create_container(in_rootfs1("clock", shell("date +%s")))
-        .await
-        .unwrap();
-    g.client.start("clock").await.unwrap();
-    let (out, _, status) = g.events.until_exit("clock", None).await;
-    assert_eq!(status.code, 0, "{}", String::from_utf8_lossy(&out));
-    let guest_now: u64 = String::from_utf8_lossy(&out).trim().parse().unwrap();
+    let guest_now = g.number_from("clock", "date +%s").await;
     let host_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -582,21 +591,12 @@ async fn a_disk_without_the_serial_is_found_by_its_magic() {
     // at 128 (the image's kernel patch). The console driver keeps a 4 KiB receive buffer per
     // entry of its control queue and of the agent's port: ~270 kmalloc-4k objects in all at
     // 128, ~670 at 256, ~2,060 uncapped (the cache is not merged with others in this kernel).
-    g.client
-        .create_container(in_rootfs1(
+    let buffers = g
+        .number_from(
             "queues",
-            shell("awk '$1 == \"kmalloc-4k\" {print $2}' /proc/slabinfo"),
-        ))
-        .await
-        .unwrap();
-    g.client.start("queues").await.unwrap();
-    let (out, err, status) = g.events.until_exit("queues", None).await;
-    let out = String::from_utf8_lossy(&out);
-    assert_eq!(status.code, 0, "{out}{}", String::from_utf8_lossy(&err));
-    let buffers: u64 = out
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no kmalloc-4k line in the guest's /proc/slabinfo: {out}"));
+            "awk '$1 == \"kmalloc-4k\" {print $2}' /proc/slabinfo",
+        )
+        .await;
     eprintln!("kmalloc-4k objects in the microvm guest: {buffers}");
     assert!(
         buffers < 512,
