@@ -10,11 +10,10 @@
 # survive `make olddefconfig`, or the build stops naming the lines that did not.
 #
 # The result depends only on the source package, the patches, the fragment, this script and the
-# compiler, so
-# it is cached under OUTDIR's parent by a key over those: a second image build (and CI once the
-# cache is warm) takes seconds. The build pins what a kernel build would otherwise take from the
-# machine (user, host, time, build number); it builds in a directory of a fixed name, and with no
-# debug information, so that paths of this machine do not end up in the image.
+# compiler, so it is cached under OUTDIR's parent by a key over those: a second image build (and
+# CI once the cache is warm) takes seconds. The build pins what a kernel build would otherwise
+# take from the machine (user, host, time, build number); it builds in a directory of a fixed
+# name, and with no debug information, so that paths of this machine do not end up in the image.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -31,8 +30,9 @@ deb=$1
 out=$2
 fragment=$here/coffer.config
 [ -f "$deb" ] || { echo "error: no kernel source package at $deb" >&2; exit 1; }
-patches=()
-for p in "$here"/patches/*.patch; do [ -e "$p" ] && patches+=("$p"); done
+shopt -s nullglob
+patches=("$here"/patches/*.patch)
+shopt -u nullglob
 
 key=$( { sha256sum "$deb" "${patches[@]}" "$fragment" "$0" | cut -d' ' -f1; gcc --version | head -n1; } |
     sha256sum | cut -c1-16)
