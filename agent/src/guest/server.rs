@@ -1,4 +1,9 @@
-//! Serving the host on the virtio-serial port: one reader, one writer, a thread per request.
+//! Serving the host on the virtio-serial port: one reader, one writer, a thread per request,
+//! except for hello and the network's requests, which one thread serves in the order they came.
+//!
+//! The host sends the pod's network right behind its first hello, before the guest is up, and
+//! its interface, routes and neighbours build on each other: served in order, they need no
+//! round trip each.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -19,6 +24,10 @@ use crate::protocol::{
 /// Frames waiting for the writer. Bounded: when no host listens, producers (output readers)
 /// block instead of growing memory.
 pub const QUEUE: usize = 256;
+
+/// Requests waiting for the in-order thread. Bounded: beyond it, the reader waits (and the
+/// host's writes with it).
+const IN_ORDER_QUEUE: usize = 16;
 
 /// How often the reader looks for a host while none is connected (a read returns 0 at once then).
 const NO_HOST_POLL: Duration = Duration::from_millis(50);
@@ -53,8 +62,17 @@ pub fn writer(mut port: File, frames: Receiver<Outgoing>) {
     }
 }
 
-/// Reads requests forever and runs each on its own thread.
+/// Reads requests forever and serves each on its own thread, or in order (see [`in_order`]).
 pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
+    let (ordered, queue) = mpsc::sync_channel::<RequestFrame>(IN_ORDER_QUEUE);
+    {
+        let agent = agent.clone();
+        std::thread::spawn(move || {
+            for frame in queue {
+                answer(&agent, frame);
+            }
+        });
+    }
     let mut frames = FrameDecoder::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -76,7 +94,7 @@ pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
         frames.push(&chunk[..n]);
         loop {
             match frames.next_body() {
-                Ok(Some(body)) => dispatch(&agent, &body),
+                Ok(Some(body)) => dispatch(&agent, &ordered, &body),
                 Ok(None) => break,
                 Err(e) => {
                     // The stream lost sync; nothing after this point can be trusted.
@@ -89,7 +107,19 @@ pub fn serve(mut port: File, agent: Arc<Agent>) -> ! {
     }
 }
 
-fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
+/// Whether `request` is served in the order it came, after the ones before it: hello (so the
+/// first hello is answered first) and the network's requests (an interface before its routes).
+fn in_order(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Hello { .. }
+            | Request::UpdateInterface { .. }
+            | Request::UpdateRoutes { .. }
+            | Request::AddArpNeighbors { .. }
+    )
+}
+
+fn dispatch(agent: &Arc<Agent>, ordered: &SyncSender<RequestFrame>, body: &[u8]) {
     let frame: RequestFrame = match decode(body) {
         Ok(f) => f,
         Err(e) => {
@@ -102,29 +132,37 @@ fn dispatch(agent: &Arc<Agent>, body: &[u8]) {
             return;
         }
     };
+    if in_order(&frame.request) {
+        // The thread lives as long as the reader; should it be gone, nothing is served.
+        let _ = ordered.send(frame);
+        return;
+    }
     let agent = agent.clone();
-    std::thread::spawn(move || {
-        let shutdown = matches!(frame.request, Request::Shutdown);
-        let outcome = match handle(&agent, frame.request) {
-            Ok(r) => Outcome::Ok(r),
-            Err(e) => Outcome::Err(e),
-        };
-        let (written, was_written) = mpsc::channel();
-        let _ = agent.out.send(Outgoing {
-            frame: GuestFrame::Response {
-                id: frame.id,
-                outcome,
-            },
-            written: Some(written),
-        });
-        if shutdown {
-            // Let the answer reach the host before the VM goes away (bounded: a host that went
-            // away must not keep the VM up).
-            let _ = was_written.recv_timeout(Duration::from_secs(2));
-            boot::log("shutdown requested by the host");
-            boot::power_off();
-        }
+    std::thread::spawn(move || answer(&agent, frame));
+}
+
+/// Serves one request and sends its answer.
+fn answer(agent: &Agent, frame: RequestFrame) {
+    let shutdown = matches!(frame.request, Request::Shutdown);
+    let outcome = match handle(agent, frame.request) {
+        Ok(r) => Outcome::Ok(r),
+        Err(e) => Outcome::Err(e),
+    };
+    let (written, was_written) = mpsc::channel();
+    let _ = agent.out.send(Outgoing {
+        frame: GuestFrame::Response {
+            id: frame.id,
+            outcome,
+        },
+        written: Some(written),
     });
+    if shutdown {
+        // Let the answer reach the host before the VM goes away (bounded: a host that went
+        // away must not keep the VM up).
+        let _ = was_written.recv_timeout(Duration::from_secs(2));
+        boot::log("shutdown requested by the host");
+        boot::power_off();
+    }
 }
 
 /// The answer to a request this agent cannot decode (a newer host's operation, a bad field),
