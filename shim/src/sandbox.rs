@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_agent::protocol::client::{AgentClient, ClientError, EventReceiver};
-use coffer_agent::protocol::ErrorKind;
+use coffer_agent::protocol::client::{AgentClient, ClientError, EventReceiver, Sent};
+use coffer_agent::protocol::{ErrorKind, Request};
 use coffer_hypervisor::{HostCapabilities, LaunchPlan, Nic, RunAs, Tee, Vm, VmConfig, VmResources};
 use coffer_initdata::{InitData, Limits};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -345,15 +345,18 @@ impl Sandbox {
         *launched = Some(vm);
         // QEMU holds the TAP now: the shim's copy goes, so the TAP goes with QEMU.
         let network = network.map(|n| n.guest);
+        // The pod's network goes right behind the first hello: the guest sets it up as soon as
+        // it is up, with no round trip after the hello.
+        let network_requests = network.clone().map(network_requests).unwrap_or_default();
 
         // A guest that dies while booting (a kernel panic, say) fails the pod at once, not at
         // the end of the agent's deadline.
-        let (agent, hello) = {
+        let (agent, hello, network_sent) = {
             let vm = launched
                 .as_mut()
                 .ok_or_else(|| Error::FailedPrecondition("the VM was not launched".into()))?;
             tokio::select! {
-                connected = AgentClient::connect(&resources.agent_socket, config.agent_timeout()) => connected?,
+                connected = AgentClient::connect_sending(&resources.agent_socket, config.agent_timeout(), network_requests) => connected?,
                 exit = vm.exited() => {
                     let exit = match exit {
                         Ok(_) => vm.wait().await.map_or_else(|e| e.to_string(), |x| x.to_string()),
@@ -378,7 +381,7 @@ impl Sandbox {
         })?;
         let network = match (network, netns) {
             (Some(guest), Some(netns)) => {
-                Some(configure_guest_network(id, &agent, guest, netns).await?)
+                Some(configure_guest_network(id, &agent, &guest, network_sent, netns).await?)
             }
             _ => None,
         };
@@ -478,12 +481,35 @@ impl Sandbox {
     }
 }
 
-/// Gives the guest the pod's interface, routes and neighbours. An agent policy that denies
-/// them leaves the pod without network: that is recorded and logged, not an error.
+/// The requests that give the guest the pod's interface, routes and neighbours, in order.
+/// Each may be served twice (see [`AgentClient::connect_sending`]): the guest replaces what
+/// is there.
+fn network_requests(guest: GuestNetwork) -> Vec<Request> {
+    let mut requests = vec![Request::UpdateInterface {
+        interface: guest.interface,
+    }];
+    if !guest.routes.is_empty() {
+        requests.push(Request::UpdateRoutes {
+            routes: guest.routes,
+        });
+    }
+    if !guest.neighbors.is_empty() {
+        requests.push(Request::AddArpNeighbors {
+            neighbors: guest.neighbors,
+        });
+    }
+    requests
+}
+
+/// Waits for the guest's answers to the pod's network requests ([`network_requests`]), in
+/// order. The guest serves each on its own, its policy judging each, so a request after one
+/// that failed still runs; the first failure is the outcome. An agent policy that denies them
+/// leaves the pod without network: that is recorded and logged, not an error.
 async fn configure_guest_network(
     id: &str,
     agent: &AgentClient,
-    guest: GuestNetwork,
+    guest: &GuestNetwork,
+    sent: Vec<Sent>,
     netns: &Path,
 ) -> Result<NetworkRecord> {
     let mut record = NetworkRecord {
@@ -498,12 +524,12 @@ async fn configure_guest_network(
             .collect(),
         status: "configured".into(),
     };
-    let mut result = agent.update_interface(guest.interface).await;
-    if result.is_ok() && !guest.routes.is_empty() {
-        result = agent.update_routes(guest.routes).await;
-    }
-    if result.is_ok() && !guest.neighbors.is_empty() {
-        result = agent.add_arp_neighbors(guest.neighbors).await;
+    let mut result = Ok(());
+    for s in sent {
+        result = agent.answer_ok(s).await;
+        if result.is_err() {
+            break;
+        }
     }
     match result {
         Ok(()) => {

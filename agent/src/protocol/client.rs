@@ -26,7 +26,6 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::network::{ArpNeighbor, Interface, Route};
 use super::{
     encode, read_frame_async, ContainerStats, CreateContainer, ErrorKind, Event, ExitStatus,
     FrameError, GuestFrame, Hello, Outcome, Process, Request, RequestFrame, Resources, Response,
@@ -63,6 +62,54 @@ fn request_name(request: &Request) -> &'static str {
         Request::UpdateResources { .. } => "update_resources",
         Request::Pause { .. } => "pause",
         Request::Resume { .. } => "resume",
+    }
+}
+
+/// How long the host waits for `request`'s answer; `None`: as long as it takes.
+fn answer_limit(request: &Request) -> Option<Duration> {
+    match request {
+        Request::Wait { .. } => None,
+        // A healthy guest answers these at once; the host uses them to end a pod.
+        Request::Signal { .. } | Request::Shutdown => Some(SIGNAL_TIMEOUT),
+        // The guest pulls the image first, within its own deadline.
+        Request::CreateContainer(CreateContainer { image: Some(_), .. }) => {
+            Some(PULL_DEADLINE + CALL_TIMEOUT)
+        }
+        _ => Some(CALL_TIMEOUT),
+    }
+}
+
+/// Waits for `answer` at most `limit`.
+async fn within(
+    op: &'static str,
+    limit: Option<Duration>,
+    answer: impl std::future::Future<Output = Result<Outcome, ClientError>>,
+) -> Result<Outcome, ClientError> {
+    let Some(limit) = limit else {
+        return answer.await;
+    };
+    match tokio::time::timeout(limit, answer).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ClientError::CallTimeout {
+            op: op.to_string(),
+            after: limit,
+        }),
+    }
+}
+
+/// A request sent whose answer has not been awaited yet ([`AgentClient::answer`]).
+#[derive(Debug)]
+pub struct Sent {
+    op: &'static str,
+    id: u64,
+    limit: Option<Duration>,
+    answer: oneshot::Receiver<Outcome>,
+}
+
+impl Sent {
+    /// The request's name (`update_interface`, ...).
+    pub fn op(&self) -> &'static str {
+        self.op
     }
 }
 
@@ -204,6 +251,24 @@ impl AgentClient {
         socket: impl AsRef<Path>,
         deadline: Duration,
     ) -> Result<(AgentClient, Hello), ClientError> {
+        let (client, hello, _) = Self::connect_sending(socket, deadline, Vec::new()).await?;
+        Ok((client, hello))
+    }
+
+    /// Connects and says hello as [`AgentClient::connect`] does, and sends `follow` right behind
+    /// the first hello, so that the guest has them as soon as it is up: their answers come
+    /// without a round trip after the hello. Returns them in `follow`'s order, to be awaited
+    /// with [`AgentClient::answer`].
+    ///
+    /// The guest serves them whatever its hello says: pass only requests that may be served
+    /// before the hello is checked. When the first hello goes unanswered and a resent one is
+    /// answered, `follow` may have been lost with it and is sent again behind the answered
+    /// one: pass only requests that may be served twice.
+    pub async fn connect_sending(
+        socket: impl AsRef<Path>,
+        deadline: Duration,
+        follow: Vec<Request>,
+    ) -> Result<(AgentClient, Hello, Vec<Sent>), ClientError> {
         let socket = socket.as_ref();
         let start = Instant::now();
         let end = start + deadline;
@@ -218,8 +283,8 @@ impl AgentClient {
                 }
             };
             let client = AgentClient::from_stream(stream);
-            match client.hello_until(end).await {
-                Ok(hello) => return Ok((client, hello)),
+            match client.hello_until(end, &follow).await {
+                Ok((hello, sent)) => return Ok((client, hello, sent)),
                 // The guest answered: retrying would get the same answer.
                 Err(e @ (ClientError::VersionMismatch { .. } | ClientError::Remote { .. })) => {
                     return Err(e)
@@ -296,33 +361,70 @@ impl AgentClient {
     /// wrappers.
     pub async fn call(&self, request: Request) -> Result<Outcome, ClientError> {
         let op = request_name(&request);
-        let limit = match request {
-            Request::Wait { .. } => None,
-            // A healthy guest answers these at once; the host uses them to end a pod.
-            Request::Signal { .. } | Request::Shutdown => Some(SIGNAL_TIMEOUT),
-            // The guest pulls the image first, within its own deadline.
-            Request::CreateContainer(CreateContainer { image: Some(_), .. }) => {
-                Some(PULL_DEADLINE + CALL_TIMEOUT)
-            }
-            _ => Some(CALL_TIMEOUT),
-        };
+        let limit = answer_limit(&request);
         let call = async {
-            let rx = self.send(request).await?;
+            let (_, rx) = self.send(request).await?;
             rx.await.map_err(|_| self.gone())
         };
-        let Some(limit) = limit else {
-            return call.await;
-        };
-        match tokio::time::timeout(limit, call).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ClientError::CallTimeout {
-                op: op.to_string(),
-                after: limit,
+        within(op, limit, call).await
+    }
+
+    /// Sends one request without waiting for its outcome; [`AgentClient::answer`] waits for it.
+    pub async fn submit(&self, request: Request) -> Result<Sent, ClientError> {
+        let op = request_name(&request);
+        let limit = answer_limit(&request);
+        let (id, answer) = self.send(request).await?;
+        Ok(Sent {
+            op,
+            id,
+            limit,
+            answer,
+        })
+    }
+
+    /// The outcome of a request sent with [`AgentClient::submit`], waited for as long as
+    /// [`AgentClient::call`] would wait, from now on.
+    pub async fn answer(&self, sent: Sent) -> Result<Response, ClientError> {
+        let Sent {
+            op, limit, answer, ..
+        } = sent;
+        let outcome = within(op, limit, async { answer.await.map_err(|_| self.gone()) }).await?;
+        match outcome {
+            Outcome::Ok(r) => Ok(r),
+            Outcome::Err(e) => Err(ClientError::Remote {
+                op,
+                kind: e.kind,
+                message: e.message,
             }),
         }
     }
 
-    async fn send(&self, request: Request) -> Result<oneshot::Receiver<Outcome>, ClientError> {
+    /// As [`AgentClient::answer`], for a request whose answer is a plain ok.
+    pub async fn answer_ok(&self, sent: Sent) -> Result<(), ClientError> {
+        let op = sent.op;
+        ok(op, self.answer(sent).await?)
+    }
+
+    /// Stops waiting for a request's answer (it is dropped when it comes).
+    fn forget(&self, sent: Sent) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&sent.id);
+        }
+    }
+
+    /// Sends `requests` in order without waiting for their outcomes.
+    async fn submit_all(&self, requests: &[Request]) -> Result<Vec<Sent>, ClientError> {
+        let mut sent = Vec::with_capacity(requests.len());
+        for r in requests {
+            sent.push(self.submit(r.clone()).await?);
+        }
+        Ok(sent)
+    }
+
+    async fn send(
+        &self,
+        request: Request,
+    ) -> Result<(u64, oneshot::Receiver<Outcome>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode(&RequestFrame { id, request })?;
         let (tx, rx) = oneshot::channel();
@@ -351,7 +453,7 @@ impl AgentClient {
             }
             return Err(FrameError::Io(e).into());
         }
-        Ok(rx)
+        Ok((id, rx))
     }
 
     async fn expect(&self, op: &'static str, request: Request) -> Result<Response, ClientError> {
@@ -365,9 +467,18 @@ impl AgentClient {
         }
     }
 
-    /// Says hello once and waits for the answer until `end`, resending every second.
-    async fn hello_until(&self, end: Instant) -> Result<Hello, ClientError> {
+    /// Says hello, sends `follow` behind it, and waits for the hello's answer until `end`,
+    /// resending hello every second. The stream is ordered, and the guest serves hello and
+    /// what follows it in order: when the first hello is answered, `follow` reached the guest
+    /// behind it. When another is, the first may have been lost with what followed it, so
+    /// `follow` is sent again.
+    async fn hello_until(
+        &self,
+        end: Instant,
+        follow: &[Request],
+    ) -> Result<(Hello, Vec<Sent>), ClientError> {
         let mut answers = Vec::new();
+        let mut first = None;
         let started = Instant::now();
         loop {
             answers.push(
@@ -376,11 +487,27 @@ impl AgentClient {
                 })
                 .await?,
             );
+            if first.is_none() {
+                first = Some((answers[0].0, self.submit_all(follow).await?));
+            }
             let wait_until = (Instant::now() + HELLO_RETRY).min(end);
             // Any of the hellos sent so far may be the one answered.
             let any = futures_select(&mut answers);
             match tokio::time::timeout_at(wait_until, any).await {
-                Ok(Some(outcome)) => return hello_from(outcome),
+                Ok(Some((id, outcome))) => {
+                    let hello = hello_from(outcome)?;
+                    let sent = match first {
+                        Some((first_id, sent)) if first_id == id => sent,
+                        Some((_, lost)) => {
+                            for s in lost {
+                                self.forget(s);
+                            }
+                            self.submit_all(follow).await?
+                        }
+                        None => self.submit_all(follow).await?,
+                    };
+                    return Ok((hello, sent));
+                }
                 Ok(None) => return Err(ClientError::Disconnected),
                 Err(_) if Instant::now() >= end => {
                     return Err(ClientError::Timeout {
@@ -500,30 +627,6 @@ impl AgentClient {
         ok("resize_pty", r)
     }
 
-    /// Configures the guest's NIC.
-    pub async fn update_interface(&self, interface: Interface) -> Result<(), ClientError> {
-        let r = self
-            .expect("update_interface", Request::UpdateInterface { interface })
-            .await?;
-        ok("update_interface", r)
-    }
-
-    /// Adds routes in the guest.
-    pub async fn update_routes(&self, routes: Vec<Route>) -> Result<(), ClientError> {
-        let r = self
-            .expect("update_routes", Request::UpdateRoutes { routes })
-            .await?;
-        ok("update_routes", r)
-    }
-
-    /// Adds static neighbours in the guest.
-    pub async fn add_arp_neighbors(&self, neighbors: Vec<ArpNeighbor>) -> Result<(), ClientError> {
-        let r = self
-            .expect("add_arp_neighbors", Request::AddArpNeighbors { neighbors })
-            .await?;
-        ok("add_arp_neighbors", r)
-    }
-
     /// A container's figures.
     pub async fn stats(&self, id: &str) -> Result<ContainerStats, ClientError> {
         match self
@@ -631,12 +734,15 @@ impl AgentClient {
 }
 
 /// Waits for the first of several pending answers; `None` when all senders are gone.
-async fn futures_select(answers: &mut Vec<oneshot::Receiver<Outcome>>) -> Option<Outcome> {
+async fn futures_select(
+    answers: &mut Vec<(u64, oneshot::Receiver<Outcome>)>,
+) -> Option<(u64, Outcome)> {
     std::future::poll_fn(|cx| {
         let mut i = 0;
         while i < answers.len() {
-            match std::pin::Pin::new(&mut answers[i]).poll(cx) {
-                std::task::Poll::Ready(Ok(o)) => return std::task::Poll::Ready(Some(o)),
+            let (id, answer) = &mut answers[i];
+            match std::pin::Pin::new(answer).poll(cx) {
+                std::task::Poll::Ready(Ok(o)) => return std::task::Poll::Ready(Some((*id, o))),
                 std::task::Poll::Ready(Err(_)) => {
                     answers.swap_remove(i);
                 }
@@ -1114,6 +1220,127 @@ mod tests {
                 "{expected}: {e}"
             );
         }
+    }
+
+    /// The pod's network as the host sends it behind hello (two requests).
+    fn network_follow() -> Vec<Request> {
+        vec![
+            Request::UpdateRoutes { routes: vec![] },
+            Request::AddArpNeighbors { neighbors: vec![] },
+        ]
+    }
+
+    fn answer_ok_frame(id: u64) -> GuestFrame {
+        GuestFrame::Response {
+            id,
+            outcome: Outcome::Ok(Response::Ok),
+        }
+    }
+
+    /// What follows the first hello is on its way before the hello is answered, and each
+    /// answer reaches its own request; a refusal says which request it was.
+    #[tokio::test]
+    async fn requests_sent_behind_the_first_hello_need_no_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // All three arrive before the guest answers anything.
+            let hello_req = read_request(&mut s).await;
+            let (routes, neighbors) = (read_request(&mut s).await, read_request(&mut s).await);
+            assert!(matches!(hello_req.request, Request::Hello { .. }));
+            assert_eq!(
+                [routes.request, neighbors.request].to_vec(),
+                network_follow()
+            );
+            let refusal = Outcome::Err(GuestError::new(ErrorKind::PermissionDenied, "no"));
+            send(&mut s, answer_ok_frame(routes.id)).await;
+            let outcome = hello(PROTOCOL_VERSION);
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: hello_req.id,
+                    outcome,
+                },
+            )
+            .await;
+            let outcome = refusal;
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: neighbors.id,
+                    outcome,
+                },
+            )
+            .await;
+            s
+        });
+        let (client, hello, sent) =
+            AgentClient::connect_sending(&path, Duration::from_secs(30), network_follow())
+                .await
+                .unwrap();
+        assert_eq!(hello.initdata.digest.as_deref(), Some("ab"));
+        let ops: Vec<_> = sent.iter().map(Sent::op).collect();
+        assert_eq!(ops, ["update_routes", "add_arp_neighbors"]);
+        let mut sent = sent.into_iter();
+        client.answer_ok(sent.next().unwrap()).await.unwrap();
+        let err = client.answer_ok(sent.next().unwrap()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the guest agent refused add_arp_neighbors: no"
+        );
+        drop(guest.await.unwrap());
+    }
+
+    /// When the first hello goes unanswered and a resent one is answered, what followed the
+    /// first may be lost: it is sent again behind the answered hello, and those answers count.
+    #[tokio::test(start_paused = true)]
+    async fn what_followed_a_lost_hello_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            // The first hello and what follows it: lost.
+            let mut lost = Vec::new();
+            for _ in 0..3 {
+                lost.push(read_request(&mut s).await.id);
+            }
+            let again = read_request(&mut s).await;
+            assert!(matches!(again.request, Request::Hello { .. }));
+            let outcome = hello(PROTOCOL_VERSION);
+            send(
+                &mut s,
+                GuestFrame::Response {
+                    id: again.id,
+                    outcome,
+                },
+            )
+            .await;
+            let (routes, neighbors) = (read_request(&mut s).await, read_request(&mut s).await);
+            assert_eq!(
+                [routes.request, neighbors.request].to_vec(),
+                network_follow()
+            );
+            // Late answers to the lost ones are dropped; the resent ones' answers count.
+            for id in lost {
+                let outcome = Outcome::Err(GuestError::new(ErrorKind::Internal, "stale"));
+                send(&mut s, GuestFrame::Response { id, outcome }).await;
+            }
+            send(&mut s, answer_ok_frame(routes.id)).await;
+            send(&mut s, answer_ok_frame(neighbors.id)).await;
+            s
+        });
+        let (client, _, sent) =
+            AgentClient::connect_sending(&path, Duration::from_secs(30), network_follow())
+                .await
+                .unwrap();
+        assert_eq!(sent.len(), 2);
+        for s in sent {
+            client.answer_ok(s).await.unwrap();
+        }
+        drop(guest.await.unwrap());
     }
 
     /// Answers to ids nobody asked for, and answers out of order, are dropped or matched: the
