@@ -56,6 +56,41 @@ printf 'median  %11s  %18s  %16s\n' "$mf" "$mp" "$mr"
 printf 'pod ready / floor: %.2f x (of the medians), %.2f x (median of the rows)\n' \
   "$(awk -v p="$mp" -v f="$mf" 'BEGIN {print p / f}')" "$rr"
 
+# Where each Coffer pod's RunPodSandbox went, from the private containerd's log (its own lines
+# and the shim's): before the VM (containerd, the CNI plugins, the shim's start and create), the
+# boot to the agent's hello, the guest's network set-up after the hello, and the rest.
+steps() {
+  awk '
+    function t(s) { split(s, hms, ":"); return hms[1] * 3600 + hms[2] * 60 + hms[3] }
+    function at(line) {
+      if (match(line, /T[0-9:.]+Z/)) return t(substr(line, RSTART + 1, RLENGTH - 2))
+      return -1
+    }
+    # The hex id right after the first match of the regex key.
+    function id(line, key,    rest) {
+      if (!match(line, key)) return ""
+      rest = substr(line, RSTART + RLENGTH)
+      match(rest, /^[0-9a-f]+/)
+      return substr(rest, 1, RLENGTH)
+    }
+    /msg="RunPodSandbox for .*Name:bench-coffer-qemu,/ && !/returns/ { start = at($0) }
+    /launching the sandbox VM/ { s = id($0, "sandbox=\""); began[s] = start; launch[s] = at($0) }
+    /guest agent ready/ { hello[id($0, "sandbox=\"")] = at($0) }
+    /pod network configured in the guest/ { net[id($0, "sandbox=\"")] = at($0) }
+    /RunPodSandbox for .*returns sandbox id/ {
+      s = id($0, "returns sandbox id [^0-9a-f]*")
+      if (s in net && began[s] > 0)
+        printf "%.0f %.0f %.0f %.0f\n", (launch[s] - began[s]) * 1000, (hello[s] - launch[s]) * 1000,
+          (net[s] - hello[s]) * 1000, (at($0) - net[s]) * 1000
+    }' "$dir/containerd.log"
+}
+steps > "$dir/steps"
+if [ -s "$dir/steps" ]; then
+  step() { awk -v c="$1" '{print $c}' "$dir/steps" | median; }
+  printf 'coffer pod steps, medians of %d (ms): before the VM %s, boot to hello %s, network after hello %s, the rest %s\n' \
+    "$(wc -l < "$dir/steps")" "$(step 1)" "$(step 2)" "$(step 3)" "$(step 4)"
+fi
+
 mem_available() { awk '/^MemAvailable:/ {print $2}' /proc/meminfo; }
 kib_field() { awk -v f="$2:" '$1 == f {print $2}' "$1" 2>/dev/null; }
 before=$(mem_available)
