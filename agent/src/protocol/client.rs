@@ -477,35 +477,26 @@ impl AgentClient {
         end: Instant,
         follow: &[Request],
     ) -> Result<(Hello, Vec<Sent>), ClientError> {
-        let mut answers = Vec::new();
-        let mut first = None;
+        let hello = || Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let mut answers = vec![self.send(hello()).await?];
+        let first = answers[0].0;
+        let mut sent = self.submit_all(follow).await?;
         let started = Instant::now();
         loop {
-            answers.push(
-                self.send(Request::Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                })
-                .await?,
-            );
-            if first.is_none() {
-                first = Some((answers[0].0, self.submit_all(follow).await?));
-            }
             let wait_until = (Instant::now() + HELLO_RETRY).min(end);
             // Any of the hellos sent so far may be the one answered.
             let any = futures_select(&mut answers);
             match tokio::time::timeout_at(wait_until, any).await {
                 Ok(Some((id, outcome))) => {
                     let hello = hello_from(outcome)?;
-                    let sent = match first {
-                        Some((first_id, sent)) if first_id == id => sent,
-                        Some((_, lost)) => {
-                            for s in lost {
-                                self.forget(s);
-                            }
-                            self.submit_all(follow).await?
+                    if id != first {
+                        for lost in sent.drain(..) {
+                            self.forget(lost);
                         }
-                        None => self.submit_all(follow).await?,
-                    };
+                        sent = self.submit_all(follow).await?;
+                    }
                     return Ok((hello, sent));
                 }
                 Ok(None) => return Err(ClientError::Disconnected),
@@ -516,7 +507,7 @@ impl AgentClient {
                         last: Some("connected, but no hello answer yet".into()),
                     })
                 }
-                Err(_) => {}
+                Err(_) => answers.push(self.send(hello()).await?),
             }
         }
     }
