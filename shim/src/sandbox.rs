@@ -347,7 +347,7 @@ impl Sandbox {
         let network = network.map(|n| n.guest);
         // The pod's network goes right behind the first hello: the guest sets it up as soon as
         // it is up, with no round trip after the hello.
-        let network_requests = network.clone().map(network_requests).unwrap_or_default();
+        let network_requests = network.as_ref().map(network_requests).unwrap_or_default();
 
         // A guest that dies while booting (a kernel panic, say) fails the pod at once, not at
         // the end of the agent's deadline.
@@ -484,18 +484,18 @@ impl Sandbox {
 /// The requests that give the guest the pod's interface, routes and neighbours, in order.
 /// Each may be served twice (see [`AgentClient::connect_sending`]): the guest replaces what
 /// is there.
-fn network_requests(guest: GuestNetwork) -> Vec<Request> {
+fn network_requests(guest: &GuestNetwork) -> Vec<Request> {
     let mut requests = vec![Request::UpdateInterface {
-        interface: guest.interface,
+        interface: guest.interface.clone(),
     }];
     if !guest.routes.is_empty() {
         requests.push(Request::UpdateRoutes {
-            routes: guest.routes,
+            routes: guest.routes.clone(),
         });
     }
     if !guest.neighbors.is_empty() {
         requests.push(Request::AddArpNeighbors {
-            neighbors: guest.neighbors,
+            neighbors: guest.neighbors.clone(),
         });
     }
     requests

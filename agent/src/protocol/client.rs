@@ -389,14 +389,7 @@ impl AgentClient {
             op, limit, answer, ..
         } = sent;
         let outcome = within(op, limit, async { answer.await.map_err(|_| self.gone()) }).await?;
-        match outcome {
-            Outcome::Ok(r) => Ok(r),
-            Outcome::Err(e) => Err(ClientError::Remote {
-                op,
-                kind: e.kind,
-                message: e.message,
-            }),
-        }
+        response(op, outcome)
     }
 
     /// As [`AgentClient::answer`], for a request whose answer is a plain ok.
@@ -457,14 +450,7 @@ impl AgentClient {
     }
 
     async fn expect(&self, op: &'static str, request: Request) -> Result<Response, ClientError> {
-        match self.call(request).await? {
-            Outcome::Ok(r) => Ok(r),
-            Outcome::Err(e) => Err(ClientError::Remote {
-                op,
-                kind: e.kind,
-                message: e.message,
-            }),
-        }
+        response(op, self.call(request).await?)
     }
 
     /// Says hello, sends `follow` behind it, and waits for the hello's answer until `end`,
@@ -760,6 +746,18 @@ fn hello_from(outcome: Outcome) -> Result<Hello, ClientError> {
         Outcome::Ok(other) => Err(unexpected("hello", &other)),
         Outcome::Err(e) => Err(ClientError::Remote {
             op: "hello",
+            kind: e.kind,
+            message: e.message,
+        }),
+    }
+}
+
+/// The response in `outcome`, or the guest's refusal of `op`.
+fn response(op: &'static str, outcome: Outcome) -> Result<Response, ClientError> {
+    match outcome {
+        Outcome::Ok(r) => Ok(r),
+        Outcome::Err(e) => Err(ClientError::Remote {
+            op,
             kind: e.kind,
             message: e.message,
         }),
